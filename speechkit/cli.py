@@ -33,6 +33,62 @@ def _data_validate(args: argparse.Namespace) -> None:
         raise SpeechkitError("validation found bad audio files (listed above)")
 
 
+def _features(args: argparse.Namespace) -> None:
+    from speechkit.audio.fbank import FbankConfig
+    from speechkit.data.features import compute_dump
+
+    factors = tuple(float(f) for f in args.speed_perturb.split(",")) if args.speed_perturb else (1.0,)
+    cfg = FbankConfig(num_mel_bins=args.num_mel_bins, sample_rate=args.sample_rate)
+    skipped = compute_dump(args.data_dir, args.dump_dir, cfg, speed_factors=factors, nj=args.nj)
+    if skipped:
+        print(f"{args.data_dir}: {skipped} bad file(s) skipped, listed in {args.dump_dir}/skipped.txt", file=sys.stderr)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from speechkit.train.config import load_experiment_config
+    from speechkit.train.trainer import train
+
+    train(load_experiment_config(args.config), args.exp_dir, args.train_dump, args.dev_dump)
+
+
+def _average(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from speechkit.train.checkpoint import average_checkpoints, load_checkpoint, save_atomic, select_for_average
+
+    paths = select_for_average(args.exp_dir, last=None if args.best else args.last, best=args.best)
+    state = average_checkpoints(paths)
+    cfg = load_checkpoint(paths[-1])["config"]
+    out = Path(args.exp_dir) / args.out
+    save_atomic({"model": state, "config": cfg, "averaged": [p.name for p in paths]}, out)
+    n_params = sum(v.numel() for k, v in state.items() if v.is_floating_point() and not k.startswith("cmvn."))
+    (Path(args.exp_dir) / "model_info.json").write_text(json.dumps({"parameters": f"{n_params / 1e6:.2f} M", "averaged": ", ".join(p.name for p in paths)}))
+    print(f"averaged {', '.join(p.name for p in paths)} -> {out}")
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from speechkit.models.asr.inference import Recognizer, decode_data_dir
+
+    rec = Recognizer.from_exp_dir(args.exp_dir, args.checkpoint, args.device)
+    n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
+    print(f"decoded {n} utterances -> {args.out_dir}/hyp")
+
+
+def _score(args: argparse.Namespace) -> None:
+    from speechkit.eval.wer import score_to_file
+
+    r = score_to_file(args.ref, args.hyp, args.out)
+    print(f"WER {r['wer']:.2f}% CER {r['cer']:.2f}% ({r['utterances']} utts, {r['ref_words']} words, "
+          f"S={r['substitutions']} D={r['deletions']} I={r['insertions']}, missing {r['missing']})  {args.hyp}")
+
+
+def _results(args: argparse.Namespace) -> None:
+    from speechkit.eval.results import write_results
+
+    print(write_results(args.exp_dir, args.out, args.command, args.title, args.notes))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechkit", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -56,6 +112,53 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate (default 16000)")
     v.add_argument("--no-audio", action="store_true", help="check the tables only, do not open the audio")
     v.set_defaults(func=_data_validate)
+
+    f = sub.add_parser("features", help="fbank features (and speed-perturbed copies) of a data dir into a dump dir")
+    f.add_argument("data_dir")
+    f.add_argument("dump_dir")
+    f.add_argument("--speed-perturb", default="", help="comma-separated speed factors, e.g. 0.9,1.0,1.1 (default: none)")
+    f.add_argument("--num-mel-bins", type=int, default=80)
+    f.add_argument("--sample-rate", type=int, default=16000)
+    f.add_argument("--nj", type=int, default=None, help="parallel jobs (default: all cores)")
+    f.set_defaults(func=_features)
+
+    t = sub.add_parser("train", help="train a model (resumes from EXP_DIR/checkpoint.pt); launch with torchrun for DDP")
+    t.add_argument("--config", required=True, help="ESPnet-shaped YAML")
+    t.add_argument("--train-dump", required=True)
+    t.add_argument("--dev-dump", required=True)
+    t.add_argument("--exp-dir", required=True)
+    t.set_defaults(func=_train)
+
+    a = sub.add_parser("average", help="average epoch checkpoints into one model")
+    a.add_argument("exp_dir")
+    a.add_argument("--last", type=int, default=5, help="average the last N epochs (default 5)")
+    a.add_argument("--best", type=int, default=None, help="average the N epochs with the lowest dev loss instead")
+    a.add_argument("--out", default="model_avg.pt", help="file name inside EXP_DIR (default model_avg.pt)")
+    a.set_defaults(func=_average)
+
+    d = sub.add_parser("decode", help="recognise every utterance of a data dir; bad files are reported and skipped")
+    d.add_argument("exp_dir")
+    d.add_argument("data_dir")
+    d.add_argument("out_dir")
+    d.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
+    d.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search (default 1)")
+    d.add_argument("--batch-seconds", type=float, default=120.0)
+    d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    d.set_defaults(func=_decode)
+
+    sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")
+    sc.add_argument("ref", help="Kaldi text")
+    sc.add_argument("hyp", help="Kaldi text of hypotheses")
+    sc.add_argument("--out", required=True, help="where to write wer.json")
+    sc.set_defaults(func=_score)
+
+    r = sub.add_parser("results", help="write RESULTS.md from an experiment's decode_*/wer.json")
+    r.add_argument("exp_dir")
+    r.add_argument("--out", required=True)
+    r.add_argument("--command", required=True, help="the command that reproduces the results")
+    r.add_argument("--title", default="Results")
+    r.add_argument("--notes", default="")
+    r.set_defaults(func=_results)
     return p
 
 

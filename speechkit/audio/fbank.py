@@ -1,0 +1,51 @@
+"""Kaldi-compatible log-mel filterbank features through kaldi-native-fbank.
+
+The same ``FbankConfig`` drives training, offline decoding and (later) the streaming runtime, so
+the features a model was trained on are the features it is served with. Samples are scaled to
+the int16 range before extraction, as Kaldi does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import kaldi_native_fbank as knf
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FbankConfig:
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return 1000.0 / self.frame_shift_ms
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _options(cfg: FbankConfig) -> knf.FbankOptions:
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = cfg.sample_rate
+    opts.frame_opts.frame_length_ms = cfg.frame_length_ms
+    opts.frame_opts.frame_shift_ms = cfg.frame_shift_ms
+    opts.frame_opts.dither = cfg.dither
+    opts.frame_opts.snip_edges = False  # frame count = round(N / shift): streaming gives the same frames
+    opts.mel_opts.num_bins = cfg.num_mel_bins
+    return opts
+
+
+def compute_fbank(samples: np.ndarray, cfg: FbankConfig = FbankConfig()) -> np.ndarray:
+    """samples: float32 (N,) in [-1, 1] at ``cfg.sample_rate`` → (T, num_mel_bins) float32."""
+    fbank = knf.OnlineFbank(_options(cfg))
+    fbank.accept_waveform(cfg.sample_rate, np.asarray(samples, dtype=np.float32) * 32768.0)
+    fbank.input_finished()
+    n = fbank.num_frames_ready
+    if n == 0:
+        return np.zeros((0, cfg.num_mel_bins), dtype=np.float32)
+    return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)

@@ -1,0 +1,69 @@
+"""CTC decoding: greedy (argmax, collapse repeats, drop blanks) and prefix beam search.
+
+Both work on numpy log-probabilities so the torch-free runtime can share them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BLANK_ID = 0
+
+
+def ctc_greedy(log_probs: np.ndarray) -> list[int]:
+    """log_probs (T, V) → token ids."""
+    best = log_probs.argmax(-1)
+    out, prev = [], BLANK_ID
+    for t in best.tolist():
+        if t != prev and t != BLANK_ID:
+            out.append(t)
+        prev = t
+    return out
+
+
+def _logadd(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[tuple[int, ...], float]]:
+    """log_probs (T, V) → the n-best [(token ids, log score)], best first.
+
+    Each prefix keeps two scores: ending in blank and ending in its last token, so a repeated
+    token is only emitted twice when a blank separates the two.
+    """
+    token_prune = token_prune or beam
+    neg = -math.inf
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}  # prefix → (p_blank, p_nonblank)
+    for frame in log_probs:
+        top = np.argpartition(-frame, min(token_prune, len(frame) - 1))[:token_prune]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+
+        def add(prefix, pb, pnb):
+            cur = nxt.setdefault(prefix, [neg, neg])
+            cur[0] = _logadd(cur[0], pb)
+            cur[1] = _logadd(cur[1], pnb)
+
+        for prefix, (pb, pnb) in beams.items():
+            total = _logadd(pb, pnb)
+            for tok in top.tolist():
+                p = float(frame[tok])
+                if tok == BLANK_ID:
+                    add(prefix, total + p, neg)
+                    continue
+                last = prefix[-1] if prefix else None
+                extended = prefix + (tok,)
+                if tok == last:
+                    add(extended, neg, pb + p)  # a repeat needs a blank in between
+                    add(prefix, neg, pnb + p)  # otherwise it collapses into the same token
+                else:
+                    add(extended, neg, total + p)
+        ranked = sorted(nxt.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[:beam]
+        beams = {k: (v[0], v[1]) for k, v in ranked}
+    return [(list(k), _logadd(*v)) for k, v in sorted(beams.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)]

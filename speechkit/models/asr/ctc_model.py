@@ -1,0 +1,92 @@
+"""Encoder + CTC head: the first ASR family. Global CMVN and SpecAugment live in the model so a
+checkpoint (and its ONNX export) takes raw fbank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechkit.audio.augment import SpecAugConfig, SpecAugment
+from speechkit.audio.fbank import FbankConfig
+from speechkit.errors import ConfigError
+from speechkit.nn.conformer import ConformerConfig, ConformerEncoder
+
+ENCODERS = {"conformer": (ConformerConfig, ConformerEncoder)}
+
+
+@dataclass(frozen=True)
+class CtcHeadConfig:
+    dropout_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class AsrModelConfig:
+    frontend_conf: FbankConfig = field(default_factory=FbankConfig)
+    specaug_conf: SpecAugConfig | None = field(default_factory=SpecAugConfig)
+    encoder: str = "conformer"
+    encoder_conf: ConformerConfig = field(default_factory=ConformerConfig)
+    head: str = "ctc"
+    head_conf: CtcHeadConfig = field(default_factory=CtcHeadConfig)
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"unknown encoder '{self.encoder}' (known: {', '.join(ENCODERS)})")
+        if self.head != "ctc":
+            raise ConfigError(f"unknown head '{self.head}' (known: ctc)")
+
+
+class GlobalCMVN(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("istd", torch.ones(dim))
+
+    def set_stats(self, mean: np.ndarray, istd: np.ndarray) -> None:
+        self.mean.copy_(torch.from_numpy(mean))
+        self.istd.copy_(torch.from_numpy(istd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.istd
+
+
+class CtcAsrModel(nn.Module):
+    def __init__(self, cfg: AsrModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        dim = cfg.frontend_conf.num_mel_bins
+        self.cmvn = GlobalCMVN(dim)
+        self.specaug = SpecAugment(cfg.specaug_conf) if cfg.specaug_conf else None
+        _, encoder_cls = ENCODERS[cfg.encoder]
+        self.encoder = encoder_cls(cfg.encoder_conf, dim)
+        self.head_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
+        self.ctc = nn.Linear(self.encoder.output_size, vocab_size)
+
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B: batch, T: fbank frames, F: mel bins, T': encoder frames, D: encoder dim.
+
+        feats (B, T, F) raw fbank, feat_lens (B,) → (B, T', D), (B,).
+        """
+        x = self.cmvn(feats)
+        if self.specaug is not None:
+            x = self.specaug(x, feat_lens)
+        return self.encoder(x, feat_lens)
+
+    def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ log-probabilities (B, T', V) in float32, valid lengths (B,)."""
+        enc, lens = self.encode(feats, feat_lens)
+        logits = self.ctc(self.head_dropout(enc))
+        return torch.log_softmax(logits.float(), dim=-1), lens
+
+    def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, float]]:
+        """tokens (B, U) padded with anything, token_lens (B,) → (loss summed over the batch / B, stats)."""
+        log_probs, lens = self.ctc_log_probs(feats, feat_lens)
+        loss = nn.functional.ctc_loss(
+            log_probs.transpose(0, 1), tokens, lens, token_lens, blank=0, reduction="sum", zero_infinity=True
+        )
+        loss = loss / feats.shape[0]
+        return loss, {"ctc": loss.item()}

@@ -1,0 +1,98 @@
+"""Offline recognition with a trained experiment: load a checkpoint, batch waveforms by length,
+decode with greedy or prefix beam search. A bad audio file is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from speechkit.audio.fbank import compute_fbank
+from speechkit.audio.io import load_audio
+from speechkit.data.kaldi import load_data_dir, write_table
+from speechkit.errors import AudioError, SpeechkitError
+from speechkit.models.asr.ctc_decode import ctc_greedy, ctc_prefix_beam_search
+from speechkit.models.asr.ctc_model import CtcAsrModel
+from speechkit.text.tokenizer import load_tokenizer
+from speechkit.train.checkpoint import load_checkpoint
+from speechkit.train.config import experiment_config_from_dict
+
+
+@dataclass
+class Recognizer:
+    model: CtcAsrModel
+    tokenizer: object
+    device: torch.device
+
+    @classmethod
+    def from_exp_dir(cls, exp_dir: str | Path, checkpoint: str = "model_avg.pt", device: str | None = None) -> "Recognizer":
+        exp_dir = Path(exp_dir)
+        path = exp_dir / checkpoint
+        ckpt = load_checkpoint(path)
+        cfg = experiment_config_from_dict(ckpt["config"], source=str(path))
+        tokenizer = load_tokenizer(exp_dir)
+        model = CtcAsrModel(cfg.model, tokenizer.vocab_size)
+        model.load_state_dict(ckpt["model"])
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model.to(dev).eval(), tokenizer, dev)
+
+    @torch.no_grad()
+    def recognize_feats(self, feats: list[np.ndarray], beam: int = 1) -> list[str]:
+        """feats: list of (T, F) fbank arrays → one text each."""
+        lens = torch.tensor([len(f) for f in feats])
+        x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
+        for i, f in enumerate(feats):
+            x[i, : len(f)] = torch.from_numpy(f)
+        log_probs, out_lens = self.model.ctc_log_probs(x.to(self.device), lens.to(self.device))
+        log_probs = log_probs.cpu().numpy()
+        texts = []
+        for lp, n in zip(log_probs, out_lens.tolist()):
+            ids = ctc_greedy(lp[:n]) if beam <= 1 else ctc_prefix_beam_search(lp[:n], beam)[0][0]
+            texts.append(self.tokenizer.decode(list(ids)))
+        return texts
+
+
+def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, *, beam: int = 1, batch_seconds: float = 120.0) -> int:
+    """Write ``out_dir/hyp`` (Kaldi text) and ``out_dir/skipped.txt``; returns the number decoded."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = rec.model.cfg.frontend_conf
+    utts = load_data_dir(data_dir)
+    hyps: dict[str, str] = {}
+    skipped: list[str] = []
+    pending: list[tuple[str, np.ndarray]] = []
+    max_frames = int(batch_seconds * cfg.frames_per_second)
+
+    def flush():
+        texts = rec.recognize_feats([f for _, f in pending], beam)
+        hyps.update({u: t for (u, _), t in zip(pending, texts)})
+        pending.clear()
+
+    for u in tqdm(utts, desc=f"decode {Path(data_dir).name}", unit="utt", file=sys.stderr):
+        try:
+            samples, _ = load_audio(u.wav, cfg.sample_rate)
+        except AudioError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            skipped.append(str(e))
+            continue
+        feats = compute_fbank(samples, cfg)
+        if len(feats) < 7:  # shorter than the subsampling's receptive field
+            print(f"skipped: {u.wav}: too short ({len(samples)} samples)", file=sys.stderr)
+            skipped.append(f"{u.wav}: too short")
+            continue
+        longest = max([len(f) for _, f in pending] + [len(feats)])
+        if pending and longest * (len(pending) + 1) > max_frames:
+            flush()
+        pending.append((u.utt_id, feats))
+    if pending:
+        flush()
+    write_table(out_dir / "hyp", hyps)
+    (out_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    if not hyps:
+        raise SpeechkitError(f"{data_dir}: no utterance could be decoded (see {out_dir}/skipped.txt)")
+    return len(hyps)

@@ -1,0 +1,95 @@
+"""An experiment's config: the model's fields (ESPnet shape, at top level) plus
+``tokenizer_conf``, ``optim_conf`` and ``train_conf``. The resolved config is written into the
+experiment dir and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from speechkit.config import from_dict, load_yaml, to_dict
+from speechkit.errors import ConfigError
+from speechkit.models.asr.ctc_model import ENCODERS, AsrModelConfig
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    type: str = "bpe"  # bpe | char
+    vocab_size: int = 256  # bpe only
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak, reached at the end of warm-up
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 1000
+    final_lr_ratio: float = 0.02  # cosine decay to this fraction of lr at the last step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 20
+    batch_seconds: float = 200.0  # padded seconds of audio per batch (per GPU)
+    max_utt_seconds: float = 30.0  # longer utterances are left out of training
+    grad_clip: float = 5.0
+    seed: int = 0
+    num_workers: int = 2
+    log_interval: int = 50
+    save_interval_steps: int = 500  # mid-epoch checkpoint for resume
+    amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
+    avg_last: int = 5
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: AsrModelConfig = field(default_factory=AsrModelConfig)
+    tokenizer_conf: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim_conf: OptimConfig = field(default_factory=OptimConfig)
+    train_conf: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_yaml_dict(self) -> dict:
+        out = to_dict(self.model)
+        out.update(tokenizer_conf=to_dict(self.tokenizer_conf), optim_conf=to_dict(self.optim_conf),
+                   train_conf=to_dict(self.train_conf))
+        return out
+
+
+_MODEL_KEYS = {f.name for f in dataclasses.fields(AsrModelConfig)}
+
+
+def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dict[str, int] | None = None) -> ExperimentConfig:
+    lines = lines or {}
+    model_part = {k: v for k, v in data.items() if k in _MODEL_KEYS}
+    rest = {k: v for k, v in data.items() if k not in _MODEL_KEYS}
+    encoder = model_part.get("encoder", "conformer")
+    if encoder not in ENCODERS:
+        raise ConfigError(f"{source}:{lines.get('encoder', '?')}: unknown encoder '{encoder}' (known: {', '.join(ENCODERS)})")
+    enc_cls = ENCODERS[encoder][0]
+    enc_conf = from_dict(enc_cls, model_part.pop("encoder_conf", {}) or {}, source=source, lines=lines, prefix="encoder_conf.")
+    model = from_dict(AsrModelConfig, model_part, source=source, lines=lines)
+    model = dataclasses.replace(model, encoder_conf=enc_conf)
+    try:
+        if "model" in rest:
+            raise ConfigError(f"{source}:{lines.get('model', '?')}: unknown key 'model'")
+        exp = from_dict(ExperimentConfig, rest, source=source, lines=lines)
+    except ConfigError as e:
+        if "unknown key" in str(e):  # name the model keys too, not only the three *_conf sections
+            key = str(e).split("unknown key '")[1].split("'")[0]
+            known = ", ".join(sorted(_MODEL_KEYS | {"tokenizer_conf", "optim_conf", "train_conf"}))
+            raise ConfigError(f"{source}:{lines.get(key, '?')}: unknown key '{key}' (known: {known})") from None
+        raise
+    return dataclasses.replace(exp, model=model)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    data, lines = load_yaml(path)
+    return experiment_config_from_dict(data, str(path), lines)
+
+
+def save_experiment_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))

@@ -44,6 +44,19 @@ def _features(args: argparse.Namespace) -> None:
         print(f"{args.data_dir}: {skipped} bad file(s) skipped, listed in {args.dump_dir}/skipped.txt", file=sys.stderr)
 
 
+def _tokenizer(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from speechkit.data.kaldi import read_table
+    from speechkit.train.config import load_experiment_config
+    from speechkit.train.trainer import prepare_tokenizer
+
+    cfg = load_experiment_config(args.config)
+    texts = list(read_table(Path(args.text), allow_empty_value=True).values())
+    tok = prepare_tokenizer(cfg, Path(args.exp_dir), texts)
+    print(f"{tok.kind} tokenizer, {tok.vocab_size} tokens -> {args.exp_dir}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from speechkit.train.config import load_experiment_config
     from speechkit.train.trainer import train
@@ -57,7 +70,12 @@ def _average(args: argparse.Namespace) -> None:
 
     from speechkit.train.checkpoint import average_checkpoints, load_checkpoint, save_atomic, select_for_average
 
-    paths = select_for_average(args.exp_dir, last=None if args.best else args.last, best=args.best)
+    last = args.last
+    if last is None and not args.best:
+        from speechkit.train.config import load_experiment_config
+
+        last = load_experiment_config(Path(args.exp_dir) / "config.yaml").train_conf.avg_last
+    paths = select_for_average(args.exp_dir, last=None if args.best else last, best=args.best)
     state = average_checkpoints(paths)
     cfg = load_checkpoint(paths[-1])["config"]
     out = Path(args.exp_dir) / args.out
@@ -122,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--nj", type=int, default=None, help="parallel jobs (default: all cores)")
     f.set_defaults(func=_features)
 
+    tk = sub.add_parser("tokenizer", help="train the experiment's tokenizer (char or sentencepiece BPE) from a Kaldi text")
+    tk.add_argument("--config", required=True)
+    tk.add_argument("--text", required=True, help="Kaldi text of the training set")
+    tk.add_argument("--exp-dir", required=True)
+    tk.set_defaults(func=_tokenizer)
+
     t = sub.add_parser("train", help="train a model (resumes from EXP_DIR/checkpoint.pt); launch with torchrun for DDP")
     t.add_argument("--config", required=True, help="ESPnet-shaped YAML")
     t.add_argument("--train-dump", required=True)
@@ -131,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("average", help="average epoch checkpoints into one model")
     a.add_argument("exp_dir")
-    a.add_argument("--last", type=int, default=5, help="average the last N epochs (default 5)")
+    a.add_argument("--last", type=int, default=None, help="average the last N epochs (default: train_conf.avg_last)")
     a.add_argument("--best", type=int, default=None, help="average the N epochs with the lowest dev loss instead")
     a.add_argument("--out", default="model_avg.pt", help="file name inside EXP_DIR (default model_avg.pt)")
     a.set_defaults(func=_average)

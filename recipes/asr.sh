@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Generic ASR recipe: validate → features/CMVN → tokenizer → train → average → decode → score →
+# RESULTS.md. Called by egs/<corpus>/asr/run.sh with the corpus's data dirs prepared under $data.
+# Each stage skips work it has already finished (a .done marker or the trainer's checkpoint), so
+# a rerun resumes where it stopped.
+#   recipes/asr.sh --config conf/train.yaml [--stage N] [--stop_stage N] [--ngpu N] ...
+set -euo pipefail
+
+stage=1
+stop_stage=100
+config=
+data=data
+dump=dump
+exp=
+train_set=train
+dev_set=dev
+test_sets="test test_unseen"
+speed_perturb=""
+nj=$(nproc)
+ngpu=0
+decode_modes="greedy"
+beam=10
+results=RESULTS.md
+results_title="conformer-CTC"
+command_line="$0 $*"
+_speechkit_opts="command_line stage stop_stage config data dump exp train_set dev_set test_sets speed_perturb nj ngpu decode_modes beam results results_title"
+. "$(dirname "$0")/../tools/parse_options.sh"
+
+[ -n "$config" ] || { echo "$0: --config is required" >&2; exit 2; }
+[ -n "$exp" ] || exp=exp/$(basename "${config%.*}")
+log() { echo "[$(date +%T)] $*" >&2; }
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "stage 1: validate data dirs"
+  for s in $train_set $dev_set $test_sets; do
+    [ -f "$data/$s/.validated" ] && continue
+    speechkit data validate "$data/$s" --no-audio
+    touch "$data/$s/.validated"
+  done
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "stage 2: fbank features (speed perturbation: ${speed_perturb:-none}) and global CMVN stats"
+  [ -f "$dump/$train_set/.done" ] || { speechkit features "$data/$train_set" "$dump/$train_set" --nj "$nj" ${speed_perturb:+--speed-perturb "$speed_perturb"} && touch "$dump/$train_set/.done"; }
+  [ -f "$dump/$dev_set/.done" ] || { speechkit features "$data/$dev_set" "$dump/$dev_set" --nj "$nj" && touch "$dump/$dev_set/.done"; }
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "stage 3: tokenizer"
+  speechkit tokenizer --config "$config" --text "$dump/$train_set/text" --exp-dir "$exp"
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "stage 4: train $exp (resumes if interrupted)"
+  if [ "$ngpu" -gt 1 ]; then
+    torchrun --standalone --nproc_per_node "$ngpu" -m speechkit.cli train --config "$config" \
+      --train-dump "$dump/$train_set" --dev-dump "$dump/$dev_set" --exp-dir "$exp"
+  else
+    speechkit train --config "$config" --train-dump "$dump/$train_set" --dev-dump "$dump/$dev_set" --exp-dir "$exp"
+  fi
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "stage 5: average the last train_conf.avg_last epochs"
+  speechkit average "$exp"
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "stage 6: decode and score ($decode_modes)"
+  for s in $test_sets; do
+    for mode in $decode_modes; do
+      out="$exp/decode_${s}"; b=1
+      [ "$mode" = beam ] && { out="$exp/decode_${s}.beam$beam"; b=$beam; }
+      speechkit decode "$exp" "$data/$s" "$out" --beam "$b"
+      speechkit score "$data/$s/text" "$out/hyp" --out "$out/wer.json"
+    done
+  done
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "stage 7: $results"
+  speechkit results "$exp" --out "$results" --title "$results_title" --command "$command_line"
+fi

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up speechkit on a fresh Debian machine (as root): the speech engines, a virtualenv in
+# .venv, torch==2.13.0 (CPU) first, then the package with its extras. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=()
+for bin in espeak-ng flite festival sox; do command -v "$bin" >/dev/null 2>&1 || apt_pkgs+=("$bin"); done
+[ -d /usr/share/festival/voices/english/kal_diphone ] || apt_pkgs+=(festvox-kallpc16k)
+[ -d /usr/share/festival/voices/english/kd_diphone ] || apt_pkgs+=(festvox-kdlpc16k)
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
+command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3 python3-venv)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${apt_pkgs[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "setup: Python >= 3.11 is required" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=".venv/bin/python -m pip"
+# torch first and pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
+.venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' >/dev/null 2>&1 \
+  || $pip install -q --disable-pip-version-check torch==2.13.0
+$pip install -q --disable-pip-version-check -e '.[onnx,test]'
+.venv/bin/python -c 'import speechkit, torch; print(f"setup: speechkit {speechkit.__version__}, torch {torch.__version__}")'

@@ -94,8 +94,14 @@ def _convert(tp, value, key: str, where, source: str, lines: dict[str, int]):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where(key)}: '{key}' must be a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)[:1] or (Any,)
-        items = [_convert(item, v, f"{key}[{i}]", where, source, lines) for i, v in enumerate(value)]
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where(key)}: '{key}' must have {len(args)} items, got {len(value)}")
+            item_types = list(args)
+        else:
+            item_types = [args[0] if args else Any] * len(value)
+        items = [_convert(t, v, f"{key}[{i}]", where, source, lines) for i, (t, v) in enumerate(zip(item_types, value))]
         return items if origin is list else tuple(items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

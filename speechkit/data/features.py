@@ -73,7 +73,7 @@ def compute_dump(
         results = pool.imap(_extract, work, chunksize=16)
         for utt, feats, err in tqdm(results, total=len(work), desc=f"fbank {Path(data_dir).name}", unit="utt", file=sys.stderr):
             if err is not None:
-                print(f"skipped: {err}", file=sys.stderr)
+                tqdm.write(f"skipped: {err}", file=sys.stderr)
                 skipped.append(err)
                 continue
             for factor, f in zip(speed_factors, feats):

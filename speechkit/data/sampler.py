@@ -40,5 +40,7 @@ class DurationBatchSampler:
             batches.append(cur)
         if self.shuffle:
             rng.shuffle(batches)
-        usable = len(batches) - len(batches) % self.world_size if len(batches) >= self.world_size else len(batches)
+        if 0 < len(batches) < self.world_size:  # too few to share: repeat so every rank steps alike
+            batches = [batches[i % len(batches)] for i in range(self.world_size)]
+        usable = len(batches) - len(batches) % self.world_size
         return batches[self.rank : usable : self.world_size]

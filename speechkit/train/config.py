@@ -69,8 +69,11 @@ def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dic
     encoder = model_part.get("encoder", "conformer")
     if encoder not in ENCODERS:
         raise ConfigError(f"{source}:{lines.get('encoder', '?')}: unknown encoder '{encoder}' (known: {', '.join(ENCODERS)})")
+    if model_part.get("head", "ctc") != "ctc":
+        raise ConfigError(f"{source}:{lines.get('head', '?')}: unknown head '{model_part['head']}' (known: ctc)")
     enc_cls = ENCODERS[encoder][0]
-    enc_conf = from_dict(enc_cls, model_part.pop("encoder_conf", {}) or {}, source=source, lines=lines, prefix="encoder_conf.")
+    enc_data = model_part.pop("encoder_conf", None)
+    enc_conf = from_dict(enc_cls, {} if enc_data is None else enc_data, source=source, lines=lines, prefix="encoder_conf.")
     model = from_dict(AsrModelConfig, model_part, source=source, lines=lines)
     model = dataclasses.replace(model, encoder_conf=enc_conf)
     try:
@@ -78,8 +81,8 @@ def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dic
             raise ConfigError(f"{source}:{lines.get('model', '?')}: unknown key 'model'")
         exp = from_dict(ExperimentConfig, rest, source=source, lines=lines)
     except ConfigError as e:
-        if "unknown key" in str(e):  # name the model keys too, not only the three *_conf sections
-            key = str(e).split("unknown key '")[1].split("'")[0]
+        key = str(e).split("unknown key '")[1].split("'")[0] if "unknown key '" in str(e) else ""
+        if key and "." not in key:  # a top-level key: list the model keys too, not only the *_conf sections
             known = ", ".join(sorted(_MODEL_KEYS | {"tokenizer_conf", "optim_conf", "train_conf"}))
             raise ConfigError(f"{source}:{lines.get(key, '?')}: unknown key '{key}' (known: {known})") from None
         raise

@@ -32,7 +32,7 @@ def _logadd(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
-def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[tuple[int, ...], float]]:
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[list[int], float]]:
     """log_probs (T, V) → the n-best [(token ids, log score)], best first.
 
     Each prefix keeps two scores: ending in blank and ending in its last token, so a repeated

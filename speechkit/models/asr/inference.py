@@ -77,12 +77,12 @@ def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, 
         try:
             samples, _ = load_audio(u.wav, cfg.sample_rate)
         except AudioError as e:
-            print(f"skipped: {e}", file=sys.stderr)
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
             skipped.append(str(e))
             continue
         feats = compute_fbank(samples, cfg)
         if len(feats) < 7:  # shorter than the subsampling's receptive field
-            print(f"skipped: {u.wav}: too short ({len(samples)} samples)", file=sys.stderr)
+            tqdm.write(f"skipped: {u.wav}: too short ({len(samples)} samples)", file=sys.stderr)
             skipped.append(f"{u.wav}: too short")
             continue
         longest = max([len(f) for _, f in pending] + [len(feats)])

@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny Kaldi data dir of synthetic audio (no speech engines needed), its
+feature dump, a tiny randomly initialised experiment dir, and an in-process CLI runner.
+
+The plain functions (``make_tiny_data_dir``, ``make_tiny_dump``, ``make_tiny_exp_dir``) are
+importable with ``from conftest import ...`` for tests that need their own copies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechkit.audio.io import save_audio
+from speechkit.data.kaldi import Utterance, write_data_dir
+
+SAMPLE_RATE = 16000
+# Each word is a tone at its own pitch, so a model could in principle learn the mapping.
+WORD_HZ = {"up": 220.0, "down": 330.0, "left": 440.0, "right": 550.0, "yes": 660.0, "no": 770.0, "go": 880.0, "stop": 990.0}
+VOCAB = tuple(WORD_HZ)
+
+TINY_ENCODER_CONF = {"output_size": 16, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "cnn_module_kernel": 5}
+
+
+def _synth_utterance(rng: np.random.Generator, words: list[str], pitch: float, seconds: float) -> np.ndarray:
+    """Tones (fundamental + one harmonic) for each word, a short gap between words, light noise."""
+    n = int(round(seconds * SAMPLE_RATE))
+    out = np.zeros(n, dtype=np.float32)
+    bounds = np.linspace(0, n, len(words) + 1).astype(int)
+    for w, a, b in zip(words, bounds[:-1], bounds[1:]):
+        gap = int(0.05 * SAMPLE_RATE)
+        t = np.arange(b - a - gap) / SAMPLE_RATE
+        f0 = WORD_HZ[w] * pitch
+        tone = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 2 * f0 * t)
+        out[a : a + len(t)] = tone * np.hanning(len(t))
+    out += 0.01 * rng.standard_normal(n).astype(np.float32)
+    return out
+
+
+def make_tiny_data_dir(path: str | Path, n_utts: int = 12, seed: int = 0, n_speakers: int = 2) -> list[Utterance]:
+    """Write a Kaldi data dir of ``n_utts`` 16 kHz mono utterances (0.5-1.5 s, 1-3 words) from
+    ``n_speakers`` speakers; audio in ``path/wav/``, absolute paths in ``wav.scp``, ``utt2dur`` set.
+    Same (n_utts, seed, n_speakers), same files."""
+    path = Path(path).resolve()
+    wav_dir = path / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    utts = []
+    for i in range(n_utts):
+        spk = f"spk{i % n_speakers + 1}"
+        utt_id = f"{spk}-{seed:02d}{i:04d}"
+        words = [str(w) for w in rng.choice(VOCAB, size=int(rng.integers(1, 4)))]
+        seconds = float(rng.uniform(0.5, 1.5))
+        samples = _synth_utterance(rng, words, pitch=1.0 + 0.15 * (i % n_speakers), seconds=seconds)
+        wav = wav_dir / f"{utt_id}.wav"
+        save_audio(wav, samples, SAMPLE_RATE)
+        utts.append(Utterance(utt_id, spk, str(wav), " ".join(words), len(samples) / SAMPLE_RATE))
+    write_data_dir(path, utts)
+    return sorted(utts, key=lambda u: u.utt_id)
+
+
+def make_tiny_dump(data_dir: str | Path, dump_dir: str | Path, **kwargs) -> Path:
+    """Fbank dump of a data dir in this process (``nj=1``); returns the dump dir."""
+    from speechkit.data.features import compute_dump
+
+    compute_dump(data_dir, dump_dir, nj=1, **kwargs)
+    return Path(dump_dir)
+
+
+def tiny_experiment_config(**train_conf):
+    """An ExperimentConfig with a 2-block, 16-dim conformer and a char tokenizer."""
+    from speechkit.train.config import experiment_config_from_dict
+
+    return experiment_config_from_dict({
+        "encoder": "conformer",
+        "encoder_conf": dict(TINY_ENCODER_CONF),
+        "specaug_conf": {"num_freq_masks": 1, "freq_mask_width": 8, "num_time_masks": 2, "time_mask_ratio": 0.05},
+        "tokenizer_conf": {"type": "char"},
+        "train_conf": {"num_workers": 0, **train_conf},
+    })
+
+
+def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, checkpoint: str = "model_avg.pt") -> Path:
+    """A decodable experiment dir without training: char tokenizer over ``texts`` and a randomly
+    initialised tiny model saved as ``checkpoint`` with its config."""
+    from speechkit.models.asr.ctc_model import CtcAsrModel
+    from speechkit.text.tokenizer import train_tokenizer
+    from speechkit.train.checkpoint import save_atomic
+
+    exp_dir = Path(exp_dir)
+    tok = train_tokenizer("char", texts, exp_dir)
+    cfg = tiny_experiment_config()
+    torch.manual_seed(seed)
+    model = CtcAsrModel(cfg.model, tok.vocab_size)
+    save_atomic({"model": model.state_dict(), "config": cfg.to_yaml_dict()}, exp_dir / checkpoint)
+    return exp_dir
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    """A fresh 12-utterance, 2-speaker data dir that the test may damage."""
+    make_tiny_data_dir(tmp_path / "data", n_utts=12, seed=0)
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dump(tmp_path_factory) -> Path:
+    """The feature dump of a 12-utterance data dir, shared read-only by the whole session."""
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_data_dir(root / "data", n_utts=12, seed=0)
+    return make_tiny_dump(root / "data", root / "dump")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``speechkit ARGS`` in this process → (exit status, stdout, stderr)."""
+    from speechkit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop anything printed before
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run

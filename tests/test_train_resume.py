@@ -1,0 +1,62 @@
+"""Nothing lost: a training run killed with SIGKILL mid-epoch resumes from its last checkpoint
+and ends with exactly the weights of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import make_tiny_data_dir
+from speechkit.data.features import compute_dump
+
+CONFIG = """\
+encoder: conformer
+encoder_conf: {output_size: 16, attention_heads: 2, linear_units: 32, num_blocks: 2, cnn_module_kernel: 5}
+specaug_conf: {num_freq_masks: 1, freq_mask_width: 8, num_time_masks: 2, time_mask_ratio: 0.05}
+tokenizer_conf: {type: char}
+optim_conf: {lr: 0.002, warmup_steps: 5}
+train_conf: {max_epochs: 3, batch_seconds: 3, num_workers: 0, log_interval: 2, save_interval_steps: 3}
+"""
+
+
+def _train_cmd(tmp, exp):
+    return [sys.executable, "-m", "speechkit.cli", "train", "--config", str(tmp / "conf.yaml"),
+            "--train-dump", str(tmp / "dump_train"), "--dev-dump", str(tmp / "dump_dev"), "--exp-dir", str(tmp / exp)]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    make_tiny_data_dir(tmp_path / "train", n_utts=40, seed=1)
+    make_tiny_data_dir(tmp_path / "dev", n_utts=6, seed=2)
+    compute_dump(tmp_path / "train", tmp_path / "dump_train", nj=1)
+    compute_dump(tmp_path / "dev", tmp_path / "dump_dev", nj=1)
+    (tmp_path / "conf.yaml").write_text(CONFIG)
+
+    subprocess.run(_train_cmd(tmp_path, "exp_full"), check=True, env=_env(), capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tmp_path, "exp_killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "exp_killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 0 and state["batch"] > 0, "the kill should land mid-epoch, after the first checkpoint"
+    assert not (tmp_path / "exp_killed" / "epoch_3.pt").exists(), "the run finished before it was killed"
+
+    resumed = subprocess.run(_train_cmd(tmp_path, "exp_killed"), check=True, env=_env(), capture_output=True, text=True)
+    assert "resuming from" in resumed.stderr
+
+    full = torch.load(tmp_path / "exp_full" / "epoch_3.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "exp_killed" / "epoch_3.pt", weights_only=True)["model"]
+    assert full.keys() == again.keys()
+    for k in full:
+        assert torch.equal(full[k], again[k]), f"{k} differs after resume"

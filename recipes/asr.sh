@@ -34,7 +34,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   log "stage 1: validate data dirs"
   for s in $train_set $dev_set $test_sets; do
     [ -f "$data/$s/.validated" ] && continue
-    speechkit data validate "$data/$s" --no-audio
+    speechkit data validate "$data/$s" --nj "$nj" --allow-bad-audio
     touch "$data/$s/.validated"
   done
 fi

@@ -23,13 +23,13 @@ def _data_validate(args: argparse.Namespace) -> None:
 
     failed = False
     for d in args.data_dirs:
-        report = validate_data_dir(d, sample_rate=args.sample_rate, check_audio=not args.no_audio)
+        report = validate_data_dir(d, sample_rate=args.sample_rate, check_audio=not args.no_audio, nj=args.nj)
         for line in report.bad_audio:
             print(f"bad audio: {line}", file=sys.stderr)
         status = "OK" if not report.bad_audio else f"{len(report.bad_audio)} bad audio file(s)"
         print(f"{d}: {report.num_utts} utterances, {report.num_speakers} speakers, {report.hours:.2f} h: {status}")
         failed |= bool(report.bad_audio)
-    if failed:
+    if failed and not args.allow_bad_audio:
         raise SpeechkitError("validation found bad audio files (listed above)")
 
 
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("data_dirs", nargs="+", metavar="DATA_DIR")
     v.add_argument("--sample-rate", type=int, default=16000, help="expected sample rate (default 16000)")
     v.add_argument("--no-audio", action="store_true", help="check the tables only, do not open the audio")
+    v.add_argument("--nj", type=int, default=1, help="parallel jobs for the audio checks (default 1)")
+    v.add_argument("--allow-bad-audio", action="store_true",
+                   help="list bad audio files but exit 0 (later stages skip them); structural errors still fail")
     v.set_defaults(func=_data_validate)
 
     f = sub.add_parser("features", help="fbank features (and speed-perturbed copies) of a data dir into a dump dir")

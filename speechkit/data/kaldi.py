@@ -7,6 +7,7 @@ requires; every problem is reported as one line naming the file and line.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,28 +146,36 @@ class ValidationReport:
     bad_audio: list[str]
 
 
+def _check_audio(args: tuple[Utterance, int, float]) -> tuple[float, str | None]:
+    u, sample_rate, tolerance = args
+    try:
+        samples, sr = load_audio(u.wav, sample_rate)
+    except AudioError as e:
+        return 0.0, str(e)
+    dur = len(samples) / sr
+    if u.duration is not None and abs(dur - u.duration) > tolerance:
+        return dur, f"{u.wav}: duration {dur:.3f}s disagrees with utt2dur ({u.duration:.3f}s)"
+    return dur, None
+
+
 def validate_data_dir(
-    data_dir: str | Path, *, sample_rate: int = 16000, check_audio: bool = True, duration_tolerance: float = 0.05
+    data_dir: str | Path, *, sample_rate: int = 16000, check_audio: bool = True, duration_tolerance: float = 0.05,
+    nj: int = 1,
 ) -> ValidationReport:
-    """Check structure (always) and every audio file (``check_audio``).
+    """Check structure (always) and every audio file (``check_audio``, ``nj`` processes).
 
     Structural problems raise ``DataDirError``; bad audio files are collected in the report so a
     caller can list them all at once.
     """
     utts = load_data_dir(data_dir)
-    bad: list[str] = []
-    total = 0.0
-    for u in utts:
-        if not check_audio:
-            total += u.duration or 0.0
-            continue
-        try:
-            samples, sr = load_audio(u.wav, sample_rate)
-        except AudioError as e:
-            bad.append(str(e))
-            continue
-        dur = len(samples) / sr
-        total += dur
-        if u.duration is not None and abs(dur - u.duration) > duration_tolerance:
-            bad.append(f"{u.wav}: duration {dur:.3f}s disagrees with utt2dur ({u.duration:.3f}s)")
-    return ValidationReport(len(utts), len({u.speaker for u in utts}), total / 3600.0, bad)
+    if not check_audio:
+        hours = sum(u.duration or 0.0 for u in utts) / 3600.0
+        return ValidationReport(len(utts), len({u.speaker for u in utts}), hours, [])
+    work = [(u, sample_rate, duration_tolerance) for u in utts]
+    if nj > 1:
+        with mp.get_context("fork").Pool(nj) as pool:
+            results = pool.map(_check_audio, work, chunksize=64)
+    else:
+        results = [_check_audio(w) for w in work]
+    bad = [err for _, err in results if err]
+    return ValidationReport(len(utts), len({u.speaker for u in utts}), sum(d for d, _ in results) / 3600.0, bad)

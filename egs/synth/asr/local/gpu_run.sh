@@ -15,6 +15,14 @@ REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs stage"
 . "$root/tools/parse_options.sh"
 
+# Run from a private copy of the checkout: a tool that re-syncs the working tree while this runs
+# in the background would otherwise pull the current directory out from under it.
+if [ "$root" != "$WORK/src" ]; then
+  mkdir -p "$WORK/src"
+  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv -cf - . | tar -C "$WORK/src" -xf -
+  exec bash "$WORK/src/egs/synth/asr/local/gpu_run.sh" "$@"
+fi
+
 if ! command -v speechkit >/dev/null 2>&1; then  # the GPU image has no virtualenv: run from the checkout
   mkdir -p "$WORK/bin"
   printf '#!/usr/bin/env bash\nexec python3 -m speechkit.cli "$@"\n' > "$WORK/bin/speechkit"

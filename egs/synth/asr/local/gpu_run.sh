@@ -10,9 +10,10 @@ root=$(cd "$(dirname "$0")/../../../.." && pwd)
 hours=50
 epochs=
 stage=0
+decode_modes="greedy beam"
 WORK=${WORK:-/tmp/synth_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours epochs stage"
+_speechkit_opts="hours epochs stage decode_modes"
 . "$root/tools/parse_options.sh"
 
 # Run from a private copy of the checkout: a tool that re-syncs the working tree while this runs
@@ -36,7 +37,7 @@ if [ -n "$epochs" ]; then  # a copy of the config with another epoch count, reco
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$root/egs/synth/asr/run.sh" --stage "$stage" --config "$config" --hours "$hours" --nj "$(nproc)" --ngpu 1 \
-  --data "$WORK/data" --dump "$WORK/dump" --exp "$WORK/exp" --decode_modes "greedy beam"
+  --data "$WORK/data" --dump "$WORK/dump" --exp "$WORK/exp" --decode_modes "$decode_modes"
 
 mkdir -p "$REPORT"
 cp "$WORK/exp/RESULTS.md" "$WORK/exp/metrics.jsonl" "$WORK/exp/config.yaml" "$WORK/exp/model_info.json" "$REPORT/"

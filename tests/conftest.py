@@ -69,6 +69,14 @@ def make_tiny_dump(data_dir: str | Path, dump_dir: str | Path, **kwargs) -> Path
     return Path(dump_dir)
 
 
+def make_train_dev_dumps(root: Path, n_train: int, seed: int) -> None:
+    """``root/dump_train`` and ``root/dump_dev`` from two fresh tiny data dirs (for trainer tests)."""
+    make_tiny_data_dir(root / "train", n_utts=n_train, seed=seed)
+    make_tiny_data_dir(root / "dev", n_utts=max(4, n_train // 6), seed=seed + 1)
+    make_tiny_dump(root / "train", root / "dump_train")
+    make_tiny_dump(root / "dev", root / "dump_dev")
+
+
 def tiny_experiment_config(**train_conf):
     """An ExperimentConfig with a 2-block, 16-dim conformer and a char tokenizer."""
     from speechkit.train.config import experiment_config_from_dict

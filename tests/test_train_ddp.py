@@ -7,8 +7,7 @@ import sys
 
 import torch
 
-from conftest import make_tiny_data_dir
-from speechkit.data.features import compute_dump
+from conftest import make_train_dev_dumps
 
 CONFIG = """\
 encoder: conformer
@@ -20,10 +19,7 @@ train_conf: {max_epochs: 1, batch_seconds: 3, num_workers: 0, log_interval: 1, s
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    make_tiny_data_dir(tmp_path / "train", n_utts=16, seed=3)
-    make_tiny_data_dir(tmp_path / "dev", n_utts=4, seed=4)
-    compute_dump(tmp_path / "train", tmp_path / "dump_train", nj=1)
-    compute_dump(tmp_path / "dev", tmp_path / "dump_dev", nj=1)
+    make_train_dev_dumps(tmp_path, n_train=16, seed=3)
     (tmp_path / "conf.yaml").write_text(CONFIG)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "speechkit.cli",

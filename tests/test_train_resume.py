@@ -9,8 +9,7 @@ import time
 
 import torch
 
-from conftest import make_tiny_data_dir
-from speechkit.data.features import compute_dump
+from conftest import make_train_dev_dumps
 
 CONFIG = """\
 encoder: conformer
@@ -32,10 +31,7 @@ def _env():
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    make_tiny_data_dir(tmp_path / "train", n_utts=40, seed=1)
-    make_tiny_data_dir(tmp_path / "dev", n_utts=6, seed=2)
-    compute_dump(tmp_path / "train", tmp_path / "dump_train", nj=1)
-    compute_dump(tmp_path / "dev", tmp_path / "dump_dev", nj=1)
+    make_train_dev_dumps(tmp_path, n_train=40, seed=1)
     (tmp_path / "conf.yaml").write_text(CONFIG)
 
     subprocess.run(_train_cmd(tmp_path, "exp_full"), check=True, env=_env(), capture_output=True)

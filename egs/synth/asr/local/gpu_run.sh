@@ -4,9 +4,12 @@
 # prefix beam) and scored on test and test_unseen. Work goes to $WORK (default /tmp/synth_gpu);
 # a compact report (RESULTS.md, metrics, configs, WER json, hypotheses) is copied to $REPORT.
 #   bash egs/synth/asr/local/gpu_run.sh [--hours 50] [--epochs N] [--stage N]
-# On the lent GPU machine first run `source .device/env.sh` (engines and wheels it lacks).
+# On the lent GPU machine first run `source .device/env.sh` (engines and wheels it lacks). Its
+# calls last at most 10 minutes, so start it detached and watch the log from later calls:
+#   (setsid nohup bash egs/synth/asr/local/gpu_run.sh > /tmp/gpu_run.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
+args=("$@")
 hours=50
 epochs=
 stage=0
@@ -21,7 +24,7 @@ _speechkit_opts="hours epochs stage decode_modes"
 if [ "$root" != "$WORK/src" ]; then
   mkdir -p "$WORK/src"
   tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv -cf - . | tar -C "$WORK/src" -xf -
-  exec bash "$WORK/src/egs/synth/asr/local/gpu_run.sh" "$@"
+  exec bash "$WORK/src/egs/synth/asr/local/gpu_run.sh" "${args[@]}"
 fi
 
 if ! command -v speechkit >/dev/null 2>&1; then  # the GPU image has no virtualenv: run from the checkout

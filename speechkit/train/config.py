@@ -62,15 +62,19 @@ class ExperimentConfig:
 _MODEL_KEYS = {f.name for f in dataclasses.fields(AsrModelConfig)}
 
 
+def _where(source: str, lines: dict[str, int], key: str) -> str:
+    return f"{source}:{lines[key]}" if key in lines else source
+
+
 def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dict[str, int] | None = None) -> ExperimentConfig:
     lines = lines or {}
     model_part = {k: v for k, v in data.items() if k in _MODEL_KEYS}
     rest = {k: v for k, v in data.items() if k not in _MODEL_KEYS}
     encoder = model_part.get("encoder", "conformer")
     if encoder not in ENCODERS:
-        raise ConfigError(f"{source}:{lines.get('encoder', '?')}: unknown encoder '{encoder}' (known: {', '.join(ENCODERS)})")
+        raise ConfigError(f"{_where(source, lines, 'encoder')}: unknown encoder '{encoder}' (known: {', '.join(ENCODERS)})")
     if model_part.get("head", "ctc") != "ctc":
-        raise ConfigError(f"{source}:{lines.get('head', '?')}: unknown head '{model_part['head']}' (known: ctc)")
+        raise ConfigError(f"{_where(source, lines, 'head')}: unknown head '{model_part['head']}' (known: ctc)")
     enc_cls = ENCODERS[encoder][0]
     enc_data = model_part.pop("encoder_conf", None)
     enc_conf = from_dict(enc_cls, {} if enc_data is None else enc_data, source=source, lines=lines, prefix="encoder_conf.")
@@ -78,13 +82,13 @@ def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dic
     model = dataclasses.replace(model, encoder_conf=enc_conf)
     try:
         if "model" in rest:
-            raise ConfigError(f"{source}:{lines.get('model', '?')}: unknown key 'model'")
+            raise ConfigError(f"{_where(source, lines, 'model')}: unknown key 'model'")
         exp = from_dict(ExperimentConfig, rest, source=source, lines=lines)
     except ConfigError as e:
         key = str(e).split("unknown key '")[1].split("'")[0] if "unknown key '" in str(e) else ""
         if key and "." not in key:  # a top-level key: list the model keys too, not only the *_conf sections
             known = ", ".join(sorted(_MODEL_KEYS | {"tokenizer_conf", "optim_conf", "train_conf"}))
-            raise ConfigError(f"{source}:{lines.get(key, '?')}: unknown key '{key}' (known: {known})") from None
+            raise ConfigError(f"{_where(source, lines, key)}: unknown key '{key}' (known: {known})") from None
         raise
     return dataclasses.replace(exp, model=model)
 

@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpeechkitError as e:
         print(f"speechkit: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a missing, unreadable or unwritable path the user named
+        print(f"speechkit: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("speechkit: interrupted", file=sys.stderr)
         return 130

@@ -221,3 +221,22 @@ def test_decode_cli_reports_skip(tiny_data_dir, tmp_path, run_cli):
     assert "decoded 11 utterances" in out
     # (the progress bar shares stderr, so the message need not start its line)
     assert any(f"skipped: {wav}" in ln and "NaN" in ln for ln in err.splitlines()), err
+
+
+def test_train_without_cmvn_stats_or_with_a_missing_path_is_one_line(tmp_path, run_cli, tiny_dump):
+    import shutil
+
+    from conftest import tiny_experiment_config
+    from speechkit.train.config import save_experiment_config
+
+    conf = tmp_path / "conf.yaml"
+    save_experiment_config(tiny_experiment_config(), conf)
+    dump = tmp_path / "dump"
+    shutil.copytree(tiny_dump, dump)
+    (dump / "stats.json").unlink()
+    code, _, err = run_cli("train", "--config", str(conf), "--train-dump", str(dump), "--dev-dump", str(dump),
+                           "--exp-dir", str(tmp_path / "exp"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "stats.json" in err, err
+
+    code, _, err = run_cli("score", str(tmp_path / "no_text"), str(tmp_path / "no_hyp"), "--out", str(tmp_path / "w.json"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no_text" in err, err

@@ -111,6 +111,8 @@ class _Serial:
 
 def cmvn_from_stats(stats_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Global mean and inverse standard deviation from a dump's ``stats.json``."""
+    if not Path(stats_path).is_file():
+        raise DataDirError(f"{stats_path}: missing; run the feature stage on the training set first")
     stats = json.loads(Path(stats_path).read_text())
     n = max(stats["frames"], 1)
     mean = np.asarray(stats["sum"]) / n

@@ -31,7 +31,7 @@ def results_table(exp_dir: Path) -> list[str]:
 
 def write_results(exp_dir: str | Path, out: str | Path, command: str, title: str, notes: str = "") -> str:
     exp_dir = Path(exp_dir)
-    lines = [f"## {title}", "", f"- command: `{command}`", f"- git revision: `{git_revision(exp_dir if exp_dir.exists() else None)}`",
+    lines = [f"## {title}", "", f"- command: `{command}`", f"- git revision: `{git_revision(Path(__file__).parent)}`",
              f"- date: {datetime.date.today().isoformat()}", f"- experiment: `{exp_dir}`"]
     info = exp_dir / "model_info.json"
     if info.is_file():

@@ -127,9 +127,7 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, train_dump: str | Path, de
     optim = torch.optim.AdamW(model.parameters(), lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
 
     fps = cfg.model.frontend_conf.frames_per_second
-    lengths = train_set_dump.lengths.copy()
-    lengths[lengths > tc.max_utt_seconds * fps] = 0  # too long: left out below
-    keep = np.flatnonzero(lengths > 0)
+    keep = np.flatnonzero((train_set_dump.lengths > 0) & (train_set_dump.lengths <= tc.max_utt_seconds * fps))
     sampler = DurationBatchSampler(train_set_dump.lengths[keep], int(tc.batch_seconds * fps), seed=tc.seed, rank=rank, world_size=world)
     steps_per_epoch = len(sampler.batches(0))
     total_steps = steps_per_epoch * tc.max_epochs

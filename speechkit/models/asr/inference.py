@@ -81,7 +81,7 @@ def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, 
             skipped.append(str(e))
             continue
         feats = compute_fbank(samples, cfg)
-        if len(feats) < 7:  # shorter than the subsampling's receptive field
+        if rec.model.encoder.embed.output_lengths(torch.tensor(len(feats))).item() < 1:  # shorter than the subsampling needs
             tqdm.write(f"skipped: {u.wav}: too short ({len(samples)} samples)", file=sys.stderr)
             skipped.append(f"{u.wav}: too short")
             continue

@@ -89,8 +89,63 @@ def _decode(args: argparse.Namespace) -> None:
     from speechkit.models.asr.inference import Recognizer, decode_data_dir
 
     rec = Recognizer.from_exp_dir(args.exp_dir, args.checkpoint, args.device)
+    rec.att_context = _context(args.att_context)
     n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
     print(f"decoded {n} utterances -> {args.out_dir}/hyp")
+
+
+def _context(text: str | None):
+    if text is None:
+        return None
+    if text == "full":
+        return -1, -1
+    try:
+        left, right = (int(v) for v in text.split(","))
+    except ValueError:
+        raise SpeechkitError(f"--att-context wants LEFT,RIGHT in encoder frames (e.g. 64,4), got {text!r}") from None
+    return left, right
+
+
+def _check_utterances(data_dir: str, n: int, sample_rate: int):
+    """The n longest readable utterances of a data dir, as fbank arrays."""
+    from speechkit.audio.fbank import FbankConfig, compute_fbank
+    from speechkit.audio.io import load_audio
+    from speechkit.data.kaldi import load_data_dir
+
+    utts = sorted(load_data_dir(data_dir), key=lambda u: -u.duration if u.duration else 0)
+    feats = []
+    for u in utts:
+        try:
+            samples, _ = load_audio(u.wav, sample_rate)
+        except SpeechkitError:
+            continue
+        feats.append(compute_fbank(samples, FbankConfig(sample_rate=sample_rate)))
+        if len(feats) == n:
+            break
+    if len(feats) < n:
+        raise SpeechkitError(f"{data_dir}: fewer than {n} readable utterances for the parity check")
+    return feats
+
+
+def _export_onnx(args: argparse.Namespace) -> None:
+    import json
+
+    from speechkit.export.streaming_asr import export_exp_dir
+
+    feats = _check_utterances(args.check_data, args.check_utts, 16000)
+    info = export_exp_dir(args.exp_dir, args.out_dir, feats, checkpoint=args.checkpoint, int8=args.int8)
+    n = len(info["parity"])
+    worst = max(r["max_abs_diff"] for r in info["parity"])
+    print(f"exported {args.out_dir}/model.onnx ({info['size_mb']} MB{', int8' if args.int8 else ''}); "
+          f"ONNX Runtime = PyTorch on {n} chained-chunk checks (same tokens, max |Δ log-prob| {worst:.1e})")
+
+
+def _decode_stream(args: argparse.Namespace) -> None:
+    from speechkit.runtime.decode import decode_data_dir_streaming
+
+    n = decode_data_dir_streaming(args.model_dir, args.data_dir, args.out_dir, att_context=_context(args.att_context),
+                                  nj=args.nj, batch=args.batch, threads=args.threads)
+    print(f"decoded {n} utterances (streaming, ONNX Runtime) -> {args.out_dir}/hyp")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -171,7 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search (default 1)")
     d.add_argument("--batch-seconds", type=float, default=120.0)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    d.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",
+                   help="streaming encoders: attention context in encoder frames, or full (default: the config's first)")
     d.set_defaults(func=_decode)
+
+    ex = sub.add_parser("export", help="export a trained model").add_subparsers(dest="export", metavar="FORMAT", required=True)
+    eo = ex.add_parser("onnx", help="streaming encoder + CTC head to ONNX, checked against PyTorch over chained chunks")
+    eo.add_argument("exp_dir")
+    eo.add_argument("out_dir")
+    eo.add_argument("--check-data", required=True, help="Kaldi data dir whose utterances drive the parity check")
+    eo.add_argument("--check-utts", type=int, default=3, help="utterances in the parity check (default 3)")
+    eo.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
+    eo.add_argument("--int8", action="store_true", help="ship the dynamic int8 quantization (checked model is fp32)")
+    eo.set_defaults(func=_export_onnx)
+
+    ds = sub.add_parser("decode-stream", help="recognise a data dir chunk by chunk with the ONNX streaming runtime")
+    ds.add_argument("model_dir")
+    ds.add_argument("data_dir")
+    ds.add_argument("out_dir")
+    ds.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the exported contexts (default: the first)")
+    ds.add_argument("--nj", type=int, default=1, help="parallel processes (default 1)")
+    ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
+    ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
+    ds.set_defaults(func=_decode_stream)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")
     sc.add_argument("ref", help="Kaldi text")

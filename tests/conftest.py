@@ -77,20 +77,28 @@ def make_train_dev_dumps(root: Path, n_train: int, seed: int) -> None:
     make_tiny_dump(root / "dev", root / "dump_dev")
 
 
-def tiny_experiment_config(**train_conf):
-    """An ExperimentConfig with a 2-block, 16-dim conformer and a char tokenizer."""
+TINY_STREAMING_CONTEXTS = [[8, 3], [8, 0], [8, 1], [-1, -1]]
+
+
+def tiny_experiment_config(streaming: bool = False, **train_conf):
+    """An ExperimentConfig with a 2-block, 16-dim conformer (or streaming conformer with
+    ``TINY_STREAMING_CONTEXTS``) and a char tokenizer."""
     from speechkit.train.config import experiment_config_from_dict
 
+    enc = dict(TINY_ENCODER_CONF)
+    if streaming:
+        enc["att_context_size"] = TINY_STREAMING_CONTEXTS
     return experiment_config_from_dict({
-        "encoder": "conformer",
-        "encoder_conf": dict(TINY_ENCODER_CONF),
+        "encoder": "streaming_conformer" if streaming else "conformer",
+        "encoder_conf": enc,
         "specaug_conf": {"num_freq_masks": 1, "freq_mask_width": 8, "num_time_masks": 2, "time_mask_ratio": 0.05},
         "tokenizer_conf": {"type": "char"},
         "train_conf": {"num_workers": 0, **train_conf},
     })
 
 
-def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, checkpoint: str = "model_avg.pt") -> Path:
+def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, checkpoint: str = "model_avg.pt",
+                      streaming: bool = False) -> Path:
     """A decodable experiment dir without training: char tokenizer over ``texts`` and a randomly
     initialised tiny model saved as ``checkpoint`` with its config."""
     from speechkit.models.asr.ctc_model import CtcAsrModel
@@ -99,7 +107,7 @@ def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, chec
 
     exp_dir = Path(exp_dir)
     tok = train_tokenizer("char", texts, exp_dir)
-    cfg = tiny_experiment_config()
+    cfg = tiny_experiment_config(streaming)
     torch.manual_seed(seed)
     model = CtcAsrModel(cfg.model, tok.vocab_size)
     save_atomic({"model": model.state_dict(), "config": cfg.to_yaml_dict()}, exp_dir / checkpoint)

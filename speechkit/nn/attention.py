@@ -23,7 +23,7 @@ class RelPositionalEncoding(nn.Module):
         dist = torch.arange(num_keys - 1, -num_queries, -1, device=device, dtype=torch.float32)
         freq = torch.exp(torch.arange(0, self.d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / self.d_model))
         angles = dist[:, None] * freq[None, :]
-        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(len(dist), self.d_model)
+        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # interleaved sin, cos
         return self.dropout(pe.to(dtype).unsqueeze(0))
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from speechkit.errors import SpeechkitError
 from speechkit.nn.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
 from speechkit.nn.subsampling import Conv2dSubsampling4
 
@@ -89,11 +90,14 @@ class ConformerEncoder(nn.Module):
     def output_size(self) -> int:
         return self.cfg.output_size
 
-    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """B: batch, T: feature frames, F: mel bins, T': T/4, D: output_size.
 
         feats (B, T, F), feat_lens (B,) valid frames → (B, T', D), valid lengths (B,).
+        ``att_context`` must be None or (-1, -1): this encoder only has full context.
         """
+        if att_context is not None and tuple(att_context) != (-1, -1):
+            raise SpeechkitError(f"the conformer encoder has full context only, not {tuple(att_context)}; train a streaming_conformer")
         x, lens = self.embed(feats, feat_lens)
         x = x * self.xscale
         t = x.shape[1]

@@ -14,8 +14,12 @@ from speechkit.audio.augment import SpecAugConfig, SpecAugment
 from speechkit.audio.fbank import FbankConfig
 from speechkit.errors import ConfigError
 from speechkit.nn.conformer import ConformerConfig, ConformerEncoder
+from speechkit.nn.streaming_conformer import StreamingConformerConfig, StreamingConformerEncoder
 
-ENCODERS = {"conformer": (ConformerConfig, ConformerEncoder)}
+ENCODERS = {
+    "conformer": (ConformerConfig, ConformerEncoder),
+    "streaming_conformer": (StreamingConformerConfig, StreamingConformerEncoder),
+}
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,20 @@ class CtcAsrModel(nn.Module):
         self.head_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
         self.ctc = nn.Linear(self.encoder.output_size, vocab_size)
 
-    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """B: batch, T: fbank frames, F: mel bins, T': encoder frames, D: encoder dim.
 
-        feats (B, T, F) raw fbank, feat_lens (B,) → (B, T', D), (B,).
+        feats (B, T, F) raw fbank, feat_lens (B,) → (B, T', D), (B,). ``att_context`` (left, right)
+        picks a streaming encoder's attention context (None: its default / one drawn in training).
         """
         x = self.cmvn(feats)
         if self.specaug is not None:
             x = self.specaug(x, feat_lens)
-        return self.encoder(x, feat_lens)
+        return self.encoder(x, feat_lens, att_context)
 
-    def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ log-probabilities (B, T', V) in float32, valid lengths (B,)."""
-        enc, lens = self.encode(feats, feat_lens)
+        enc, lens = self.encode(feats, feat_lens, att_context)
         logits = self.ctc(self.head_dropout(enc))
         return torch.log_softmax(logits.float(), dim=-1), lens
 

@@ -28,6 +28,7 @@ class Recognizer:
     model: CtcAsrModel
     tokenizer: object
     device: torch.device
+    att_context: tuple[int, int] | None = None  # streaming encoders: None = the config's first
 
     @classmethod
     def from_exp_dir(cls, exp_dir: str | Path, checkpoint: str = "model_avg.pt", device: str | None = None) -> "Recognizer":
@@ -48,7 +49,7 @@ class Recognizer:
         x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
         for i, f in enumerate(feats):
             x[i, : len(f)] = torch.from_numpy(f)
-        log_probs, out_lens = self.model.ctc_log_probs(x.to(self.device), lens.to(self.device))
+        log_probs, out_lens = self.model.ctc_log_probs(x.to(self.device), lens.to(self.device), self.att_context)
         log_probs = log_probs.cpu().numpy()
         texts = []
         for lp, n in zip(log_probs, out_lens.tolist()):

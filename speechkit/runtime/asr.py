@@ -1,0 +1,214 @@
+"""Streaming speech recognition on an exported cache-aware CTC model, with no torch: online
+kaldi-native-fbank features, ONNX Runtime for the encoder chunk, incremental greedy CTC with
+token times, and endpointing on trailing silence. Many streams are decoded as one batch.
+
+    rec = OnlineRecognizer("models/asr-stream-synth")
+    s = rec.create_stream()
+    s.accept_waveform(samples)            # float32 in [-1, 1] at rec.sample_rate
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    print(s.partial, s.finals)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+import onnxruntime as ort
+
+from speechkit.audio.fbank import FbankConfig, _options
+from speechkit.errors import AudioError, SpeechkitError
+from speechkit.models.asr.ctc_decode import BLANK_ID
+from speechkit.text.tokenizer import load_tokenizer
+
+STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
+STATE_BATCH_AXIS = [0, 0, 1, 1, 0]
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """sherpa-style rules, in seconds: trailing non-speech (blank) after nothing was said, after
+    something was said, and the longest segment."""
+
+    silence_before_speech: float = 2.4
+    silence_after_speech: float = 1.2
+    max_segment: float = 20.0
+
+
+@dataclass
+class Segment:
+    text: str
+    tokens: list[str]
+    times: list[float]  # seconds from the start of the stream, one per token
+    start: float
+    end: float
+
+
+@dataclass
+class Stream:
+    """One audio source. Feed it with ``accept_waveform``; read ``partial`` and ``finals``."""
+
+    fbank: knf.OnlineFbank
+    state: list[np.ndarray]
+    sample_rate: int
+    frames_done: int = 0  # fbank frames already given to the encoder
+    enc_frames: int = 0  # encoder frames decoded so far
+    finished: bool = False
+    prev: int = BLANK_ID
+    ids: list[int] = field(default_factory=list)
+    id_frames: list[int] = field(default_factory=list)
+    segment_start: int = 0  # encoder frame where the current segment began
+    last_token_frame: int = -1
+    finals: list[Segment] = field(default_factory=list)
+    partial: str = ""
+    samples_in: int = 0
+
+    def accept_waveform(self, samples, sample_rate: int | None = None) -> None:
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise AudioError(f"accept_waveform wants mono samples (N,), got shape {x.shape}")
+        if x.size == 0:
+            return
+        if not np.all(np.isfinite(x)):
+            raise AudioError("accept_waveform got NaN or infinite samples; nothing was added")
+        if self.finished:
+            raise SpeechkitError("this stream's input is finished; create a new stream")
+        rate = sample_rate or self.sample_rate
+        if rate != self.sample_rate:
+            import soxr  # only when the caller's rate differs from the model's
+
+            x = soxr.resample(x, rate, self.sample_rate).astype(np.float32)
+        self.samples_in += x.size
+        self.fbank.accept_waveform(self.sample_rate, x * 32768.0)
+
+    def input_finished(self) -> None:
+        if not self.finished:
+            self.fbank.input_finished()
+            self.finished = True
+
+
+class OnlineRecognizer:
+    """An exported streaming model (``model.onnx`` + tokenizer files) ready to decode streams."""
+
+    def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
+                 chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx"):
+        model_dir = Path(model_dir)
+        path = model_dir / model_file
+        if not path.is_file():
+            raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("model_family") != "ctc-streaming-conformer":
+            raise SpeechkitError(f"{path}: not a streaming CTC model (model_family={meta.get('model_family')!r})")
+        self.meta = meta
+        self.fbank_cfg = FbankConfig(sample_rate=int(meta["sample_rate"]), num_mel_bins=int(meta["num_mel_bins"]),
+                                     frame_length_ms=float(meta["frame_length_ms"]), frame_shift_ms=float(meta["frame_shift_ms"]))
+        self.sample_rate = self.fbank_cfg.sample_rate
+        self.subsampling = int(meta["subsampling"])
+        self.contexts = [tuple(int(v) for v in c.split(",")) for c in meta["att_contexts"].split(";")]
+        self.att_context = tuple(att_context) if att_context is not None else self.contexts[0]
+        if self.att_context not in self.contexts:
+            known = ", ".join(f"{l},{r}" for l, r in self.contexts)
+            raise SpeechkitError(f"att_context {self.att_context} was not trained (trained: {known})")
+        left, right = self.att_context
+        self.chunk_frames = (right + 1) * chunks_per_call  # encoder frames per call
+        self.chunk_feats = self.chunk_frames * self.subsampling
+        self.frame_seconds = self.subsampling * self.fbank_cfg.frame_shift_ms / 1000.0
+        self.chunk_ms = self.chunk_frames * self.frame_seconds * 1000.0
+        self.tokenizer = load_tokenizer(model_dir)
+        self.endpoint = endpoint
+        self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
+
+    def create_stream(self) -> Stream:
+        state = []
+        for name in STATE_NAMES:
+            shape = [1 if not isinstance(d, int) else d for d in self._state_shapes[name]]
+            state.append(np.zeros(shape, dtype=np.int64 if name == "cached_len" else np.float32))
+        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate)
+
+    def is_ready(self, s: Stream) -> bool:
+        pending = s.fbank.num_frames_ready - s.frames_done
+        return pending >= self.chunk_feats or (s.finished and pending > 0)
+
+    def decode_streams(self, streams: list[Stream]) -> None:
+        """Run one encoder call over every ready stream in ``streams`` together."""
+        ready = [s for s in streams if self.is_ready(s)]
+        if not ready:
+            return
+        x = np.zeros((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
+        x_lens = np.zeros(len(ready), dtype=np.int64)
+        for b, s in enumerate(ready):
+            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
+            x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
+            x_lens[b] = n
+        feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
+        for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
+            feeds[name] = np.concatenate([s.state[STATE_NAMES.index(name)] for s in ready], axis=axis)
+        out = self.session.run(None, feeds)
+        log_probs, lens, new_state = out[0], out[1], out[2:]
+        for b, s in enumerate(ready):
+            s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
+            s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
+            s.frames_done += int(x_lens[b])
+            self._greedy(s, log_probs[b, : int(lens[b])])
+
+    def _greedy(self, s: Stream, log_probs: np.ndarray) -> None:
+        for t, tok in enumerate(log_probs.argmax(-1).tolist()):
+            frame = s.enc_frames + t
+            if tok != BLANK_ID and tok != s.prev:
+                s.ids.append(tok)
+                s.id_frames.append(frame)
+                s.last_token_frame = frame
+            s.prev = tok
+        s.enc_frames += len(log_probs)
+        s.partial = self.tokenizer.decode(s.ids)
+        if self._endpoint(s) or (s.finished and s.frames_done >= s.fbank.num_frames_ready):
+            self._finalize(s)
+
+    def _endpoint(self, s: Stream) -> bool:
+        if self.endpoint is None:
+            return False
+        sec = self.frame_seconds
+        since = s.last_token_frame if s.ids else s.segment_start
+        trailing = (s.enc_frames - max(since, s.segment_start)) * sec
+        if not s.ids:
+            return trailing >= self.endpoint.silence_before_speech and bool(self.endpoint.silence_before_speech)
+        return trailing >= self.endpoint.silence_after_speech or (s.enc_frames - s.segment_start) * sec >= self.endpoint.max_segment
+
+    def _finalize(self, s: Stream) -> None:
+        if s.ids:
+            sec = self.frame_seconds
+            s.finals.append(Segment(self.tokenizer.decode(s.ids), [self.tokenizer.id_to_piece(i) for i in s.ids],
+                                    [round(f * sec, 3) for f in s.id_frames], round(s.segment_start * sec, 3), round(s.enc_frames * sec, 3)))
+        s.ids, s.id_frames, s.partial = [], [], ""
+        s.segment_start = s.enc_frames
+        s.prev = BLANK_ID
+
+    def text(self, s: Stream) -> str:
+        """Everything recognised so far: final segments then the partial one."""
+        return " ".join([seg.text for seg in s.finals] + ([s.partial] if s.partial else []))
+
+    def transcribe(self, samples: np.ndarray, sample_rate: int | None = None) -> str:
+        """A whole waveform through one stream, chunk by chunk."""
+        s = self.create_stream()
+        s.accept_waveform(samples, sample_rate)
+        s.input_finished()
+        while self.is_ready(s):
+            self.decode_streams([s])
+        return self.text(s)
+
+    def transcribe_batch(self, waveforms: list[np.ndarray]) -> list[str]:
+        """Several whole waveforms as parallel streams, decoded as one batch per chunk."""
+        streams = [self.create_stream() for _ in waveforms]
+        for s, w in zip(streams, waveforms):
+            s.accept_waveform(w)
+            s.input_finished()
+        while any(self.is_ready(s) for s in streams):
+            self.decode_streams(streams)
+        return [self.text(s) for s in streams]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Generic ASR recipe: validate → features/CMVN → tokenizer → train → average → decode → score →
-# RESULTS.md. Called by egs/<corpus>/asr/run.sh with the corpus's data dirs prepared under $data.
+# (streaming encoders) ONNX export → streaming decode with the ONNX runtime → RESULTS.md. Called by egs/<corpus>/asr/run.sh with the corpus's data dirs prepared under $data.
 # Each stage skips work it has already finished (a .done marker or the trainer's checkpoint), so
 # a rerun resumes where it stopped.
 #   recipes/asr.sh --config conf/train.yaml [--stage N] [--stop_stage N] [--ngpu N] ...
@@ -77,7 +77,23 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   done
 fi
 
-if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
-  log "stage 7: $results"
+streaming=$(python3 -c "import sys, yaml; print(int(yaml.safe_load(open(sys.argv[1])).get('encoder') == 'streaming_conformer'))" "$config")
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && [ "$streaming" = 1 ]; then
+  log "stage 7: ONNX export of the streaming model, checked against PyTorch -> $exp/onnx"
+  speechkit export onnx "$exp" "$exp/onnx" --check-data "$data/$dev_set"
+fi
+
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$streaming" = 1 ]; then
+  log "stage 8: streaming decode (ONNX runtime, chunk by chunk) and score"
+  for s in $test_sets; do
+    out="$exp/decode_${s}.stream"
+    speechkit decode-stream "$exp/onnx" "$data/$s" "$out" --nj "$nj"
+    speechkit score "$data/$s/text" "$out/hyp" --out "$out/wer.json"
+  done
+fi
+
+if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
+  log "stage 9: $results"
   speechkit results "$exp" --out "$results" --title "$results_title" --command "$command_line"
 fi

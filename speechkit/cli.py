@@ -148,6 +148,26 @@ def _decode_stream(args: argparse.Namespace) -> None:
     print(f"decoded {n} utterances (streaming, ONNX Runtime) -> {args.out_dir}/hyp")
 
 
+def _transcribe(args: argparse.Namespace) -> None:
+    from speechkit.runtime.console import transcribe_files
+
+    failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context))
+    if failed:
+        raise SpeechkitError(f"{failed} of {len(args.files)} file(s) could not be read (see above)")
+
+
+def _stream(args: argparse.Namespace) -> None:
+    from speechkit.runtime.console import stream_file, stream_mic
+
+    if bool(args.wav) == bool(args.mic):
+        raise SpeechkitError("give one of --wav FILE or --mic")
+    ctx = _context(args.att_context)
+    if args.mic:
+        stream_mic(args.model_dir, threads=args.threads, att_context=ctx, device=args.device)
+    else:
+        stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx)
+
+
 def _score(args: argparse.Namespace) -> None:
     from speechkit.eval.wer import score_to_file
 
@@ -249,6 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
     ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
     ds.set_defaults(func=_decode_stream)
+
+    tr = sub.add_parser("transcribe", help="recognise audio files with an exported streaming model; prints '<path> <text>'")
+    tr.add_argument("model_dir", help="exported model dir (e.g. models/asr-stream-synth)")
+    tr.add_argument("files", nargs="+", metavar="FILE")
+    tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
+    tr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    tr.set_defaults(func=_transcribe)
+
+    st = sub.add_parser("stream", help="stream a file or the microphone, printing partial and final results")
+    st.add_argument("model_dir", help="exported model dir (e.g. models/asr-stream-synth)")
+    st.add_argument("--wav", help="audio file to stream")
+    st.add_argument("--mic", action="store_true", help="the default microphone (needs the [mic] extra)")
+    st.add_argument("--device", default=None, help="--mic: input device name or index")
+    st.add_argument("--realtime", action="store_true", help="--wav: feed the file at real-time pace")
+    st.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
+    st.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    st.set_defaults(func=_stream)
+
+    from speechkit.bench.asr_stream import add_parser as add_asr_stream_bench
+
+    bench = sub.add_parser("bench", help="benchmarks: print figures and a last-line JSON").add_subparsers(dest="bench", metavar="BENCH", required=True)
+    add_asr_stream_bench(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")
     sc.add_argument("ref", help="Kaldi text")

@@ -1,5 +1,6 @@
 """CI smoke run of the whole synth ASR recipe: corpus → validate → features → tokenizer → train →
-average → decode → score → RESULTS.md, on a couple of minutes of audio and a tiny model."""
+average → decode → score → ONNX export → streaming decode → RESULTS.md, on a couple of minutes of
+audio and a tiny model."""
 
 import json
 import os
@@ -22,6 +23,9 @@ def test_synth_asr_recipe_end_to_end(tmp_path):
         result = json.loads((exp / f"decode_{split}" / "wer.json").read_text())
         assert result["utterances"] > 0 and result["missing"] == 0
         assert f"decode_{split}" in done.stdout
+        stream = json.loads((exp / f"decode_{split}.stream" / "wer.json").read_text())  # ONNX runtime, chunk by chunk
+        assert stream["utterances"] == result["utterances"] and stream["missing"] == 0
+    assert json.loads((exp / "onnx" / "export.json").read_text())["parity"]
     results = (exp / "RESULTS.md").read_text()
     assert "| greedy | test |" in results and "| greedy | test_unseen |" in results
     assert "git revision" in results and "run.sh" in results

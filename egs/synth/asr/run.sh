@@ -37,7 +37,7 @@ fi
   --decode_modes "$decode_modes" --results "$exp/RESULTS.md" --results_title "conformer-CTC, synth $hours h ($(basename "$config"))" \
   --command_line "$command_line"
 
-if [ $stop_stage -ge 7 ]; then
+if [ $stop_stage -ge 9 ]; then
   echo "== per-split WER ($exp) =="
   for f in "$exp"/decode_*/wer.json; do
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"{sys.argv[1].split('/')[-2]:<28} WER {r['wer']:6.2f}%  CER {r['cer']:6.2f}%  ({r['utterances']} utts)\")" "$f"

@@ -1,0 +1,1 @@
+"""Benchmarks of the shipped runtimes: speed, latency and memory on this machine."""

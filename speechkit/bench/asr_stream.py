@@ -1,0 +1,348 @@
+"""Benchmark of the streaming recognizer (``speechkit.runtime.asr``) on one CPU stream: real-time
+factor and per-chunk compute, latency of the first partial and of the endpointed final, and
+resident-memory growth while one stream runs for a long time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from speechkit.audio.io import load_audio
+from speechkit.errors import SpeechkitError
+from speechkit.runtime.asr import OnlineRecognizer, Stream
+
+TEST_WAVS = Path("egs/synth/asr/data/wav/test")  # relative to the repo that holds models/<name>
+WARMUP_SECONDS = 60.0  # audio streamed before the first memory reading
+ENDPOINT_SILENCE = 3.0  # seconds of zeros after the endpoint utterance (at least)
+MAX_UTTERANCE = 15.0  # seconds; under the default max_segment so only trailing silence can fire
+
+
+@dataclass
+class BenchAudio:
+    samples: np.ndarray  # float32, looped as long as a run needs
+    utterance: np.ndarray  # one utterance for the endpoint measurement
+    info: dict
+
+
+def synthetic_speech(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Deterministic speech-like signal: voiced bursts (a gliding harmonic buzz plus shaped noise,
+    syllable-rate envelope) separated by short silences. Not speech, but it drives the encoder
+    through the same code path at a realistic level."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    out = np.zeros(n, dtype=np.float32)
+    pos = int(0.2 * sample_rate)
+    while pos < n:
+        length = min(int(rng.uniform(0.8, 2.5) * sample_rate), n - pos)
+        t = np.arange(length) / sample_rate
+        f0 = rng.uniform(90, 220) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+        buzz = sum(np.sin(k * phase) / k for k in range(1, 12))
+        noise = np.convolve(rng.standard_normal(length), np.ones(8) / 8, mode="same")
+        envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 6) * t), 0, None) ** 0.5 * np.hanning(length)
+        out[pos : pos + length] = (0.12 * buzz + 0.08 * noise) * envelope
+        pos += length + int(rng.uniform(0.2, 0.9) * sample_rate)
+    return out
+
+
+def _test_wavs(model_dir: Path) -> list[Path]:
+    folder = model_dir.resolve().parent.parent / TEST_WAVS
+    return sorted(folder.glob("*.wav")) if folder.is_dir() else []
+
+
+def load_bench_audio(model_dir: Path, sample_rate: int, wav: str | Path | None) -> BenchAudio:
+    """The user's wav; else the recipe's test wavs next to the model; else the synthetic signal."""
+    cap = int(MAX_UTTERANCE * sample_rate)
+    if wav is not None:
+        samples, _ = load_audio(wav, sample_rate)  # strict: AudioError for stereo or another rate
+        info = {"source": "wav", "path": str(wav), "files": 1}
+        return BenchAudio(samples, samples[:cap], info | {"seconds": round(samples.size / sample_rate, 3)})
+    wavs = _test_wavs(model_dir)
+    if wavs:
+        clips = [load_audio(p, sample_rate)[0] for p in wavs]
+        samples = np.concatenate(clips)
+        info = {"source": "test-wavs", "path": str(wavs[0].parent), "files": len(wavs)}
+        return BenchAudio(samples, clips[0][:cap], info | {"seconds": round(samples.size / sample_rate, 3)})
+    samples = synthetic_speech(60.0, sample_rate)
+    info = {"source": "synthetic", "path": None, "files": 0, "seconds": 60.0}
+    return BenchAudio(samples, samples[: 4 * sample_rate], info)
+
+
+def speech_end(samples: np.ndarray, sample_rate: int) -> int:
+    """Sample index just past the last 10 ms frame within 40 dB of the loudest one: trailing
+    silence in the file would otherwise count as endpoint latency."""
+    hop = sample_rate // 100
+    frames = samples[: samples.size // hop * hop].reshape(-1, hop)
+    if frames.size == 0:
+        return samples.size
+    db = 10 * np.log10((frames.astype(np.float64) ** 2).mean(axis=1) + 1e-12)
+    loud = np.nonzero(db > db.max() - 40)[0]
+    return int(loud[-1] + 1) * hop
+
+
+def _pieces(samples: np.ndarray, piece: int, total: int) -> Iterator[np.ndarray]:
+    """``total`` samples of ``samples`` looped, in pieces of ``piece`` (the last may be shorter);
+    indices wrap so an hour never needs an hour-long array."""
+    for start in range(0, total, piece):
+        yield np.take(samples, np.arange(start, min(start + piece, total)), mode="wrap")
+
+
+def _decode_ready(rec: OnlineRecognizer, s: Stream, on_call: Callable[[float], None]) -> None:
+    while rec.is_ready(s):
+        t0 = time.perf_counter()
+        rec.decode_streams([s])
+        on_call(time.perf_counter() - t0)
+
+
+def rss_mb() -> float:
+    """Resident set size now, from /proc; the peak (ru_maxrss) where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _piece(rec: OnlineRecognizer) -> int:
+    """Samples in one encoder chunk's worth of fbank frames."""
+    return rec.chunk_feats * int(round(rec.sample_rate * rec.fbank_cfg.frame_shift_ms / 1000.0))
+
+
+def _bar(progress: bool, seconds: float, desc: str) -> tqdm:
+    return tqdm(total=round(seconds, 1), desc=desc, unit="s", disable=not progress, file=sys.stderr, leave=False)
+
+
+def _latency_run(rec: OnlineRecognizer, audio: np.ndarray, seconds: float, progress: bool) -> dict:
+    piece = _piece(rec)
+    total = int(np.ceil(seconds * rec.sample_rate / piece)) * piece
+    times: list[float] = []
+    first_partial = None
+    fed = 0
+    s = rec.create_stream()
+
+    def on_call(dt: float) -> None:
+        nonlocal first_partial
+        times.append(dt)
+        if first_partial is None and s.partial:
+            first_partial = 1000.0 * (fed / rec.sample_rate + dt)
+
+    with _bar(progress, total / rec.sample_rate, "latency") as bar:
+        for x in _pieces(audio, piece, total):
+            s.accept_waveform(x)
+            fed += x.size
+            _decode_ready(rec, s, on_call)
+            bar.update(x.size / rec.sample_rate)
+        # the last chunk's frames wait for more audio: flush them so every fed sample is computed
+        s.input_finished()
+        _decode_ready(rec, s, on_call)
+    ms = 1000.0 * np.asarray(times)
+    return {
+        "audio_seconds": round(total / rec.sample_rate, 3),
+        "calls": len(times),
+        "rtf": float(ms.sum() / 1000.0 / (total / rec.sample_rate)),
+        "chunk_compute_ms_p50": float(np.percentile(ms, 50)),
+        "chunk_compute_ms_p95": float(np.percentile(ms, 95)),
+        "first_partial_ms": first_partial,
+    }
+
+
+def _endpoint_run(rec: OnlineRecognizer, utterance: np.ndarray) -> float | None:
+    """Audio ms fed past the end of speech, plus that call's compute, when a final appears;
+    None when the utterance gave no text (then no final is ever emitted)."""
+    end = speech_end(utterance, rec.sample_rate)
+    silence = max(ENDPOINT_SILENCE, rec.endpoint.silence_after_speech + 3 * rec.chunk_ms / 1000.0)
+    audio = np.concatenate([utterance[:end], np.zeros(int(silence * rec.sample_rate), dtype=np.float32)])
+    s = rec.create_stream()
+    fed = 0
+    for x in _pieces(audio, _piece(rec), audio.size):
+        s.accept_waveform(x)
+        fed += x.size
+        while rec.is_ready(s):
+            before = len(s.finals)
+            t0 = time.perf_counter()
+            rec.decode_streams([s])
+            dt = time.perf_counter() - t0
+            # a final that fires before the speech has ended (a long inner pause) is not this one
+            if fed > end and len(s.finals) > before:
+                return 1000.0 * ((fed - end) / rec.sample_rate + dt)
+    return None
+
+
+def _memory_run(rec: OnlineRecognizer, audio: np.ndarray, seconds: float, progress: bool) -> dict:
+    piece = _piece(rec)
+    total = int(np.ceil(seconds * rec.sample_rate / piece)) * piece
+    warmup = int(WARMUP_SECONDS * rec.sample_rate)
+    s = rec.create_stream()
+    fed, after_warmup, start = 0, None, rss_mb()
+    with _bar(progress, total / rec.sample_rate, "memory") as bar:
+        for x in _pieces(audio, piece, total):
+            s.accept_waveform(x)
+            fed += x.size
+            _decode_ready(rec, s, lambda dt: None)
+            if after_warmup is None and fed >= warmup:
+                gc.collect()  # readings compare live memory, not garbage awaiting collection
+                after_warmup, warm_fed = rss_mb(), fed
+            bar.update(x.size / rec.sample_rate)
+    gc.collect()
+    end = rss_mb()
+    hours = (fed - warm_fed) / rec.sample_rate / 3600.0
+    return {
+        "memory_audio_seconds": round(fed / rec.sample_rate, 3),
+        "rss_start_mb": round(start, 2),
+        "rss_after_warmup_mb": round(after_warmup, 2),
+        "rss_end_mb": round(end, 2),
+        "rss_growth_mb_per_hour": (end - after_warmup) / hours,
+        "memory_final_segments": len(s.finals),
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": usable, "system": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+def bench_asr_stream(model_dir: str | Path, *, threads: int = 1, att_context: tuple[int, int] | None = None,
+                     wav: str | Path | None = None, seconds: float = 60.0, memory_seconds: float = 600.0,
+                     progress: bool = True) -> dict:
+    """Benchmark one stream of the exported streaming model in ``model_dir`` on this CPU.
+
+    Audio is ``wav`` (mono, at the model's rate), else the recipe's test wavs found at
+    ``model_dir/../../egs/synth/asr/data/wav/test``, else a synthetic speech-like signal; it is
+    looped as long as needed and ``result["audio"]`` says which was used.
+
+    Audio goes in pieces of exactly one encoder chunk (``chunk_feats`` fbank frames) and
+    ``decode_streams`` runs while the stream is ready; each call is timed (fbank frame fetch,
+    ONNX Runtime and greedy CTC). Figures:
+
+    - ``rtf``: total compute seconds / audio seconds over ``seconds`` of audio.
+    - ``chunk_compute_ms_p50`` / ``_p95``: compute of one call, percentiles over the calls.
+    - ``first_partial_ms``: audio ms fed + compute ms of that call, when the first non-empty
+      partial appeared (from the start of the audio, leading silence included; None if none).
+    - ``final_after_endpoint_ms``: one utterance (trailing silence trimmed) then ≥ 3 s of zeros,
+      default endpoint rules: audio ms fed past the end of speech + compute ms of that call,
+      when the final segment appeared (None if the utterance gave no text).
+    - ``rss_growth_mb_per_hour``: one stream fed ``memory_seconds`` of audio; (RSS at the end -
+      RSS after 60 s of audio) / hours of audio after those 60 s. ``memory_seconds=0`` skips it.
+    - ``wall_seconds``: the three runs, after the model was loaded and warmed by one chunk.
+    """
+    if threads < 1:
+        raise SpeechkitError(f"threads must be at least 1, got {threads}")
+    if not seconds > 0:
+        raise SpeechkitError(f"seconds must be positive, got {seconds}")
+    if memory_seconds and not memory_seconds > WARMUP_SECONDS:
+        raise SpeechkitError(f"memory_seconds must exceed the {WARMUP_SECONDS:g} s warm-up (or be 0 to skip), got {memory_seconds}")
+    model_dir = Path(model_dir)
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    audio = load_bench_audio(model_dir, rec.sample_rate, wav)
+
+    # one untimed chunk first: ONNX Runtime allocates its buffers on the first run
+    warm = rec.create_stream()
+    warm.accept_waveform(audio.samples[: 2 * _piece(rec)])
+    warm.input_finished()
+    _decode_ready(rec, warm, lambda dt: None)
+
+    wall = time.perf_counter()
+    result = {
+        "model_dir": str(model_dir),
+        "threads": threads,
+        "att_context": list(rec.att_context),
+        "chunk_ms": rec.chunk_ms,
+        "audio": audio.info,
+        **_latency_run(rec, audio.samples, seconds, progress),
+        "final_after_endpoint_ms": _endpoint_run(rec, audio.utterance),
+    }
+    memory = {"memory_audio_seconds": 0.0, "rss_start_mb": None, "rss_after_warmup_mb": None, "rss_end_mb": None,
+              "rss_growth_mb_per_hour": None, "memory_final_segments": None}
+    if memory_seconds:
+        memory = _memory_run(rec, audio.samples, memory_seconds, progress)
+    result.update(memory)
+    result["machine"] = machine()
+    result["wall_seconds"] = round(time.perf_counter() - wall, 2)
+    return result
+
+
+def _parse_context(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        left, right = (int(v) for v in text.split(","))
+    except ValueError:
+        raise SpeechkitError(f"--att-context wants LEFT,RIGHT in encoder frames (e.g. 64,12), got {text!r}") from None
+    return left, right
+
+
+def _fmt(value: float | None, unit: str, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def report_lines(r: dict) -> list[str]:
+    """The human-readable figures, one a line."""
+    a = r["audio"]
+    source = {"wav": a["path"], "test-wavs": f"{a['files']} test wavs in {a['path']}", "synthetic": "synthetic signal"}[a["source"]]
+    return [
+        f"audio: {source} ({a['seconds']:.1f} s, looped)",
+        f"threads: {r['threads']}",
+        f"att_context: {r['att_context'][0]},{r['att_context'][1]}",
+        f"chunk: {r['chunk_ms']:.0f} ms",
+        f"rtf: {r['rtf']:.4f} ({r['audio_seconds']:.1f} s audio, {r['calls']} calls)",
+        f"chunk compute p50: {r['chunk_compute_ms_p50']:.2f} ms",
+        f"chunk compute p95: {r['chunk_compute_ms_p95']:.2f} ms",
+        f"first partial: {_fmt(r['first_partial_ms'], ' ms')} (audio fed + compute)",
+        f"final after endpoint: {_fmt(r['final_after_endpoint_ms'], ' ms')} (audio after speech end + compute)",
+        f"rss after warm-up: {_fmt(r['rss_after_warmup_mb'], ' MB')}",
+        f"rss at end: {_fmt(r['rss_end_mb'], ' MB')} ({r['memory_audio_seconds']:.0f} s audio on one stream)",
+        f"rss growth: {_fmt(r['rss_growth_mb_per_hour'], ' MB/hour', 2)}",
+        f"machine: {r['machine']['cpu']}, {r['machine']['cpus_usable']} of {r['machine']['cpu_count']} CPUs usable",
+    ]
+
+
+def main(args: argparse.Namespace) -> None:
+    result = bench_asr_stream(args.model_dir, threads=args.threads, att_context=_parse_context(args.att_context),
+                              wav=args.wav, seconds=args.seconds, memory_seconds=args.memory_seconds,
+                              progress=sys.stderr.isatty())
+    for line in report_lines(result):
+        print(line)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result), flush=True)
+
+
+def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``asr-stream`` to the ``bench`` subcommands."""
+    p = bench_sub.add_parser("asr-stream", help="RTF, latency and memory growth of the streaming ONNX recognizer")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="ONNX Runtime threads (default 1)")
+    p.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the exported contexts (default: the first)")
+    p.add_argument("--wav", default=None, metavar="FILE", help="mono wav at the model's rate (default: the recipe's test wavs, else synthetic)")
+    p.add_argument("--seconds", type=float, default=60.0, help="audio for the RTF and latency run (default 60)")
+    p.add_argument("--memory-seconds", type=float, default=3600.0, help="audio on one stream for the memory run; 0 skips it (default 3600)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    p.set_defaults(func=main)
+    return p

@@ -1,0 +1,134 @@
+"""The streaming recognizer from the command line: transcribe files, stream a file (optionally
+at real-time pace) or the microphone, printing partial results as they change. No torch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from speechkit.errors import AudioError, SpeechkitError
+from speechkit.runtime.asr import OnlineRecognizer, Stream
+
+BLOCK_SECONDS = 1.0  # files are read in blocks so a two-hour file never sits in memory
+
+
+def _file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS):
+    """Yield (float32 mono block, rate); mono downmix of multichannel files; one-line errors."""
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # soundfile raises several types for unreadable input
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: unreadable audio ({reason})") from None
+    with f:
+        if f.frames == 0:
+            raise AudioError(f"{path}: empty audio (0 samples)")
+        for block in f.blocks(blocksize=max(1, int(block_seconds * f.samplerate)), dtype="float32", always_2d=True):
+            x = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+            if not np.all(np.isfinite(x)):
+                raise AudioError(f"{path}: contains NaN or infinite samples")
+            yield x, f.samplerate
+
+
+def _drain(rec: OnlineRecognizer, s: Stream) -> None:
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+
+
+def transcribe_file(rec: OnlineRecognizer, path: str | Path) -> str:
+    s = rec.create_stream()
+    for block, rate in _file_blocks(path):
+        s.accept_waveform(block, rate)
+        _drain(rec, s)
+    s.input_finished()
+    _drain(rec, s)
+    return rec.text(s)
+
+
+def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None) -> int:
+    """Print ``<path> <text>`` per file; a bad file is reported on stderr and skipped.
+    Returns the number of files that failed."""
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    failed = 0
+    for path in files:
+        try:
+            print(f"{path} {transcribe_file(rec, path)}", flush=True)
+        except AudioError as e:
+            print(f"speechkit: skipped: {e}", file=sys.stderr)
+            failed += 1
+    return failed
+
+
+class _Printer:
+    """Partials on one rewritten line on a terminal, one line per change otherwise."""
+
+    def __init__(self, rec: OnlineRecognizer, out=sys.stdout):
+        self.rec, self.out, self.tty = rec, out, out.isatty()
+        self.shown, self.finals = "", 0
+
+    def update(self, s: Stream) -> None:
+        for seg in s.finals[self.finals :]:
+            self._line(f"final [{seg.start:.2f}-{seg.end:.2f} s]: {seg.text}", final=True)
+        self.finals = len(s.finals)
+        if s.partial and s.partial != self.shown:
+            self._line(f"partial: {s.partial}", final=False)
+        self.shown = s.partial
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+
+def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None) -> str:
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    s, printer = rec.create_stream(), _Printer(rec)
+    piece = rec.chunk_ms / 1000.0
+    start = time.monotonic()
+    fed = 0.0
+    for block, rate in _file_blocks(wav, piece):
+        if realtime:  # hand audio over no faster than a microphone would
+            time.sleep(max(0.0, start + fed - time.monotonic()))
+        s.accept_waveform(block, rate)
+        fed += len(block) / rate
+        _drain(rec, s)
+        printer.update(s)
+    s.input_finished()
+    _drain(rec, s)
+    printer.update(s)
+    text = rec.text(s)
+    print(f"text: {text}")
+    return text
+
+
+def stream_mic(model_dir: str, threads: int = 1, att_context=None, device=None) -> None:
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:  # OSError: the package is there but PortAudio is not
+        raise SpeechkitError(f"--mic needs sounddevice and PortAudio (pip install 'speechkit[mic]'): {e}") from None
+    try:
+        info = sd.query_devices(device, kind="input")
+    except Exception as e:  # sounddevice raises PortAudioError / ValueError when nothing is there
+        raise SpeechkitError(f"no audio input device ({str(e).splitlines()[0] if str(e) else type(e).__name__}); use --wav FILE") from None
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    s, printer = rec.create_stream(), _Printer(rec)
+    print(f"listening on {info['name']} at {rec.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
+    block = int(rec.sample_rate * rec.chunk_ms / 1000)
+    try:
+        with sd.InputStream(device=device, channels=1, samplerate=rec.sample_rate, dtype="float32", blocksize=block) as mic:
+            while True:
+                data, _ = mic.read(block)
+                s.accept_waveform(data[:, 0])
+                _drain(rec, s)
+                printer.update(s)
+    except KeyboardInterrupt:
+        s.input_finished()
+        _drain(rec, s)
+        printer.update(s)
+        print(f"text: {rec.text(s)}")

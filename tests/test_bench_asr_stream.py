@@ -1,0 +1,82 @@
+"""The streaming-recognizer benchmark on the shipped model: the figures it reports, its refusal of
+unusable audio, and the ``bench asr-stream`` argument parser. No timing thresholds are asserted."""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechkit.bench.asr_stream import add_parser, bench_asr_stream, synthetic_speech
+from speechkit.errors import AudioError, SpeechkitError
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "asr-stream-synth"
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "synth.wav"
+    sf.write(str(path), synthetic_speech(10.0, 16000, seed=1), 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def result(wav) -> dict:
+    return bench_asr_stream(MODEL_DIR, wav=wav, seconds=8.0, memory_seconds=70.0, progress=False)
+
+
+def test_result_reports_every_figure(result, wav):
+    assert result["audio"]["source"] == "wav" and result["audio"]["path"] == str(wav)
+    assert result["threads"] == 1 and result["att_context"] == [64, 12]
+    for key in ("rtf", "chunk_ms", "chunk_compute_ms_p50", "chunk_compute_ms_p95", "audio_seconds",
+                "rss_after_warmup_mb", "rss_end_mb"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert math.isfinite(result["rss_growth_mb_per_hour"])
+    assert result["chunk_compute_ms_p50"] <= result["chunk_compute_ms_p95"]
+    assert result["audio_seconds"] >= 8.0 and result["memory_audio_seconds"] >= 70.0
+    assert result["calls"] >= result["audio_seconds"] * 1000 / result["chunk_ms"]
+    # audio time alone: no partial can show before one chunk of audio was fed
+    assert result["first_partial_ms"] is None or result["first_partial_ms"] >= result["chunk_ms"]
+    assert result["final_after_endpoint_ms"] is None or result["final_after_endpoint_ms"] > 0
+    assert result["machine"]["cpu_count"] >= 1
+    json.dumps(result, allow_nan=False)
+
+
+def test_a_stereo_wav_is_refused(tmp_path):
+    path = tmp_path / "stereo.wav"
+    sf.write(str(path), np.zeros((16000, 2), dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="channels"):
+        bench_asr_stream(MODEL_DIR, wav=path, seconds=1.0, memory_seconds=0, progress=False)
+
+
+def test_a_memory_run_shorter_than_the_warmup_is_refused(wav):
+    with pytest.raises(SpeechkitError, match="warm-up"):
+        bench_asr_stream(MODEL_DIR, wav=wav, seconds=1.0, memory_seconds=30.0, progress=False)
+
+
+def _root_parser(adder) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser()
+    adder(root.add_subparsers())
+    return root
+
+
+def test_the_command_prints_figures_then_one_json_line(wav, tmp_path, capsys):
+    out = tmp_path / "res" / "bench.json"
+    args = _root_parser(add_parser).parse_args(
+        ["asr-stream", str(MODEL_DIR), "--wav", str(wav), "--seconds", "2", "--memory-seconds", "0", "--json", "--out", str(out)])
+    assert args.threads == 1 and args.att_context is None
+    args.func(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(lines[-1])
+    assert last["audio_seconds"] >= 2.0 and last["rss_growth_mb_per_hour"] is None
+    assert any(line.startswith("rtf: ") for line in lines[:-1])
+    assert json.loads(out.read_text()) == last
+
+
+def test_the_command_refuses_a_malformed_context(wav):
+    args = _root_parser(add_parser).parse_args(["asr-stream", str(MODEL_DIR), "--att-context", "64"])
+    with pytest.raises(SpeechkitError, match="LEFT,RIGHT"):
+        args.func(args)

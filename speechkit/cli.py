@@ -144,14 +144,14 @@ def _decode_stream(args: argparse.Namespace) -> None:
     from speechkit.runtime.decode import decode_data_dir_streaming
 
     n = decode_data_dir_streaming(args.model_dir, args.data_dir, args.out_dir, att_context=_context(args.att_context),
-                                  nj=args.nj, batch=args.batch, threads=args.threads)
+                                  nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam)
     print(f"decoded {n} utterances (streaming, ONNX Runtime) -> {args.out_dir}/hyp")
 
 
 def _transcribe(args: argparse.Namespace) -> None:
     from speechkit.runtime.console import transcribe_files
 
-    failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context))
+    failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context), beam=args.beam)
     if failed:
         raise SpeechkitError(f"{failed} of {len(args.files)} file(s) could not be read (see above)")
 
@@ -165,7 +165,7 @@ def _stream(args: argparse.Namespace) -> None:
     if args.mic:
         stream_mic(args.model_dir, threads=args.threads, att_context=ctx, device=args.device)
     else:
-        stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx)
+        stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx, beam=args.beam)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--nj", type=int, default=1, help="parallel processes (default 1)")
     ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
     ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
+    ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     ds.set_defaults(func=_decode_stream)
 
     tr = sub.add_parser("transcribe", help="recognise audio files with an exported streaming model; prints '<path> <text>'")
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("files", nargs="+", metavar="FILE")
     tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     tr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    tr.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     tr.set_defaults(func=_transcribe)
 
     st = sub.add_parser("stream", help="stream a file or the microphone, printing partial and final results")
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--realtime", action="store_true", help="--wav: feed the file at real-time pace")
     st.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     st.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     st.set_defaults(func=_stream)
 
     from speechkit.bench.asr_stream import add_parser as add_asr_stream_bench

@@ -145,3 +145,34 @@ def test_endpoint_splits_speech_separated_by_silence(exported):
     ends = [seg.end for seg in s.finals]
     assert ends == sorted(ends) and all(seg.end - seg.start <= 1.0 + rec.chunk_ms / 1000 for seg in s.finals)
     assert all(seg.start <= t <= seg.end for seg in s.finals for t in seg.times)
+
+
+def test_prefix_beam_fed_in_pieces_equals_one_piece():
+    from speechkit.models.asr.ctc_decode import CtcPrefixBeamSearch, ctc_prefix_beam_search
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(60, 7)) * 3
+    logits[:, 0] += 2  # mostly blank, like a trained CTC model
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    search = CtcPrefixBeamSearch(beam=5)
+    for start in range(0, 60, 13):
+        search.accept(lp[start : start + 13])
+    assert search.nbest() == ctc_prefix_beam_search(lp, beam=5)
+    ids, frames = search.best()
+    assert len(ids) == len(frames) and frames == sorted(frames) and all(0 <= f < 60 for f in frames)
+
+
+def test_runtime_beam_search_gives_text_and_times(exported):
+    from speechkit.runtime import OnlineRecognizer
+
+    _, model_dir, data = exported
+    samples = sf.read(sorted((data / "wav").glob("*.wav"))[0], dtype="float32")[0]
+    rec = OnlineRecognizer(model_dir, att_context=(8, 1), beam=4, endpoint=None)
+    s = rec.create_stream()
+    s.accept_waveform(samples)
+    s.input_finished()
+    while rec.is_ready(s):
+        rec.decode_streams([s])
+    assert len(s.finals) <= 1
+    for seg in s.finals:
+        assert len(seg.times) == len(seg.tokens) and seg.times == sorted(seg.times)

@@ -1,6 +1,7 @@
 """Streaming speech recognition on an exported cache-aware CTC model, with no torch: online
-kaldi-native-fbank features, ONNX Runtime for the encoder chunk, incremental greedy CTC with
-token times, and endpointing on trailing silence. Many streams are decoded as one batch.
+kaldi-native-fbank features, ONNX Runtime for the encoder chunk, incremental greedy CTC or
+prefix beam search with token times, and endpointing on trailing silence. Many streams are
+decoded as one batch.
 
     rec = OnlineRecognizer("models/asr-stream-synth")
     s = rec.create_stream()
@@ -21,7 +22,7 @@ import onnxruntime as ort
 
 from speechkit.audio.fbank import FbankConfig, _options
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.models.asr.ctc_decode import BLANK_ID
+from speechkit.models.asr.ctc_decode import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.text.tokenizer import load_tokenizer
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
@@ -65,6 +66,7 @@ class Stream:
     finals: list[Segment] = field(default_factory=list)
     partial: str = ""
     samples_in: int = 0
+    search: CtcPrefixBeamSearch | None = None  # set when the recognizer decodes with a beam
 
     def accept_waveform(self, samples, sample_rate: int | None = None) -> None:
         x = np.asarray(samples, dtype=np.float32)
@@ -94,7 +96,8 @@ class OnlineRecognizer:
     """An exported streaming model (``model.onnx`` + tokenizer files) ready to decode streams."""
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
-                 chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx"):
+                 chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
+                 beam: int = 1):
         model_dir = Path(model_dir)
         path = model_dir / model_file
         if not path.is_file():
@@ -123,6 +126,7 @@ class OnlineRecognizer:
         self.chunk_ms = self.chunk_frames * self.frame_seconds * 1000.0
         self.tokenizer = load_tokenizer(model_dir)
         self.endpoint = endpoint
+        self.beam = beam  # 1: greedy; > 1: CTC prefix beam search carried across chunks
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
 
     def create_stream(self) -> Stream:
@@ -130,7 +134,8 @@ class OnlineRecognizer:
         for name in STATE_NAMES:
             shape = [1 if not isinstance(d, int) else d for d in self._state_shapes[name]]
             state.append(np.zeros(shape, dtype=np.int64 if name == "cached_len" else np.float32))
-        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate)
+        search = CtcPrefixBeamSearch(self.beam) if self.beam > 1 else None
+        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate, search=search)
 
     def is_ready(self, s: Stream) -> bool:
         pending = s.fbank.num_frames_ready - s.frames_done
@@ -156,16 +161,22 @@ class OnlineRecognizer:
             s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
             s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
             s.frames_done += int(x_lens[b])
-            self._greedy(s, log_probs[b, : int(lens[b])])
+            self._decode(s, log_probs[b, : int(lens[b])])
 
-    def _greedy(self, s: Stream, log_probs: np.ndarray) -> None:
-        for t, tok in enumerate(log_probs.argmax(-1).tolist()):
-            frame = s.enc_frames + t
-            if tok != BLANK_ID and tok != s.prev:
-                s.ids.append(tok)
-                s.id_frames.append(frame)
-                s.last_token_frame = frame
-            s.prev = tok
+    def _decode(self, s: Stream, log_probs: np.ndarray) -> None:
+        if s.search is not None:
+            s.search.accept(log_probs)
+            ids, frames = s.search.best()
+            s.ids, s.id_frames = ids, [s.segment_start + f for f in frames]
+            s.last_token_frame = s.id_frames[-1] if frames else s.last_token_frame
+        else:
+            for t, tok in enumerate(log_probs.argmax(-1).tolist()):
+                frame = s.enc_frames + t
+                if tok != BLANK_ID and tok != s.prev:
+                    s.ids.append(tok)
+                    s.id_frames.append(frame)
+                    s.last_token_frame = frame
+                s.prev = tok
         s.enc_frames += len(log_probs)
         s.partial = self.tokenizer.decode(s.ids)
         if self._endpoint(s) or (s.finished and s.frames_done >= s.fbank.num_frames_ready):
@@ -189,6 +200,8 @@ class OnlineRecognizer:
         s.ids, s.id_frames, s.partial = [], [], ""
         s.segment_start = s.enc_frames
         s.prev = BLANK_ID
+        if s.search is not None:
+            s.search.reset()
 
     def text(self, s: Stream) -> str:
         """Everything recognised so far: final segments then the partial one."""

@@ -49,10 +49,10 @@ def transcribe_file(rec: OnlineRecognizer, path: str | Path) -> str:
     return rec.text(s)
 
 
-def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None) -> int:
+def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1) -> int:
     """Print ``<path> <text>`` per file; a bad file is reported on stderr and skipped.
     Returns the number of files that failed."""
-    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
     failed = 0
     for path in files:
         try:
@@ -86,8 +86,8 @@ class _Printer:
         self.out.flush()
 
 
-def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None) -> str:
-    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1) -> str:
+    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
     s, printer = rec.create_stream(), _Printer(rec)
     piece = rec.chunk_ms / 1000.0
     start = time.monotonic()

@@ -17,9 +17,9 @@ from speechkit.runtime.asr import OnlineRecognizer
 _rec: OnlineRecognizer | None = None
 
 
-def _init(model_dir: str, att_context, threads: int) -> None:
+def _init(model_dir: str, att_context, threads: int, beam: int = 1) -> None:
     global _rec
-    _rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None)
+    _rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -35,11 +35,12 @@ def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[st
     return dict(zip(keys, _rec.transcribe_batch(waves))), skipped
 
 
-def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None, nj: int = 1, batch: int = 16, threads: int = 1) -> int:
+def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None, nj: int = 1, batch: int = 16, threads: int = 1,
+                              beam: int = 1) -> int:
     """Write ``out_dir/hyp`` and ``out_dir/skipped.txt``; returns the number decoded."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _init(str(model_dir), att_context, threads)  # fail here, once, on a bad model or context
+    _init(str(model_dir), att_context, threads, beam)  # fail here, once, on a bad model or context
     utts = sorted(load_data_dir(data_dir), key=lambda u: u.duration or 0.0)  # similar lengths share a batch
     batches = [[(u.utt_id, u.wav) for u in utts[i : i + batch]] for i in range(0, len(utts), batch)]
     hyps: dict[str, str] = {}
@@ -50,7 +51,7 @@ def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None,
     else:
         import multiprocessing as mp
 
-        pool = ProcessPoolExecutor(nj, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(str(model_dir), att_context, threads))
+        pool = ProcessPoolExecutor(nj, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(str(model_dir), att_context, threads, beam))
         results = pool.map(_decode_batch, batches)
     for (h, s), b in zip(results, batches):
         hyps.update(h)

@@ -32,38 +32,67 @@ def _logadd(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
-def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[list[int], float]]:
-    """log_probs (T, V) → the n-best [(token ids, log score)], best first.
+class CtcPrefixBeamSearch:
+    """Prefix beam search that takes log-probabilities a chunk at a time (streaming) and keeps,
+    for each prefix, the frame where each of its tokens was first emitted (token times).
 
     Each prefix keeps two scores: ending in blank and ending in its last token, so a repeated
     token is only emitted twice when a blank separates the two.
     """
-    token_prune = token_prune or beam
-    neg = -math.inf
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}  # prefix → (p_blank, p_nonblank)
-    for frame in log_probs:
-        top = np.argpartition(-frame, min(token_prune, len(frame) - 1))[:token_prune]
-        nxt: dict[tuple[int, ...], list[float]] = {}
 
-        def add(prefix, pb, pnb):
-            cur = nxt.setdefault(prefix, [neg, neg])
-            cur[0] = _logadd(cur[0], pb)
-            cur[1] = _logadd(cur[1], pnb)
+    def __init__(self, beam: int = 10, token_prune: int | None = None):
+        self.beam, self.token_prune = beam, token_prune or beam
+        self.reset()
 
-        for prefix, (pb, pnb) in beams.items():
-            total = _logadd(pb, pnb)
-            for tok in top.tolist():
-                p = float(frame[tok])
-                if tok == BLANK_ID:
-                    add(prefix, total + p, neg)
-                    continue
-                last = prefix[-1] if prefix else None
-                extended = prefix + (tok,)
-                if tok == last:
-                    add(extended, neg, pb + p)  # a repeat needs a blank in between
-                    add(prefix, neg, pnb + p)  # otherwise it collapses into the same token
-                else:
-                    add(extended, neg, total + p)
-        ranked = sorted(nxt.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[:beam]
-        beams = {k: (v[0], v[1]) for k, v in ranked}
-    return [(list(k), _logadd(*v)) for k, v in sorted(beams.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)]
+    def reset(self) -> None:
+        self.frame = 0
+        self.beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix → (p_blank, p_nonblank)
+        self.times: dict[tuple[int, ...], tuple[int, ...]] = {(): ()}
+
+    def accept(self, log_probs: np.ndarray) -> None:
+        """log_probs (T, V) for the next T frames."""
+        neg = -math.inf
+        for frame in log_probs:
+            top = np.argpartition(-frame, min(self.token_prune, len(frame) - 1))[: self.token_prune]
+            nxt: dict[tuple[int, ...], list[float]] = {}
+            times = dict(self.times)
+
+            def add(prefix, pb, pnb):
+                cur = nxt.setdefault(prefix, [neg, neg])
+                cur[0] = _logadd(cur[0], pb)
+                cur[1] = _logadd(cur[1], pnb)
+
+            for prefix, (pb, pnb) in self.beams.items():
+                total = _logadd(pb, pnb)
+                for tok in top.tolist():
+                    p = float(frame[tok])
+                    if tok == BLANK_ID:
+                        add(prefix, total + p, neg)
+                        continue
+                    last = prefix[-1] if prefix else None
+                    extended = prefix + (tok,)
+                    times.setdefault(extended, self.times[prefix] + (self.frame,))
+                    if tok == last:
+                        add(extended, neg, pb + p)  # a repeat needs a blank in between
+                        add(prefix, neg, pnb + p)  # otherwise it collapses into the same token
+                    else:
+                        add(extended, neg, total + p)
+            ranked = sorted(nxt.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[: self.beam]
+            self.beams = {k: (v[0], v[1]) for k, v in ranked}
+            self.times = {k: times[k] for k in self.beams}
+            self.frame += 1
+
+    def nbest(self) -> list[tuple[list[int], float]]:
+        return [(list(k), _logadd(*v)) for k, v in sorted(self.beams.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)]
+
+    def best(self) -> tuple[list[int], list[int]]:
+        """(token ids, frame of each token) of the best prefix."""
+        ids = max(self.beams, key=lambda k: _logadd(*self.beams[k]))
+        return list(ids), list(self.times[ids])
+
+
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[list[int], float]]:
+    """log_probs (T, V) → the n-best [(token ids, log score)], best first."""
+    search = CtcPrefixBeamSearch(beam, token_prune)
+    search.accept(log_probs)
+    return search.nbest()

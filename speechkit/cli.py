@@ -90,6 +90,10 @@ def _decode(args: argparse.Namespace) -> None:
 
     rec = Recognizer.from_exp_dir(args.exp_dir, args.checkpoint, args.device)
     rec.att_context = _context(args.att_context)
+    if args.ctc_weight:
+        if not hasattr(rec.model, "ctc_rescore_weight") or rec.model.ctc is None:
+            raise SpeechkitError(f"--ctc-weight needs an attention head trained with CTC; {args.exp_dir} has head '{rec.model.cfg.head}'")
+        rec.model.ctc_rescore_weight = args.ctc_weight
     n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
     print(f"decoded {n} utterances -> {args.out_dir}/hyp")
 
@@ -136,8 +140,9 @@ def _export_onnx(args: argparse.Namespace) -> None:
     info = export_exp_dir(args.exp_dir, args.out_dir, feats, checkpoint=args.checkpoint, int8=args.int8)
     n = len(info["parity"])
     worst = max(r["max_abs_diff"] for r in info["parity"])
+    kind = "chained-chunk" if info["model_family"] == "ctc-streaming-conformer" else "whole-utterance and batched"
     print(f"exported {args.out_dir}/model.onnx ({info['size_mb']} MB{', int8' if args.int8 else ''}); "
-          f"ONNX Runtime = PyTorch on {n} chained-chunk checks (same tokens, max |Δ log-prob| {worst:.1e})")
+          f"ONNX Runtime = PyTorch on {n} {kind} checks (same tokens, max |Δ log-prob| {worst:.1e})")
 
 
 def _decode_stream(args: argparse.Namespace) -> None:
@@ -145,7 +150,7 @@ def _decode_stream(args: argparse.Namespace) -> None:
 
     n = decode_data_dir_streaming(args.model_dir, args.data_dir, args.out_dir, att_context=_context(args.att_context),
                                   nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam)
-    print(f"decoded {n} utterances (streaming, ONNX Runtime) -> {args.out_dir}/hyp")
+    print(f"decoded {n} utterances (ONNX Runtime) -> {args.out_dir}/hyp")
 
 
 def _transcribe(args: argparse.Namespace) -> None:
@@ -243,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("data_dir")
     d.add_argument("out_dir")
     d.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
-    d.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search (default 1)")
+    d.add_argument("--beam", type=int, default=1,
+                   help="1: greedy; >1: beam search — CTC prefix beam (ctc head) or batched attention beam (attention head); "
+                        "a Paraformer decodes in one pass and ignores it (default 1)")
+    d.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="attention head with --beam > 1: rescore the N-best with this weight on the CTC score (default 0)")
     d.add_argument("--batch-seconds", type=float, default=120.0)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     d.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",
@@ -260,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--int8", action="store_true", help="ship the dynamic int8 quantization (checked model is fp32)")
     eo.set_defaults(func=_export_onnx)
 
-    ds = sub.add_parser("decode-stream", help="recognise a data dir chunk by chunk with the ONNX streaming runtime")
+    ds = sub.add_parser("decode-stream", aliases=["decode-onnx"],
+                        help="recognise a data dir with an exported model and ONNX Runtime: a streaming model chunk by chunk, "
+                             "a Paraformer a padded batch at a time")
     ds.add_argument("model_dir")
     ds.add_argument("data_dir")
     ds.add_argument("out_dir")
@@ -271,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     ds.set_defaults(func=_decode_stream)
 
-    tr = sub.add_parser("transcribe", help="recognise audio files with an exported streaming model; prints '<path> <text>'")
+    tr = sub.add_parser("transcribe", help="recognise audio files with an exported model (streaming CTC or Paraformer); prints '<path> <text>'")
     tr.add_argument("model_dir", help="exported model dir (e.g. models/asr-stream-synth)")
     tr.add_argument("files", nargs="+", metavar="FILE")
     tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")

@@ -137,23 +137,30 @@ def check_parity(model: CtcAsrModel, onnx_path: str | Path, utterances: list[np.
 
 def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np.ndarray], *, checkpoint: str = "model_avg.pt",
                    int8: bool = False) -> dict:
-    """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json). The fp32 graph is
-    checked against PyTorch on ``utterances`` (fbank arrays) before anything is kept; with
-    ``int8`` the shipped model.onnx is its dynamic int8 quantization."""
+    """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json): a streaming CTC
+    model as the chunk graph, a Paraformer as one offline graph. The fp32 graph is checked against
+    PyTorch on ``utterances`` (fbank arrays) before anything is kept; with ``int8`` the shipped
+    model.onnx is its dynamic int8 quantization."""
+    from speechkit.export import paraformer as pf
     from speechkit.models.asr.inference import Recognizer
 
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
     model = rec.model.float().eval()
-    if not isinstance(model.encoder, StreamingConformerEncoder):
-        raise SpeechkitError(f"{exp_dir}: streaming export needs a streaming_conformer encoder, this model has '{model.cfg.encoder}'")
     if len(utterances) < 1:
         raise SpeechkitError("export needs at least one test utterance for the parity check")
+    if isinstance(model, pf.ParaformerModel):
+        export, check, meta = pf.export_paraformer, pf.check_parity, pf.metadata(model, rec.tokenizer)
+    elif isinstance(model, CtcAsrModel) and isinstance(model.encoder, StreamingConformerEncoder):
+        export, check, meta = export_streaming_ctc, check_parity, _metadata(model, rec.tokenizer)
+    else:
+        raise SpeechkitError(f"{exp_dir}: ONNX export covers streaming_conformer + ctc and paraformer models, "
+                             f"not encoder '{model.cfg.encoder}' with head '{model.cfg.head}'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = out_dir / "model.fp32.onnx"
-    export_streaming_ctc(model, fp32, _metadata(model, rec.tokenizer))
+    export(model, fp32, meta)
     try:
-        report = check_parity(model, fp32, utterances)
+        report = check(model, fp32, utterances)
     except Exception:
         fp32.unlink(missing_ok=True)
         raise
@@ -167,7 +174,7 @@ def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np
         fp32.unlink()
     else:
         fp32.replace(out_dir / "model.onnx")
-    info = {"exp_dir": str(exp_dir), "checkpoint": checkpoint, "int8": int8, "parity": report,
-            "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
+    info = {"exp_dir": str(exp_dir), "checkpoint": checkpoint, "model_family": meta["model_family"], "int8": int8,
+            "parity": report, "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
     (out_dir / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return info

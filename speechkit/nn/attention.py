@@ -79,3 +79,41 @@ class RelPositionMultiHeadAttention(nn.Module):
         attn = torch.softmax(scores, dim=-1).masked_fill(~mask, 0.0)
         out = torch.matmul(self.dropout(attn), v).transpose(1, 2).reshape(b, tq, self.h * self.d_k)
         return self.linear_out(out)
+
+
+class MultiHeadAttention(nn.Module):
+    """Plain scaled dot-product multi-head attention (absolute positions live in the inputs)."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        assert d_model % num_heads == 0, "d_model must be divisible by num_heads"
+        self.h, self.d_k = num_heads, d_model // num_heads
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_model, d_model)
+        self.linear_v = nn.Linear(d_model, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """B: batch, Tq/Tk: query/key positions, D: d_model.
+
+        query (B, Tq, D), key (B, Tk, D) (values = keys), mask (B|1, Tq|1, Tk) bool, True where
+        attention is allowed, or None (attend everywhere) → (B, Tq, D). Every query must be
+        allowed at least one key.
+        """
+        b, tq, _ = query.shape
+        q = self.linear_q(query).view(b, tq, self.h, self.d_k).transpose(1, 2)
+        k = self.linear_k(key).view(b, -1, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(key).view(b, -1, self.h, self.d_k).transpose(1, 2)
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask.unsqueeze(1), dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.linear_out(out.transpose(1, 2).reshape(b, tq, self.h * self.d_k))
+
+
+def sinusoidal_positions(length: int | torch.Tensor, d_model: int, device, dtype=torch.float32) -> torch.Tensor:
+    """Absolute sinusoidal position encodings (length, D), sin and cos interleaved."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)
+    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    angles = pos[:, None] * freq[None, :]
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).to(dtype)

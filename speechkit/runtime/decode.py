@@ -1,5 +1,6 @@
-"""Decode a whole Kaldi data dir through the streaming runtime (chunk by chunk, ONNX Runtime),
-streams batched together and utterances spread over processes. No torch."""
+"""Decode a whole Kaldi data dir through an exported model with ONNX Runtime, utterances batched
+and spread over processes: a streaming CTC model chunk by chunk, a Paraformer in one pass per
+padded batch. No torch."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError
 from speechkit.runtime.asr import OnlineRecognizer
+from speechkit.runtime.console import model_family
 
-_rec: OnlineRecognizer | None = None
+_rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
 
 
 def _init(model_dir: str, att_context, threads: int, beam: int = 1) -> None:
     global _rec
-    _rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
+    if model_family(model_dir) == "paraformer":
+        from speechkit.runtime.paraformer import OfflineRecognizer
+
+        _rec = OfflineRecognizer(model_dir, num_threads=threads)
+    else:
+        _rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:

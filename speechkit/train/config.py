@@ -14,6 +14,7 @@ import yaml
 from speechkit.config import from_dict, load_yaml, to_dict
 from speechkit.errors import ConfigError
 from speechkit.models.asr.ctc_model import ENCODERS, AsrModelConfig
+from speechkit.models.asr.heads import HEADS
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TrainConfig:
     save_interval_steps: int = 500  # mid-epoch checkpoint for resume
     amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
     avg_last: int = 5
+    init_checkpoint: str | None = None  # start from these weights (e.g. MWER fine-tuning); its tokenizer is reused
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,16 @@ def experiment_config_from_dict(data: dict, source: str = "<config>", lines: dic
     encoder = model_part.get("encoder", "conformer")
     if encoder not in ENCODERS:
         raise ConfigError(f"{_where(source, lines, 'encoder')}: unknown encoder '{encoder}' (known: {', '.join(ENCODERS)})")
-    if model_part.get("head", "ctc") != "ctc":
-        raise ConfigError(f"{_where(source, lines, 'head')}: unknown head '{model_part['head']}' (known: ctc)")
+    head = model_part.get("head", "ctc")
+    if head not in HEADS:
+        raise ConfigError(f"{_where(source, lines, 'head')}: unknown head '{head}' (known: {', '.join(HEADS)})")
     enc_cls = ENCODERS[encoder][0]
     enc_data = model_part.pop("encoder_conf", None)
     enc_conf = from_dict(enc_cls, {} if enc_data is None else enc_data, source=source, lines=lines, prefix="encoder_conf.")
+    head_data = model_part.pop("head_conf", None)
+    head_conf = from_dict(HEADS[head][0], {} if head_data is None else head_data, source=source, lines=lines, prefix="head_conf.")
     model = from_dict(AsrModelConfig, model_part, source=source, lines=lines)
-    model = dataclasses.replace(model, encoder_conf=enc_conf)
+    model = dataclasses.replace(model, encoder_conf=enc_conf, head_conf=head_conf)
     try:
         if "model" in rest:
             raise ConfigError(f"{_where(source, lines, 'model')}: unknown key 'model'")

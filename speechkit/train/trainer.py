@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -26,7 +27,8 @@ from speechkit.data.dataset import AsrDataset, collate
 from speechkit.data.features import FeatureDump, cmvn_from_stats
 from speechkit.data.sampler import DurationBatchSampler
 from speechkit.errors import SpeechkitError
-from speechkit.models.asr.ctc_model import CtcAsrModel
+from speechkit.models.asr.ctc_model import AsrEncoderModel
+from speechkit.models.asr.heads import build_asr_model
 from speechkit.text.tokenizer import load_tokenizer, train_tokenizer
 from speechkit.train.checkpoint import load_checkpoint, save_atomic
 from speechkit.train.config import ExperimentConfig, save_experiment_config
@@ -74,20 +76,30 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def prepare_tokenizer(cfg: ExperimentConfig, exp_dir: Path, texts: list[str]):
-    """Train the tokenizer once per experiment (rank 0), reuse it afterwards."""
+    """Train the tokenizer once per experiment (rank 0), reuse it afterwards; a fine-tuning run
+    copies the tokenizer of the experiment its ``init_checkpoint`` comes from."""
     try:
         return load_tokenizer(exp_dir)
     except SpeechkitError:
-        return train_tokenizer(cfg.tokenizer_conf.type, texts, exp_dir, cfg.tokenizer_conf.vocab_size)
+        pass
+    init = cfg.train_conf.init_checkpoint
+    if init:
+        src = Path(init).parent
+        load_tokenizer(src)  # one line if it has none
+        for name in ("tokens.txt", "bpe.model"):
+            if (src / name).is_file():
+                shutil.copy(src / name, exp_dir / name)
+        return load_tokenizer(exp_dir)
+    return train_tokenizer(cfg.tokenizer_conf.type, texts, exp_dir, cfg.tokenizer_conf.vocab_size)
 
 
-def build_model(cfg: ExperimentConfig, vocab_size: int) -> CtcAsrModel:
-    return CtcAsrModel(cfg.model, vocab_size)
+def build_model(cfg: ExperimentConfig, vocab_size: int, tokenizer=None) -> AsrEncoderModel:
+    return build_asr_model(cfg.model, vocab_size, tokenizer)
 
 
 @torch.no_grad()
-def evaluate_loss(model: CtcAsrModel, dataset: AsrDataset, max_frames: int, device: torch.device, amp) -> float:
-    """Mean CTC loss per utterance over a whole dump (no augmentation, no dropout)."""
+def evaluate_loss(model: AsrEncoderModel, dataset: AsrDataset, max_frames: int, device: torch.device, amp) -> float:
+    """Mean training loss per utterance over a whole dump (no augmentation, no dropout)."""
     model.eval()
     sampler = DurationBatchSampler(dataset.dump.lengths, max_frames, shuffle=False)
     total, count = 0.0, 0
@@ -121,8 +133,10 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, train_dump: str | Path, de
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     np.random.seed(tc.seed)
-    model = build_model(cfg, tokenizer.vocab_size)
+    model = build_model(cfg, tokenizer.vocab_size, tokenizer)
     model.cmvn.set_stats(*cmvn_from_stats(Path(train_dump) / "stats.json"))
+    if tc.init_checkpoint:
+        model.load_state_dict(load_checkpoint(tc.init_checkpoint)["model"])
     model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
 

@@ -96,3 +96,41 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: i
     search = CtcPrefixBeamSearch(beam, token_prune)
     search.accept(log_probs)
     return search.nbest()
+
+
+def ctc_forced_align(log_probs: np.ndarray, tokens: list[int]) -> list[int]:
+    """Viterbi CTC alignment of a known token sequence: log_probs (T, V), tokens (U,) → the frame
+    of each token's first emission. Raises ValueError when T is too short for the sequence."""
+    ext = [BLANK_ID]
+    for t in tokens:
+        ext += [t, BLANK_ID]
+    s, t_len = len(ext), len(log_probs)
+    neg = -np.inf
+    score = np.full(s, neg)
+    score[0] = log_probs[0, ext[0]]
+    if s > 1:
+        score[1] = log_probs[0, ext[1]]
+    back = np.zeros((t_len, s), dtype=np.int8)  # 0 stay, 1 from s-1, 2 from s-2
+    ext_arr = np.asarray(ext)
+    skip_ok = np.zeros(s, dtype=bool)
+    skip_ok[2:] = (ext_arr[2:] != BLANK_ID) & (ext_arr[2:] != ext_arr[:-2])
+    for t in range(1, t_len):
+        stay = score
+        one = np.concatenate([[neg], score[:-1]])
+        two = np.where(skip_ok, np.concatenate([[neg, neg], score[:-2]]), neg)
+        stacked = np.stack([stay, one, two])
+        back[t] = stacked.argmax(0)
+        score = stacked.max(0) + log_probs[t, ext_arr]
+    end = s - 1 if s == 1 or score[s - 1] >= score[s - 2] else s - 2
+    if not np.isfinite(score[end]):
+        raise ValueError(f"{t_len} frames cannot align {len(tokens)} tokens")
+    path = np.zeros(t_len, dtype=np.int64)
+    state = end
+    for t in range(t_len - 1, -1, -1):
+        path[t] = state
+        state -= int(back[t, state])
+    first = {}
+    for t, st in enumerate(path.tolist()):
+        if st % 2 == 1:
+            first.setdefault(st // 2, t)
+    return [first[u] for u in range(len(tokens))]

@@ -1,10 +1,13 @@
-"""Encoder + CTC head: the first ASR family. Global CMVN and SpecAugment live in the model so a
-checkpoint (and its ONNX export) takes raw fbank.
+"""The shared front of every ASR model (global CMVN, SpecAugment, a registered encoder) and the
+CTC head. CMVN and SpecAugment live in the model so a checkpoint (and its ONNX export) takes raw
+fbank. Other heads (``paraformer``, ``attention``) subclass :class:`AsrEncoderModel`; see
+``speechkit.models.asr.heads``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ from torch import nn
 from speechkit.audio.augment import SpecAugConfig, SpecAugment
 from speechkit.audio.fbank import FbankConfig
 from speechkit.errors import ConfigError
+from speechkit.models.asr.ctc_decode import ctc_greedy, ctc_prefix_beam_search
 from speechkit.nn.conformer import ConformerConfig, ConformerEncoder
 from speechkit.nn.streaming_conformer import StreamingConformerConfig, StreamingConformerEncoder
 
@@ -20,6 +24,9 @@ ENCODERS = {
     "conformer": (ConformerConfig, ConformerEncoder),
     "streaming_conformer": (StreamingConformerConfig, StreamingConformerEncoder),
 }
+
+
+HEAD_NAMES = ("ctc", "paraformer", "attention")
 
 
 @dataclass(frozen=True)
@@ -34,13 +41,13 @@ class AsrModelConfig:
     encoder: str = "conformer"
     encoder_conf: ConformerConfig = field(default_factory=ConformerConfig)
     head: str = "ctc"
-    head_conf: CtcHeadConfig = field(default_factory=CtcHeadConfig)
+    head_conf: Any = field(default_factory=CtcHeadConfig)  # the head's own config dataclass
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ConfigError(f"unknown encoder '{self.encoder}' (known: {', '.join(ENCODERS)})")
-        if self.head != "ctc":
-            raise ConfigError(f"unknown head '{self.head}' (known: ctc)")
+        if self.head not in HEAD_NAMES:
+            raise ConfigError(f"unknown head '{self.head}' (known: {', '.join(HEAD_NAMES)})")
 
 
 class GlobalCMVN(nn.Module):
@@ -57,8 +64,10 @@ class GlobalCMVN(nn.Module):
         return (x - self.mean) * self.istd
 
 
-class CtcAsrModel(nn.Module):
-    def __init__(self, cfg: AsrModelConfig, vocab_size: int):
+class AsrEncoderModel(nn.Module):
+    """CMVN → SpecAugment (training) → encoder, plus a CTC projection when ``ctc`` is asked for."""
+
+    def __init__(self, cfg: AsrModelConfig, vocab_size: int, ctc: bool = True):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
@@ -67,8 +76,7 @@ class CtcAsrModel(nn.Module):
         self.specaug = SpecAugment(cfg.specaug_conf) if cfg.specaug_conf else None
         _, encoder_cls = ENCODERS[cfg.encoder]
         self.encoder = encoder_cls(cfg.encoder_conf, dim)
-        self.head_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
-        self.ctc = nn.Linear(self.encoder.output_size, vocab_size)
+        self.ctc = nn.Linear(self.encoder.output_size, vocab_size) if ctc else None
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """B: batch, T: fbank frames, F: mel bins, T': encoder frames, D: encoder dim.
@@ -80,6 +88,24 @@ class CtcAsrModel(nn.Module):
         if self.specaug is not None:
             x = self.specaug(x, feat_lens)
         return self.encoder(x, feat_lens, att_context)
+
+    def ctc_loss(self, enc: torch.Tensor, enc_lens: torch.Tensor, tokens: torch.Tensor, token_lens: torch.Tensor) -> torch.Tensor:
+        """CTC loss of the encoder output, summed over the batch and divided by B."""
+        log_probs = torch.log_softmax(self.ctc(enc).float(), dim=-1)
+        loss = nn.functional.ctc_loss(log_probs.transpose(0, 1), tokens, enc_lens, token_lens, blank=0,
+                                      reduction="sum", zero_infinity=True)
+        return loss / enc.shape[0]
+
+    def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ CTC log-probabilities (B, T', V) in float32, valid lengths (B,)."""
+        enc, lens = self.encode(feats, feat_lens, att_context)
+        return torch.log_softmax(self.ctc(enc).float(), dim=-1), lens
+
+
+class CtcAsrModel(AsrEncoderModel):
+    def __init__(self, cfg: AsrModelConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size, ctc=True)
+        self.head_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
 
     def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ log-probabilities (B, T', V) in float32, valid lengths (B,)."""
@@ -95,3 +121,11 @@ class CtcAsrModel(nn.Module):
         )
         loss = loss / feats.shape[0]
         return loss, {"ctc": loss.item()}
+
+    @torch.no_grad()
+    def recognize(self, feats: torch.Tensor, feat_lens: torch.Tensor, beam: int = 1, att_context=None) -> list[list[int]]:
+        """Greedy (beam 1) or prefix beam search → token ids per utterance."""
+        log_probs, lens = self.ctc_log_probs(feats, feat_lens, att_context)
+        log_probs = log_probs.cpu().numpy()
+        return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam)[0][0])
+                for lp, n in zip(log_probs, lens.tolist())]

@@ -16,8 +16,8 @@ from speechkit.audio.fbank import compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.models.asr.ctc_decode import ctc_greedy, ctc_prefix_beam_search
-from speechkit.models.asr.ctc_model import CtcAsrModel
+from speechkit.models.asr.ctc_model import AsrEncoderModel
+from speechkit.models.asr.heads import build_asr_model
 from speechkit.text.tokenizer import load_tokenizer
 from speechkit.train.checkpoint import load_checkpoint
 from speechkit.train.config import experiment_config_from_dict
@@ -25,7 +25,7 @@ from speechkit.train.config import experiment_config_from_dict
 
 @dataclass
 class Recognizer:
-    model: CtcAsrModel
+    model: AsrEncoderModel
     tokenizer: object
     device: torch.device
     att_context: tuple[int, int] | None = None  # streaming encoders: None = the config's first
@@ -37,7 +37,7 @@ class Recognizer:
         ckpt = load_checkpoint(path)
         cfg = experiment_config_from_dict(ckpt["config"], source=str(path))
         tokenizer = load_tokenizer(exp_dir)
-        model = CtcAsrModel(cfg.model, tokenizer.vocab_size)
+        model = build_asr_model(cfg.model, tokenizer.vocab_size, tokenizer)
         model.load_state_dict(ckpt["model"])
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(model.to(dev).eval(), tokenizer, dev)
@@ -49,13 +49,8 @@ class Recognizer:
         x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
         for i, f in enumerate(feats):
             x[i, : len(f)] = torch.from_numpy(f)
-        log_probs, out_lens = self.model.ctc_log_probs(x.to(self.device), lens.to(self.device), self.att_context)
-        log_probs = log_probs.cpu().numpy()
-        texts = []
-        for lp, n in zip(log_probs, out_lens.tolist()):
-            ids = ctc_greedy(lp[:n]) if beam <= 1 else ctc_prefix_beam_search(lp[:n], beam)[0][0]
-            texts.append(self.tokenizer.decode(list(ids)))
-        return texts
+        ids = self.model.recognize(x.to(self.device), lens.to(self.device), beam, self.att_context)
+        return [self.tokenizer.decode(list(i)) for i in ids]
 
 
 def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, *, beam: int = 1, batch_seconds: float = 120.0) -> int:

@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: print figures and a last-line JSON").add_subparsers(dest="bench", metavar="BENCH", required=True)
     add_asr_stream_bench(bench)
+    from speechkit.bench.asr_decode import add_parser as add_asr_decode_bench; add_asr_decode_bench(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")
     sc.add_argument("ref", help="Kaldi text")

@@ -254,3 +254,28 @@ def test_paraformer_onnx_export_matches_pytorch(tmp_path):
     report = check_parity(model, tmp_path / "m.onnx", utts)
     assert len(report) == 4 and all(r["same_tokens"] for r in report)
     assert report[-1]["batch"] == 3 and report[-1]["tokens"] > 0
+
+
+def test_paraformer_starts_from_another_heads_encoder(tmp_path):
+    """init_modules: the Paraformer takes CMVN, encoder and CTC from an AR checkpoint, keeps its own head."""
+    from conftest import TINY_ENCODER_CONF
+    from speechkit.errors import SpeechkitError
+    from speechkit.models.asr.heads import build_asr_model
+    from speechkit.train.checkpoint import save_atomic
+    from speechkit.train.config import experiment_config_from_dict
+    from speechkit.train.trainer import load_init
+
+    ar_cfg = experiment_config_from_dict({"frontend_conf": {"num_mel_bins": 20}, "encoder_conf": TINY_ENCODER_CONF, "head": "attention",
+                                          "head_conf": {"num_blocks": 1, "attention_heads": 2, "linear_units": 32}})
+    torch.manual_seed(5)
+    ar = build_asr_model(ar_cfg.model, 6)
+    save_atomic({"model": ar.state_dict(), "config": ar_cfg.to_yaml_dict()}, tmp_path / "ar.pt")
+    para, _ = _tiny_paraformer()
+    head_before = {k: v.clone() for k, v in para.state_dict().items() if k.startswith("decoder.")}
+    load_init(para, tmp_path / "ar.pt", ("cmvn", "encoder", "ctc"))
+    for k, v in ar.state_dict().items():
+        if k.split(".")[0] in ("cmvn", "encoder", "ctc"):
+            assert torch.equal(para.state_dict()[k], v), k
+    assert all(torch.equal(para.state_dict()[k], v) for k, v in head_before.items())
+    with pytest.raises(SpeechkitError, match="init_modules"):
+        load_init(para, tmp_path / "ar.pt", ("predictor",))

@@ -90,7 +90,7 @@ def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int =
     meta = metadata(model)
     d, blocks = model.decoder.d_model, len(model.decoder.blocks)
 
-    enc_graph = AttentionEncoderGraph(model)
+    enc_graph = AttentionEncoderGraph(model).eval()  # a fresh wrapper is in training mode, and export restores that mode
     x = torch.randn(2, 200, model.cfg.frontend_conf.num_mel_bins)
     x_lens = torch.tensor([200, 160])
     outputs = ENCODER_OUTPUTS if model.ctc is not None else ENCODER_OUTPUTS[:2]
@@ -104,7 +104,7 @@ def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int =
     _save_with_metadata(tmp, out_dir / ENCODER_FILE, meta)
 
     # traced at a mid-sequence step (i = 3) so the cache's prefix axis is a real, dynamic one
-    step = DecoderStepGraph(model.decoder)
+    step = DecoderStepGraph(model.decoder).eval()
     n, t, i = 2, 20, 3
     args = (torch.randn(n, t, d), (torch.arange(t)[None, :] < torch.tensor([[t], [t - 5]]))[:, None, :],
             torch.randint(1, model.vocab_size, (n, i)), torch.randn(blocks, n, i - 1, d))

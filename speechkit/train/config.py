@@ -45,6 +45,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
     avg_last: int = 5
     init_checkpoint: str | None = None  # start from these weights (e.g. MWER fine-tuning); its tokenizer is reused
+    init_modules: tuple[str, ...] = ()  # with init_checkpoint: only these top-level modules (e.g. [cmvn, encoder, ctc])
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,21 @@ def prepare_tokenizer(cfg: ExperimentConfig, exp_dir: Path, texts: list[str]):
     return train_tokenizer(cfg.tokenizer_conf.type, texts, exp_dir, cfg.tokenizer_conf.vocab_size)
 
 
+def load_init(model: torch.nn.Module, path: str | Path, modules: tuple[str, ...] = ()) -> None:
+    """Start from another run's weights: all of them, or only the named top-level modules (e.g.
+    cmvn, encoder, ctc — a new head on a trained encoder). Shapes must match."""
+    state = load_checkpoint(path)["model"]
+    if modules:
+        state = {k: v for k, v in state.items() if k.split(".")[0] in modules}
+        own = {k for k in model.state_dict() if k.split(".")[0] in modules}
+        missing = sorted(own - set(state))
+        if missing or not state:
+            raise SpeechkitError(f"{path}: no weights for {', '.join(missing[:3]) or ', '.join(modules)} (init_modules {list(modules)})")
+        model.load_state_dict(state, strict=False)
+    else:
+        model.load_state_dict(state)
+
+
 def build_model(cfg: ExperimentConfig, vocab_size: int, tokenizer=None) -> AsrEncoderModel:
     return build_asr_model(cfg.model, vocab_size, tokenizer)
 
@@ -136,7 +151,7 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, train_dump: str | Path, de
     model = build_model(cfg, tokenizer.vocab_size, tokenizer)
     model.cmvn.set_stats(*cmvn_from_stats(Path(train_dump) / "stats.json"))
     if tc.init_checkpoint:
-        model.load_state_dict(load_checkpoint(tc.init_checkpoint)["model"])
+        load_init(model, tc.init_checkpoint, tc.init_modules)
     model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
 
@@ -193,11 +208,12 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, train_dump: str | Path, de
                 optim.step()
             optim.zero_grad(set_to_none=True)
             step += 1
-            run_loss += loss.item()
+            run_loss += loss.detach()  # read at log time only: a per-step .item() stalls the GPU queue
             run_n += 1
             if step % tc.log_interval == 0 and rank == 0:
-                bar.set_postfix(loss=f"{run_loss / run_n:.2f}", lr=f"{lr:.2e}")
-                metrics.write(json.dumps({"epoch": epoch + 1, "step": step, "loss": run_loss / run_n, "lr": lr,
+                mean_loss = float(run_loss) / run_n
+                bar.set_postfix(loss=f"{mean_loss:.2f}", lr=f"{lr:.2e}")
+                metrics.write(json.dumps({"epoch": epoch + 1, "step": step, "loss": mean_loss, "lr": lr,
                                           "grad_norm": float(grad_norm), "elapsed_s": round(time.time() - t0, 1)}) + "\n")
                 metrics.flush()
                 run_loss, run_n = 0.0, 0

@@ -22,17 +22,17 @@ class AttentionAsrModel(AsrEncoderModel):
         self.decoder = TransformerDecoder(vocab_size, self.encoder.output_size, hc)
         self.ctc_rescore_weight = 0.0  # decoding: weight of the CTC score when rescoring the N-best
 
-    def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         enc, enc_lens = self.encode(feats, feat_lens)
         ys_in, ys_out, ys_in_lens = add_sos_eos(tokens, token_lens, self.sos, self.eos)
         logits = self.decoder(enc, enc_lens, ys_in, ys_in_lens)
         loss_att = label_smoothing_loss(logits, ys_out, self.hc.lsm_weight)
-        stats = {"att": loss_att.item()}
+        stats = {"att": loss_att.detach()}  # detached tensors: no device sync per step
         loss = loss_att
         if self.ctc is not None:
             loss_ctc = self.ctc_loss(enc, enc_lens, tokens, token_lens)
             loss = (1 - self.hc.ctc_weight) * loss_att + self.hc.ctc_weight * loss_ctc
-            stats["ctc"] = loss_ctc.item()
+            stats["ctc"] = loss_ctc.detach()
         return loss, stats
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ decode with greedy or prefix beam search. A bad audio file is reported and skipp
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,28 @@ class Recognizer:
         return [self.tokenizer.decode(list(i)) for i in ids]
 
 
-def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, *, beam: int = 1, batch_seconds: float = 120.0) -> int:
-    """Write ``out_dir/hyp`` (Kaldi text) and ``out_dir/skipped.txt``; returns the number decoded."""
+class _Features(torch.utils.data.Dataset):
+    """Audio → fbank in DataLoader workers; a bad file becomes its one-line error."""
+
+    def __init__(self, utts, cfg):
+        self.utts, self.cfg = utts, cfg
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def __getitem__(self, i: int):
+        u = self.utts[i]
+        try:
+            samples, _ = load_audio(u.wav, self.cfg.sample_rate)
+        except AudioError as e:
+            return u.utt_id, None, str(e)
+        return u.utt_id, compute_fbank(samples, self.cfg), f"{u.wav}: too short ({len(samples)} samples)"
+
+
+def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, *, beam: int = 1, batch_seconds: float = 120.0,
+                    num_workers: int | None = None) -> int:
+    """Write ``out_dir/hyp`` (Kaldi text) and ``out_dir/skipped.txt``; returns the number decoded.
+    Features are computed by ``num_workers`` processes (default: up to 8 of the CPUs)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = rec.model.cfg.frontend_conf
@@ -63,28 +84,29 @@ def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, 
     skipped: list[str] = []
     pending: list[tuple[str, np.ndarray]] = []
     max_frames = int(batch_seconds * cfg.frames_per_second)
+    if num_workers is None:
+        num_workers = min(8, (os.cpu_count() or 1) - 1)
+    loader = torch.utils.data.DataLoader(_Features(utts, cfg), batch_size=None, num_workers=max(0, num_workers))
 
     def flush():
         texts = rec.recognize_feats([f for _, f in pending], beam)
         hyps.update({u: t for (u, _), t in zip(pending, texts)})
         pending.clear()
 
-    for u in tqdm(utts, desc=f"decode {Path(data_dir).name}", unit="utt", file=sys.stderr):
-        try:
-            samples, _ = load_audio(u.wav, cfg.sample_rate)
-        except AudioError as e:
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
-            skipped.append(str(e))
+    for utt_id, feats, error in tqdm(loader, total=len(utts), desc=f"decode {Path(data_dir).name}", unit="utt", file=sys.stderr):
+        if feats is None:
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
+            skipped.append(error)
             continue
-        feats = compute_fbank(samples, cfg)
+        feats = np.asarray(feats)
         if rec.model.encoder.embed.output_lengths(torch.tensor(len(feats))).item() < 1:  # shorter than the subsampling needs
-            tqdm.write(f"skipped: {u.wav}: too short ({len(samples)} samples)", file=sys.stderr)
-            skipped.append(f"{u.wav}: too short")
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
+            skipped.append(error)
             continue
         longest = max([len(f) for _, f in pending] + [len(feats)])
         if pending and longest * (len(pending) + 1) > max_frames:
             flush()
-        pending.append((u.utt_id, feats))
+        pending.append((utt_id, feats))
     if pending:
         flush()
     write_table(out_dir / "hyp", hyps)

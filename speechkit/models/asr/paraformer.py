@@ -161,35 +161,36 @@ class ParaformerModel(AsrEncoderModel):
         ce = nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none", label_smoothing=self.hc.lsm_weight)
         return (ce * valid).sum() / target.shape[0]
 
-    def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """tokens (B, U) padded to the longest target → (loss / B, detached loss terms)."""
         enc, enc_lens = self.encode(feats, feat_lens)
         hc = self.hc
-        n = max(int(token_lens.max()), 1)
-        target = tokens[:, :n]
+        n = tokens.shape[1]  # the collate pads to the longest target: no device sync for its length
+        target = tokens
         alphas = self.predictor(enc, enc_lens)
         loss_qua = quantity_loss(alphas, token_lens, hc.cif_threshold)
         acoustic = cif(enc, scale_alphas(alphas, token_lens, hc.cif_threshold), n, hc.cif_threshold).to(enc.dtype)
-        stats = {"qua": loss_qua.item()}
+        stats = {"qua": loss_qua.detach()}  # detached tensors: reading them would sync the device every step
         dec_in = acoustic
         if hc.sampling_ratio > 0 and self.training:
             with torch.no_grad():
                 pred = self.decoder(acoustic, token_lens, enc, enc_lens).argmax(-1)
             dec_in, replaced = glancing_sample(acoustic, self.decoder.embed(target), pred, target, token_lens, hc.sampling_ratio)
-            stats["glance"] = replaced.sum().item() / max(int(token_lens.sum()), 1)
+            stats["glance"] = replaced.sum() / token_lens.sum().clamp(min=1)
         logits = self.decoder(dec_in, token_lens, enc, enc_lens)
         loss_att = self._ce(logits, target, token_lens)
         loss = loss_att + hc.predictor_weight * loss_qua
-        stats["att"] = loss_att.item()
+        stats["att"] = loss_att.detach()
         if self.ctc is not None:
             loss_ctc = self.ctc_loss(enc, enc_lens, tokens, token_lens)
             loss = (1 - hc.ctc_weight) * loss_att + hc.ctc_weight * loss_ctc + hc.predictor_weight * loss_qua
-            stats["ctc"] = loss_ctc.item()
+            stats["ctc"] = loss_ctc.detach()
         if hc.mwer_weight > 0 and self.training:
             # negatives from the decoder on the plain acoustic embeddings, as at inference
             log_probs = torch.log_softmax(self.decoder(acoustic, token_lens, enc, enc_lens).float(), dim=-1)
             loss_mwer = self._mwer(log_probs, target, token_lens)
             loss = loss + hc.mwer_weight * loss_mwer
-            stats["mwer"] = loss_mwer.item()
+            stats["mwer"] = loss_mwer.detach()
         return loss, stats
 
     def _mwer(self, log_probs: torch.Tensor, target: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run behind the Paraformer section of egs/synth/asr/RESULTS.md: a 50 h synth corpus; the
 # Paraformer (conf/train_paraformer_gpu.yaml) and the autoregressive baseline
-# (conf/train_attention_gpu.yaml, same encoder) trained side by side on one GPU (bf16); MWER
+# (conf/train_attention_gpu.yaml, same encoder; the Paraformer starts from the AR run's epoch-4
+# encoder) trained side by side on one GPU (bf16); MWER
 # fine-tuning of the Paraformer (conf/train_paraformer_mwer_gpu.yaml); test / test_unseen WER of
 # Paraformer (with and without MWER) and of the AR decoder (greedy, beam, beam + CTC rescoring);
 # the Paraformer exported to ONNX (parity-checked, fp32 and int8); CIF word times against a CTC
@@ -19,11 +20,12 @@ mwer_epochs=
 stage=0
 stop_stage=100
 conf_dir=conf
+init_epoch=4  # the AR run's checkpoint whose encoder the Paraformer starts from
 train_minutes=0  # > 0: stop both trainings after this long and go on with the epochs they finished
 WORK=${WORK:-/tmp/para_gpu}
 SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$WORK/src2
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir train_minutes"
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes"
 . "$root/tools/parse_options.sh"
 
 if [ "$root" != "$SRC" ]; then  # a private copy: the working tree may be re-synced meanwhile
@@ -44,9 +46,9 @@ data=$WORK/data dump=$WORK/dump
 para=$WORK/exp/paraformer att=$WORK/exp/attention mwer=$WORK/exp/paraformer_mwer
 mkdir -p "$WORK/conf"
 case $conf_dir in /*) ;; *) conf_dir=$asr/$conf_dir ;; esac
-for name in paraformer attention paraformer_mwer; do  # the configs, with --epochs and the MWER init path
-  sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_${name}_gpu.yaml" > "$WORK/conf/$name.yaml"
-done
+sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $att/epoch_$init_epoch.pt#" "$conf_dir/train_paraformer_gpu.yaml" > "$WORK/conf/paraformer.yaml"
+cp "$conf_dir/train_attention_gpu.yaml" "$WORK/conf/attention.yaml"
+sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_paraformer_mwer_gpu.yaml" > "$WORK/conf/paraformer_mwer.yaml"
 [ -z "$epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $epochs/" "$WORK/conf/paraformer.yaml" "$WORK/conf/attention.yaml"
 [ -z "$mwer_epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $mwer_epochs/" "$WORK/conf/paraformer_mwer.yaml"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -58,18 +60,21 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     --data "$data" --dump "$dump" --exp "$para"
 fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  log "train the Paraformer and the AR baseline side by side on one GPU"
-  for e in para att; do
-    exp=${!e}; name=$([ "$e" = para ] && echo paraformer || echo attention)
-    mkdir -p "$exp"
-    speechkit train --config "$WORK/conf/$name.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$exp" \
-      > "$exp/train.log" 2>&1 &
-  done
+  log "train the AR baseline; the Paraformer joins from its epoch-$init_epoch encoder, side by side on one GPU"
   if [ "$train_minutes" -gt 0 ]; then
     (sleep $((train_minutes * 60)); pkill -f "speechkit[.]cli train" && echo "[$(date +%T)] stopped training after $train_minutes min") &
     watchdog=$!
   fi
-  wait $(jobs -p | grep -v "^${watchdog:-none}$") || true
+  mkdir -p "$att" "$para"
+  speechkit train --config "$WORK/conf/attention.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$att" \
+    > "$att/train.log" 2>&1 &
+  trainer_att=$!
+  while [ ! -f "$att/epoch_$init_epoch.pt" ] && kill -0 "$trainer_att" 2>/dev/null; do sleep 5; done
+  log "Paraformer starts from $att/epoch_$init_epoch.pt"
+  speechkit train --config "$WORK/conf/paraformer.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$para" \
+    > "$para/train.log" 2>&1 &
+  trainer_para=$!
+  wait "$trainer_att" "$trainer_para" || true
   [ -z "${watchdog:-}" ] || kill "$watchdog" 2>/dev/null || true
   tail -n 3 "$para/train.log" "$att/train.log"
   speechkit average "$para"
@@ -111,7 +116,7 @@ fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "bench asr-decode"
   speechkit bench asr-decode --paraformer "$mwer" --attention "$att" --data "$data/test" --onnx "$mwer/onnx" \
-    --json-out "$WORK/exp/bench_asr_decode.json" || true
+    --json --out "$WORK/exp/bench_asr_decode.json" || true
 fi
 
 log "report"

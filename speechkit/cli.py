@@ -94,6 +94,10 @@ def _decode(args: argparse.Namespace) -> None:
         if not hasattr(rec.model, "ctc_rescore_weight") or rec.model.ctc is None:
             raise SpeechkitError(f"--ctc-weight needs an attention head trained with CTC; {args.exp_dir} has head '{rec.model.cfg.head}'")
         rec.model.ctc_rescore_weight = args.ctc_weight
+    if args.length_bonus:
+        if not hasattr(rec.model, "length_bonus"):
+            raise SpeechkitError(f"--length-bonus is for the attention head's beam search; {args.exp_dir} has head '{rec.model.cfg.head}'")
+        rec.model.length_bonus = args.length_bonus
     n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
     print(f"decoded {n} utterances -> {args.out_dir}/hyp")
 
@@ -253,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a Paraformer decodes in one pass and ignores it (default 1)")
     d.add_argument("--ctc-weight", type=float, default=0.0,
                    help="attention head with --beam > 1: rescore the N-best with this weight on the CTC score (default 0)")
+    d.add_argument("--length-bonus", type=float, default=0.0,
+                   help="attention head with --beam > 1: score added per token against the bias to short outputs (default 0)")
     d.add_argument("--batch-seconds", type=float, default=120.0)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     d.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",

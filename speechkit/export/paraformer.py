@@ -20,7 +20,10 @@ from speechkit.errors import SpeechkitError
 from speechkit.models.asr.cif import cif, token_counts
 from speechkit.models.asr.paraformer import ParaformerModel
 
-LOGPROB_TOL = 1e-3  # float32 log-probabilities, ONNX Runtime vs PyTorch
+# float32, ONNX Runtime vs PyTorch. The log-probs come out of 12 encoder + 6 decoder layers: the
+# 50 h model's export measured 1.7e-3 with identical tokens (streaming CTC, 12 layers: 3e-5).
+LOGPROB_TOL = 5e-3
+ALPHA_TOL = 1e-4  # the CIF weights, where token counts and times come from
 OUTPUTS = ["tokens", "token_lens", "log_probs", "alphas", "alphas_len"]
 
 
@@ -106,8 +109,10 @@ def check_parity(model: ParaformerModel, onnx_path: str | Path, utterances: list
             valid = np.arange(ref[0].shape[1])[None, :] < ref[1][:, None]
             same = bool(np.array_equal(ref[0][valid], got[0][valid]))
         diff = float(np.abs(ref[2] - got[2]).max()) if ref[2].shape == got[2].shape else float("inf")
-        report.append({"utts": group, "batch": len(group), "tokens": int(ref[1].sum()), "max_abs_diff": diff, "same_tokens": same})
-        if not same or diff > LOGPROB_TOL:
+        alpha_diff = float(np.abs(ref[3] - got[3]).max())
+        report.append({"utts": group, "batch": len(group), "tokens": int(ref[1].sum()), "max_abs_diff": diff,
+                       "max_alpha_diff": alpha_diff, "same_tokens": same})
+        if not same or diff > LOGPROB_TOL or alpha_diff > ALPHA_TOL:
             raise SpeechkitError(f"ONNX Runtime and PyTorch disagree on utterances {group}: same tokens {same}, "
-                                 f"max |Δ log-prob| {diff:.2e} (tolerance {LOGPROB_TOL})")
+                                 f"max |Δ log-prob| {diff:.2e} (tolerance {LOGPROB_TOL}), max |Δ α| {alpha_diff:.1e} (tolerance {ALPHA_TOL})")
     return report

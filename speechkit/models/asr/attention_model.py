@@ -21,6 +21,7 @@ class AttentionAsrModel(AsrEncoderModel):
         self.sos = self.eos = vocab_size
         self.decoder = TransformerDecoder(vocab_size, self.encoder.output_size, hc)
         self.ctc_rescore_weight = 0.0  # decoding: weight of the CTC score when rescoring the N-best
+        self.length_bonus = 0.0  # decoding: added per token; > 0 counters beam search's bias to short outputs
 
     def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         enc, enc_lens = self.encode(feats, feat_lens)
@@ -45,5 +46,5 @@ class AttentionAsrModel(AsrEncoderModel):
         if self.ctc is not None and self.ctc_rescore_weight > 0:
             ctc_lp = torch.log_softmax(self.ctc(enc).float(), dim=-1)
         nbest = beam_search(self.decoder, enc, enc_lens, beam, self.sos, self.eos, ctc_log_probs=ctc_lp,
-                            ctc_weight=self.ctc_rescore_weight)
+                            ctc_weight=self.ctc_rescore_weight, length_bonus=self.length_bonus)
         return [hyps[0][0] if hyps else [] for hyps in nbest]

@@ -141,3 +141,18 @@ def run_cli(capsys):
         return rc, out, err
 
     return run
+
+
+def run_without_torch(body: str) -> str:
+    """Run ``body`` (Python source) in a fresh interpreter where any ``import torch`` fails; it must
+    not end with torch loaded. Returns its stdout (fails the test on a non-zero exit)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = "import sys\nsys.modules['torch'] = None\n" + textwrap.dedent(body) + (
+        "\nassert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m] is not None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+

@@ -249,6 +249,7 @@ def test_paraformer_onnx_export_matches_pytorch(tmp_path):
     model, tok = _tiny_paraformer()
     model.eval()
     export_paraformer(model, tmp_path / "m.onnx", metadata(model, tok))
+    assert not model.training  # export must not leave dropout switched on
     g = np.random.default_rng(0)
     utts = [g.standard_normal((n, 20)).astype(np.float32) for n in (90, 57, 130)]
     report = check_parity(model, tmp_path / "m.onnx", utts)

@@ -52,7 +52,7 @@ class ParaformerGraph(nn.Module):
 def export_paraformer(model: ParaformerModel, out_path: str | Path, metadata: dict[str, str], opset: int = 18) -> None:
     import onnx
 
-    graph = ParaformerGraph(model.float().eval())
+    graph = ParaformerGraph(model.float()).eval()  # a fresh wrapper is in training mode; export restores it
     lens = torch.tensor([200, 160])
     args = (torch.randn(2, 200, model.cfg.frontend_conf.num_mel_bins), lens)
     axes = {"x": {0: "B", 1: "T"}, "x_lens": {0: "B"}, "tokens": {0: "B", 1: "N"}, "token_lens": {0: "B"},
@@ -96,7 +96,7 @@ def check_parity(model: ParaformerModel, onnx_path: str | Path, utterances: list
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    graph = ParaformerGraph(model.float().eval())
+    graph = ParaformerGraph(model.float()).eval()  # a fresh wrapper is in training mode; export restores it
     groups = [[i] for i in range(len(utterances))] + [list(range(len(utterances)))]
     report = []
     for group in groups:

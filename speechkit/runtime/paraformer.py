@@ -33,7 +33,7 @@ class OfflineResult:
 
 class OfflineRecognizer:
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, model_file: str = "model.onnx",
-                 max_batch_seconds: float = 240.0, max_segment: float = 30.0):
+                 max_batch_seconds: float = 60.0, max_segment: float = 30.0):
         model_dir = Path(model_dir)
         path = model_dir / model_file
         if not path.is_file():

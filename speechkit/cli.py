@@ -136,9 +136,7 @@ def _check_utterances(data_dir: str, n: int, sample_rate: int):
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
-    import json
-
-    from speechkit.export.streaming_asr import export_exp_dir
+    from speechkit.export.experiment import export_exp_dir
 
     feats = _check_utterances(args.check_data, args.check_utts, 16000)
     info = export_exp_dir(args.exp_dir, args.out_dir, feats, checkpoint=args.checkpoint, int8=args.int8)

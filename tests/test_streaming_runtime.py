@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from conftest import run_without_torch, make_tiny_data_dir, make_tiny_exp_dir
 from speechkit.errors import AudioError, SpeechkitError

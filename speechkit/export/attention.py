@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.export.onnx_file import write_onnx
 from speechkit.models.asr.attention_decoder import TransformerDecoder, beam_search, greedy_search
 from speechkit.models.asr.attention_model import AttentionAsrModel
+from speechkit.runtime.session import cpu_session
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
@@ -70,17 +72,6 @@ def metadata(model: AttentionAsrModel) -> dict[str, str]:
     }
 
 
-def _save_with_metadata(tmp: Path, out: Path, meta: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(tmp))
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, str(v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
-
-
 def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int = 18) -> Path:
     """Write ``encoder.onnx`` and ``decoder_step.onnx`` (both with ``metadata(model)``) to
     ``out_dir``; batch, time and prefix length are dynamic axes. Returns ``out_dir``."""
@@ -96,12 +87,8 @@ def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int =
     outputs = ENCODER_OUTPUTS if model.ctc is not None else ENCODER_OUTPUTS[:2]
     axes = {"x": {0: "B", 1: "T"}, "x_lens": {0: "B"}, "enc": {0: "B", 1: "T_enc"}, "enc_lens": {0: "B"},
             "ctc_log_probs": {0: "B", 1: "T_enc"}}
-    tmp = out_dir / (ENCODER_FILE + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(enc_graph, (x, x_lens), str(tmp), input_names=["x", "x_lens"], output_names=outputs,
-                          dynamic_axes={k: v for k, v in axes.items() if k in ["x", "x_lens", *outputs]},
-                          opset_version=opset, dynamo=False)
-    _save_with_metadata(tmp, out_dir / ENCODER_FILE, meta)
+    write_onnx(enc_graph, (x, x_lens), out_dir / ENCODER_FILE, ["x", "x_lens"], outputs,
+               {k: v for k, v in axes.items() if k in ["x", "x_lens", *outputs]}, meta, opset)
 
     # traced at a mid-sequence step (i = 3) so the cache's prefix axis is a real, dynamic one
     step = DecoderStepGraph(model.decoder).eval()
@@ -110,28 +97,15 @@ def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int =
             torch.randint(1, model.vocab_size, (n, i)), torch.randn(blocks, n, i - 1, d))
     axes = {"enc": {0: "N", 1: "T"}, "enc_mask": {0: "N", 2: "T"}, "ys": {0: "N", 1: "i"},
             "cache": {1: "N", 2: "i_prev"}, "log_probs": {0: "N"}, "new_cache": {1: "N", 2: "i"}}
-    tmp = out_dir / (DECODER_STEP_FILE + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(step, args, str(tmp), input_names=STEP_INPUTS, output_names=STEP_OUTPUTS,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    _save_with_metadata(tmp, out_dir / DECODER_STEP_FILE, meta)
+    write_onnx(step, args, out_dir / DECODER_STEP_FILE, STEP_INPUTS, STEP_OUTPUTS, axes, meta, opset)
     return out_dir
-
-
-def _session(path: Path, num_threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = num_threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoder:
     """Runs ``encoder.onnx``: torch tensors in and out (CPU, float32)."""
 
     def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        self.session = _session(Path(model_dir) / ENCODER_FILE, num_threads)
+        self.session = cpu_session(Path(model_dir) / ENCODER_FILE, num_threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -148,7 +122,7 @@ class OnnxDecoderStep:
     the search code expects, stacked into one tensor for the graph."""
 
     def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        self.session = _session(Path(model_dir) / DECODER_STEP_FILE, num_threads)
+        self.session = cpu_session(Path(model_dir) / DECODER_STEP_FILE, num_threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.vocab_size, self.d_model = int(meta["vocab_size"]), int(meta["d_model"])
         self.num_blocks = int(meta["num_blocks"])

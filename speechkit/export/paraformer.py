@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from speechkit.errors import SpeechkitError
+from speechkit.export.onnx_file import write_onnx
 from speechkit.models.asr.cif import cif, token_counts
 from speechkit.models.asr.paraformer import ParaformerModel
 
@@ -50,24 +51,12 @@ class ParaformerGraph(nn.Module):
 
 
 def export_paraformer(model: ParaformerModel, out_path: str | Path, metadata: dict[str, str], opset: int = 18) -> None:
-    import onnx
-
     graph = ParaformerGraph(model.float()).eval()  # a fresh wrapper is in training mode; export restores it
     lens = torch.tensor([200, 160])
     args = (torch.randn(2, 200, model.cfg.frontend_conf.num_mel_bins), lens)
     axes = {"x": {0: "B", 1: "T"}, "x_lens": {0: "B"}, "tokens": {0: "B", 1: "N"}, "token_lens": {0: "B"},
             "log_probs": {0: "B", 1: "N"}, "alphas": {0: "B", 1: "T_enc"}, "alphas_len": {0: "B"}}
-    out_path = Path(out_path)
-    tmp = out_path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
-        torch.onnx.export(graph, args, str(tmp), input_names=["x", "x_lens"], output_names=OUTPUTS,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    proto = onnx.load(str(tmp))
-    for k, v in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, str(v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out_path)
+    write_onnx(graph, args, out_path, ["x", "x_lens"], OUTPUTS, axes, metadata, opset)
 
 
 def metadata(model: ParaformerModel, tokenizer) -> dict[str, str]:

@@ -6,8 +6,6 @@ Export refuses to finish unless ONNX Runtime and PyTorch give the same tokens ov
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 
 from speechkit.errors import SpeechkitError
+from speechkit.export.onnx_file import write_onnx
 from speechkit.models.asr.ctc_model import CtcAsrModel
 from speechkit.nn.streaming_conformer import StreamingConformerEncoder
 
@@ -44,8 +43,6 @@ class StreamingCtcGraph(nn.Module):
 
 def export_streaming_ctc(model: CtcAsrModel, out_path: str | Path, metadata: dict[str, str], opset: int = 18) -> None:
     """Write the graph to ``out_path`` with ``metadata`` in the ONNX metadata_props."""
-    import onnx
-
     graph = StreamingCtcGraph(model.eval()).eval()
     enc = model.encoder
     chunk = 4 * (max(r for _, r in enc.cfg.streamable()) + 1) if enc.cfg.streamable() else 4
@@ -60,20 +57,10 @@ def export_streaming_ctc(model: CtcAsrModel, out_path: str | Path, metadata: dic
             "log_probs": {0: "B", 1: "n"}, "log_probs_len": batch, "new_cached_sub1": batch,
             "new_cached_sub2": batch, "new_cached_att": {1: "B"}, "new_cached_conv": {1: "B"},
             "new_cached_len": batch}
-    out_path = Path(out_path)
-    tmp = out_path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
-        torch.onnx.export(graph, args, str(tmp), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    proto = onnx.load(str(tmp))
-    for k, v in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, str(v)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out_path)
+    write_onnx(graph, args, out_path, inputs, outputs, axes, metadata, opset)
 
 
-def _metadata(model: CtcAsrModel, tokenizer) -> dict[str, str]:
+def metadata(model: CtcAsrModel, tokenizer) -> dict[str, str]:
     fe, enc = model.cfg.frontend_conf, model.encoder.cfg
     return {
         "model_family": "ctc-streaming-conformer",
@@ -133,48 +120,3 @@ def check_parity(model: CtcAsrModel, onnx_path: str | Path, utterances: list[np.
                 raise SpeechkitError(f"ONNX Runtime and PyTorch disagree on utterance {i} at att_context ({left}, {right}): "
                                      f"same tokens {same}, max |Δ log-prob| {diff:.2e} (tolerance {LOGPROB_TOL})")
     return report
-
-
-def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np.ndarray], *, checkpoint: str = "model_avg.pt",
-                   int8: bool = False) -> dict:
-    """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json): a streaming CTC
-    model as the chunk graph, a Paraformer as one offline graph. The fp32 graph is checked against
-    PyTorch on ``utterances`` (fbank arrays) before anything is kept; with ``int8`` the shipped
-    model.onnx is its dynamic int8 quantization."""
-    from speechkit.export import paraformer as pf
-    from speechkit.models.asr.inference import Recognizer
-
-    rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
-    model = rec.model.float().eval()
-    if len(utterances) < 1:
-        raise SpeechkitError("export needs at least one test utterance for the parity check")
-    if isinstance(model, pf.ParaformerModel):
-        export, check, meta = pf.export_paraformer, pf.check_parity, pf.metadata(model, rec.tokenizer)
-    elif isinstance(model, CtcAsrModel) and isinstance(model.encoder, StreamingConformerEncoder):
-        export, check, meta = export_streaming_ctc, check_parity, _metadata(model, rec.tokenizer)
-    else:
-        raise SpeechkitError(f"{exp_dir}: ONNX export covers streaming_conformer + ctc and paraformer models, "
-                             f"not encoder '{model.cfg.encoder}' with head '{model.cfg.head}'")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = out_dir / "model.fp32.onnx"
-    export(model, fp32, meta)
-    try:
-        report = check(model, fp32, utterances)
-    except Exception:
-        fp32.unlink(missing_ok=True)
-        raise
-    for name in ("tokens.txt", "bpe.model"):
-        if (Path(exp_dir) / name).is_file():
-            shutil.copy(Path(exp_dir) / name, out_dir / name)
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(fp32), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8)
-        fp32.unlink()
-    else:
-        fp32.replace(out_dir / "model.onnx")
-    info = {"exp_dir": str(exp_dir), "checkpoint": checkpoint, "model_family": meta["model_family"], "int8": int8,
-            "parity": report, "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
-    (out_dir / "export.json").write_text(json.dumps(info, indent=1) + "\n")
-    return info

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
-import onnxruntime as ort
 
-from speechkit.audio.fbank import FbankConfig, _options
+from speechkit.audio.fbank import _options
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.models.asr.ctc_decode import BLANK_ID, CtcPrefixBeamSearch
+from speechkit.runtime.session import open_model
 from speechkit.text.tokenizer import load_tokenizer
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
@@ -99,19 +99,8 @@ class OnlineRecognizer:
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
                  beam: int = 1):
         model_dir = Path(model_dir)
-        path = model_dir / model_file
-        if not path.is_file():
-            raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("model_family") != "ctc-streaming-conformer":
-            raise SpeechkitError(f"{path}: not a streaming CTC model (model_family={meta.get('model_family')!r})")
-        self.meta = meta
-        self.fbank_cfg = FbankConfig(sample_rate=int(meta["sample_rate"]), num_mel_bins=int(meta["num_mel_bins"]),
-                                     frame_length_ms=float(meta["frame_length_ms"]), frame_shift_ms=float(meta["frame_shift_ms"]))
+        self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC", num_threads)
+        meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])
         self.contexts = [tuple(int(v) for v in c.split(",")) for c in meta["att_contexts"].split(";")]

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from speechkit.audio.fbank import FbankConfig, compute_fbank
-from speechkit.errors import AudioError, SpeechkitError
+from speechkit.audio.fbank import compute_fbank
+from speechkit.errors import AudioError
 from speechkit.models.asr.cif_times import token_spans, word_times
+from speechkit.runtime.session import open_model
 from speechkit.text.tokenizer import load_tokenizer
 
 
@@ -35,19 +35,8 @@ class OfflineRecognizer:
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, model_file: str = "model.onnx",
                  max_batch_seconds: float = 60.0, max_segment: float = 30.0):
         model_dir = Path(model_dir)
-        path = model_dir / model_file
-        if not path.is_file():
-            raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("model_family") != "paraformer":
-            raise SpeechkitError(f"{path}: not a Paraformer model (model_family={meta.get('model_family')!r})")
-        self.meta = meta
-        self.fbank_cfg = FbankConfig(sample_rate=int(meta["sample_rate"]), num_mel_bins=int(meta["num_mel_bins"]),
-                                     frame_length_ms=float(meta["frame_length_ms"]), frame_shift_ms=float(meta["frame_shift_ms"]))
+        self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "paraformer", "Paraformer", num_threads)
+        meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])
         self.frame_seconds = self.subsampling * self.fbank_cfg.frame_shift_ms / 1000.0

@@ -1,0 +1,60 @@
+"""`speechkit export onnx`: an experiment dir → a model dir (model.onnx, tokenizer, export.json),
+by model family — the streaming CTC chunk graph or the Paraformer graph — never without its
+parity check against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from speechkit.errors import SpeechkitError
+from speechkit.export import paraformer as pf
+from speechkit.export import streaming_asr as sa
+from speechkit.models.asr.ctc_model import CtcAsrModel
+from speechkit.models.asr.inference import Recognizer
+from speechkit.nn.streaming_conformer import StreamingConformerEncoder
+
+
+def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np.ndarray], *, checkpoint: str = "model_avg.pt",
+                   int8: bool = False) -> dict:
+    """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json): a streaming CTC
+    model as the chunk graph, a Paraformer as one offline graph. The fp32 graph is checked against
+    PyTorch on ``utterances`` (fbank arrays) before anything is kept; with ``int8`` the shipped
+    model.onnx is its dynamic int8 quantization."""
+    rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
+    model = rec.model.float().eval()
+    if len(utterances) < 1:
+        raise SpeechkitError("export needs at least one test utterance for the parity check")
+    if isinstance(model, pf.ParaformerModel):
+        export, check, meta = pf.export_paraformer, pf.check_parity, pf.metadata(model, rec.tokenizer)
+    elif isinstance(model, CtcAsrModel) and isinstance(model.encoder, StreamingConformerEncoder):
+        export, check, meta = sa.export_streaming_ctc, sa.check_parity, sa.metadata(model, rec.tokenizer)
+    else:
+        raise SpeechkitError(f"{exp_dir}: ONNX export covers streaming_conformer + ctc and paraformer models, "
+                             f"not encoder '{model.cfg.encoder}' with head '{model.cfg.head}'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = out_dir / "model.fp32.onnx"
+    export(model, fp32, meta)
+    try:
+        report = check(model, fp32, utterances)
+    except Exception:
+        fp32.unlink(missing_ok=True)
+        raise
+    for name in ("tokens.txt", "bpe.model"):
+        if (Path(exp_dir) / name).is_file():
+            shutil.copy(Path(exp_dir) / name, out_dir / name)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8)
+        fp32.unlink()
+    else:
+        fp32.replace(out_dir / "model.onnx")
+    info = {"exp_dir": str(exp_dir), "checkpoint": checkpoint, "model_family": meta["model_family"], "int8": int8,
+            "parity": report, "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
+    (out_dir / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

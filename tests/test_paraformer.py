@@ -280,3 +280,13 @@ def test_paraformer_starts_from_another_heads_encoder(tmp_path):
     assert all(torch.equal(para.state_dict()[k], v) for k, v in head_before.items())
     with pytest.raises(SpeechkitError, match="init_modules"):
         load_init(para, tmp_path / "ar.pt", ("predictor",))
+    other = build_asr_model(ar_cfg.model, 9)  # another vocabulary: the CTC layer cannot fit
+    save_atomic({"model": other.state_dict(), "config": ar_cfg.to_yaml_dict()}, tmp_path / "ar9.pt")
+    with pytest.raises(SpeechkitError, match="ctc.weight has shape"):
+        load_init(para, tmp_path / "ar9.pt", ("cmvn", "encoder", "ctc"))
+    with pytest.raises(SpeechkitError, match="decoder.embed.weight has shape"):
+        load_init(para, tmp_path / "ar.pt")  # all modules: the AR decoder is not this model's
+    ctc_only = {k: v for k, v in ar.state_dict().items() if k.split(".")[0] in ("cmvn", "encoder", "ctc")}
+    save_atomic({"model": ctc_only, "config": ar_cfg.to_yaml_dict()}, tmp_path / "enc.pt")
+    with pytest.raises(SpeechkitError, match="does not fit"):
+        load_init(para, tmp_path / "enc.pt")  # all modules asked for, the head's are missing

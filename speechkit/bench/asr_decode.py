@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from speechkit.audio.fbank import FbankConfig, compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.bench.asr_stream import machine
 from speechkit.data.kaldi import load_data_dir
+from speechkit.bench import add_output_args, emit
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.models.asr.inference import Recognizer
 
@@ -339,13 +339,7 @@ def main(args: argparse.Namespace) -> None:
     result = bench_asr_decode(args.paraformer, args.attention, args.data, onnx_dir=args.onnx, utts=args.utts,
                               cpu_utts=args.cpu_utts, beam=args.beam, batch=args.batch, device=args.device,
                               repeats=args.repeats, checkpoint=args.checkpoint, progress=sys.stderr.isatty())
-    for line in report_lines(result):
-        print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result), flush=True)
+    emit(result, report_lines(result), args)
 
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -362,7 +356,6 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--batch", type=int, default=32, help="utterances per padded batch in the batched torch run (default 32)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="torch device (default: cuda if available)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median total is reported (default 3)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    add_output_args(p)
     p.set_defaults(func=main)
     return p

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
+from speechkit.bench import add_output_args, emit
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream
 
@@ -324,13 +324,7 @@ def main(args: argparse.Namespace) -> None:
     result = bench_asr_stream(args.model_dir, threads=args.threads, att_context=_parse_context(args.att_context),
                               wav=args.wav, seconds=args.seconds, memory_seconds=args.memory_seconds,
                               progress=sys.stderr.isatty())
-    for line in report_lines(result):
-        print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result), flush=True)
+    emit(result, report_lines(result), args)
 
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -342,7 +336,6 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--wav", default=None, metavar="FILE", help="mono wav at the model's rate (default: the recipe's test wavs, else synthetic)")
     p.add_argument("--seconds", type=float, default=60.0, help="audio for the RTF and latency run (default 60)")
     p.add_argument("--memory-seconds", type=float, default=3600.0, help="audio on one stream for the memory run; 0 skips it (default 3600)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    add_output_args(p)
     p.set_defaults(func=main)
     return p

@@ -70,6 +70,11 @@ def _read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int] |
     return np.concatenate([b for b, _ in blocks]), blocks[0][1]
 
 
+def _skipped(path: str, e: AudioError) -> None:
+    msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+    print(f"speechkit: skipped: {msg}", file=sys.stderr)
+
+
 def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1, batch_files: int = 16) -> int:
     """Paraformer: short files recognised ``batch_files`` at a time in one padded batch; long ones
     in 10-minute blocks cut at quiet points. Prints ``<path> <text>`` in the order given."""
@@ -79,29 +84,28 @@ def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1,
     failed = 0
     for at in range(0, len(files), batch_files):
         group = files[at : at + batch_files]
-        loaded: dict[str, tuple[np.ndarray, int] | None] = {}
+        short: dict[str, np.ndarray] = {}
+        long: set[str] = set()
         for path in group:
             try:
-                loaded[path] = _read_mono(path, rec.max_segment)
+                whole = _read_mono(path, rec.max_segment)
+                if whole is None:
+                    long.add(path)
+                else:
+                    short[path] = rec.prepare(*whole)
             except AudioError as e:
-                print(f"speechkit: skipped: {e}", file=sys.stderr)
+                _skipped(path, e)
                 failed += 1
-        short = [p for p, v in loaded.items() if v is not None and v[1] == rec.sample_rate]
-        texts = dict(zip(short, (r.text for r in rec.recognize([loaded[p][0] for p in short]))))
+        texts = dict(zip(short, (r.text for r in rec.recognize(list(short.values())))))
         for path in group:
-            if path not in loaded:
-                continue
-            try:
-                if path not in texts:  # long, or at the wrong rate (reported by the recognizer)
-                    parts = []
-                    for block, rate in _file_blocks(path, 600.0):
-                        text = rec.transcribe_long(block, rate).text
-                        parts += [text] if text else []
-                    texts[path] = " ".join(parts)
+            if path in long:
+                try:
+                    texts[path] = " ".join(t for t in (rec.transcribe_long(b, r).text for b, r in _file_blocks(path, 600.0)) if t)
+                except AudioError as e:
+                    _skipped(path, e)
+                    failed += 1
+            if path in texts:
                 print(f"{path} {texts[path]}", flush=True)
-            except AudioError as e:
-                print(f"speechkit: skipped: {path}: {e}", file=sys.stderr)
-                failed += 1
     return failed
 
 

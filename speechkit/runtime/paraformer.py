@@ -45,19 +45,22 @@ class OfflineRecognizer:
         self.max_batch_frames = int(max_batch_seconds * 1000.0 / self.fbank_cfg.frame_shift_ms)
         self.max_segment = max_segment
 
-    def _check(self, samples: np.ndarray, sample_rate: int | None) -> np.ndarray:
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise AudioError(f"audio at {sample_rate} Hz, the model wants {self.sample_rate} Hz (resample it first)")
+    def prepare(self, samples: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        """Mono float32 at the model's rate (other rates are resampled, as in the streaming runtime)."""
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
             raise AudioError(f"audio must be mono (N,), got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise AudioError("audio contains NaN or infinite samples")
+        if sample_rate is not None and sample_rate != self.sample_rate and x.size:
+            import soxr
+
+            x = soxr.resample(x, sample_rate, self.sample_rate).astype(np.float32)
         return x
 
     def recognize(self, waveforms: list[np.ndarray], sample_rate: int | None = None) -> list[OfflineResult]:
         """Whole waveforms → one result each; batched by length, one graph call per batch."""
-        feats = [compute_fbank(self._check(w, sample_rate), self.fbank_cfg) for w in waveforms]
+        feats = [compute_fbank(self.prepare(w, sample_rate), self.fbank_cfg) for w in waveforms]
         results: list[OfflineResult | None] = [None] * len(feats)
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         batch: list[int] = []
@@ -108,7 +111,7 @@ class OfflineRecognizer:
 
     def transcribe_long(self, samples: np.ndarray, sample_rate: int | None = None) -> OfflineResult:
         """Any length: segments recognised as one batch, texts joined, word times shifted."""
-        samples = self._check(samples, sample_rate)
+        samples = self.prepare(samples, sample_rate)
         pieces = self.segments(samples)
         words, ids, texts = [], [], []
         for (start, _), r in zip(pieces, self.recognize([p for _, p in pieces])):

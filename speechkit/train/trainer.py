@@ -96,16 +96,20 @@ def prepare_tokenizer(cfg: ExperimentConfig, exp_dir: Path, texts: list[str]):
 def load_init(model: torch.nn.Module, path: str | Path, modules: tuple[str, ...] = ()) -> None:
     """Start from another run's weights: all of them, or only the named top-level modules (e.g.
     cmvn, encoder, ctc — a new head on a trained encoder). Shapes must match."""
-    state = load_checkpoint(path)["model"]
+    state, own = load_checkpoint(path)["model"], model.state_dict()
     if modules:
         state = {k: v for k, v in state.items() if k.split(".")[0] in modules}
-        own = {k for k in model.state_dict() if k.split(".")[0] in modules}
-        missing = sorted(own - set(state))
+        missing = sorted(k for k in own if k.split(".")[0] in modules and k not in state)
         if missing or not state:
             raise SpeechkitError(f"{path}: no weights for {', '.join(missing[:3]) or ', '.join(modules)} (init_modules {list(modules)})")
-        model.load_state_dict(state, strict=False)
-    else:
-        model.load_state_dict(state)
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise SpeechkitError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, this model's is "
+                             f"{tuple(own[wrong[0]].shape)} (another encoder size, vocabulary or head?)")
+    try:
+        model.load_state_dict(state, strict=not modules)
+    except RuntimeError as e:  # missing or unexpected keys: another head or encoder
+        raise SpeechkitError(f"{path}: does not fit this model ({str(e).splitlines()[0]})") from None
 
 
 def build_model(cfg: ExperimentConfig, vocab_size: int, tokenizer=None) -> AsrEncoderModel:

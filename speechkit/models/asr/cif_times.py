@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from speechkit.text.tokenizer import SPACE
+
 
 def fire_frames(alphas: np.ndarray, num_tokens: int, threshold: float = 1.0) -> list[int]:
     """alphas (T,) of one utterance → the frame each of its ``num_tokens`` tokens fired at."""
@@ -37,17 +39,17 @@ def token_spans(alphas: np.ndarray, num_tokens: int, threshold: float = 1.0, ons
 
 def word_times(pieces: list[str], spans: list[tuple[int, int]], frame_seconds: float) -> list[tuple[str, float, float]]:
     """Token pieces (▁ starts a word) and their spans → (word, start s, end s) per word."""
-    words: list[list] = []
+    words: list[list] = []  # [text, start frame, end frame]
+    new_word = True
     for piece, (start, fire) in zip(pieces, spans):
-        text = piece.replace("\u2581", "")
-        if piece.startswith("\u2581") or not words:
-            if not text and piece.startswith("\u2581"):
-                words.append(["", None, None])  # a bare separator: the next token opens the word
-                continue
+        new_word = new_word or piece.startswith(SPACE)
+        text = piece.replace(SPACE, "")
+        if not text:  # a bare separator (char tokens): the next piece opens the word
+            continue
+        if new_word:
             words.append([text, start, fire])
-        elif words[-1][1] is None:
-            words[-1] = [text, start, fire]
+            new_word = False
         else:
             words[-1][0] += text
             words[-1][2] = fire
-    return [(w, s * frame_seconds, (e + 1) * frame_seconds) for w, s, e in words if w and s is not None]
+    return [(w, s * frame_seconds, (e + 1) * frame_seconds) for w, s, e in words]

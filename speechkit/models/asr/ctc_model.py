@@ -77,6 +77,7 @@ class AsrEncoderModel(nn.Module):
         _, encoder_cls = ENCODERS[cfg.encoder]
         self.encoder = encoder_cls(cfg.encoder_conf, dim)
         self.ctc = nn.Linear(self.encoder.output_size, vocab_size) if ctc else None
+        self.ctc_dropout: nn.Module = nn.Identity()  # the CTC head's own dropout (CtcHeadConfig.dropout_rate)
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """B: batch, T: fbank frames, F: mel bins, T': encoder frames, D: encoder dim.
@@ -91,7 +92,7 @@ class AsrEncoderModel(nn.Module):
 
     def ctc_loss(self, enc: torch.Tensor, enc_lens: torch.Tensor, tokens: torch.Tensor, token_lens: torch.Tensor) -> torch.Tensor:
         """CTC loss of the encoder output, summed over the batch and divided by B."""
-        log_probs = torch.log_softmax(self.ctc(enc).float(), dim=-1)
+        log_probs = torch.log_softmax(self.ctc(self.ctc_dropout(enc)).float(), dim=-1)
         loss = nn.functional.ctc_loss(log_probs.transpose(0, 1), tokens, enc_lens, token_lens, blank=0,
                                       reduction="sum", zero_infinity=True)
         return loss / enc.shape[0]
@@ -99,27 +100,18 @@ class AsrEncoderModel(nn.Module):
     def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ CTC log-probabilities (B, T', V) in float32, valid lengths (B,)."""
         enc, lens = self.encode(feats, feat_lens, att_context)
-        return torch.log_softmax(self.ctc(enc).float(), dim=-1), lens
+        return torch.log_softmax(self.ctc(self.ctc_dropout(enc)).float(), dim=-1), lens
 
 
 class CtcAsrModel(AsrEncoderModel):
     def __init__(self, cfg: AsrModelConfig, vocab_size: int):
         super().__init__(cfg, vocab_size, ctc=True)
-        self.head_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
-
-    def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ log-probabilities (B, T', V) in float32, valid lengths (B,)."""
-        enc, lens = self.encode(feats, feat_lens, att_context)
-        logits = self.ctc(self.head_dropout(enc))
-        return torch.log_softmax(logits.float(), dim=-1), lens
+        self.ctc_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
 
     def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, float]]:
         """tokens (B, U) padded with anything, token_lens (B,) → (loss summed over the batch / B, stats)."""
-        log_probs, lens = self.ctc_log_probs(feats, feat_lens)
-        loss = nn.functional.ctc_loss(
-            log_probs.transpose(0, 1), tokens, lens, token_lens, blank=0, reduction="sum", zero_infinity=True
-        )
-        loss = loss / feats.shape[0]
+        enc, lens = self.encode(feats, feat_lens)
+        loss = self.ctc_loss(enc, lens, tokens, token_lens)
         return loss, {"ctc": loss.item()}
 
     @torch.no_grad()

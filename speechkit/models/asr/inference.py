@@ -63,13 +63,13 @@ class _Features(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.utts)
 
-    def __getitem__(self, i: int):
-        u = self.utts[i]
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        """→ (index, fbank or None, the load error)."""
         try:
-            samples, _ = load_audio(u.wav, self.cfg.sample_rate)
+            samples, _ = load_audio(self.utts[i].wav, self.cfg.sample_rate)
         except AudioError as e:
-            return u.utt_id, None, str(e)
-        return u.utt_id, compute_fbank(samples, self.cfg), f"{u.wav}: too short ({len(samples)} samples)"
+            return i, None, str(e)
+        return i, compute_fbank(samples, self.cfg), ""
 
 
 def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, *, beam: int = 1, batch_seconds: float = 120.0,
@@ -93,16 +93,14 @@ def decode_data_dir(rec: Recognizer, data_dir: str | Path, out_dir: str | Path, 
         hyps.update({u: t for (u, _), t in zip(pending, texts)})
         pending.clear()
 
-    for utt_id, feats, error in tqdm(loader, total=len(utts), desc=f"decode {Path(data_dir).name}", unit="utt", file=sys.stderr):
-        if feats is None:
+    for i, feats, error in tqdm(loader, total=len(utts), desc=f"decode {Path(data_dir).name}", unit="utt", file=sys.stderr):
+        if feats is not None and rec.model.encoder.embed.output_lengths(torch.tensor(len(feats))).item() < 1:
+            error = f"{utts[i].wav}: too short ({len(feats)} fbank frames; the subsampling needs more)"
+        if error:
             tqdm.write(f"skipped: {error}", file=sys.stderr)
             skipped.append(error)
             continue
-        feats = np.asarray(feats)
-        if rec.model.encoder.embed.output_lengths(torch.tensor(len(feats))).item() < 1:  # shorter than the subsampling needs
-            tqdm.write(f"skipped: {error}", file=sys.stderr)
-            skipped.append(error)
-            continue
+        utt_id, feats = utts[i].utt_id, np.asarray(feats)
         longest = max([len(f) for _, f in pending] + [len(feats)])
         if pending and longest * (len(pending) + 1) > max_frames:
             flush()

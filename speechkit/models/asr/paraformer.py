@@ -20,9 +20,7 @@ from speechkit.models.asr.cif import CifPredictor, cif, quantity_loss, scale_alp
 from speechkit.models.asr.cif_times import token_spans
 from speechkit.models.asr.ctc_model import AsrEncoderModel, AsrModelConfig
 from speechkit.nn.attention import MultiHeadAttention, sinusoidal_positions
-
-SPACE = "\u2581"
-
+from speechkit.text.tokenizer import SPACE
 
 @dataclass(frozen=True)
 class ParaformerConfig:
@@ -151,10 +149,10 @@ class ParaformerModel(AsrEncoderModel):
         self.word_start = [p.startswith(SPACE) for p in pieces]
         self.separator = [p == SPACE or i == 0 for i, p in enumerate(pieces)]
 
-    def _decode(self, enc, enc_lens, alphas, num_tokens):
+    def _decode(self, enc, enc_lens, alphas, num_tokens) -> torch.Tensor:
         k = int(num_tokens.max().clamp(min=1))
         emb = cif(enc, alphas, k, self.hc.cif_threshold).to(enc.dtype)
-        return self.decoder(emb, num_tokens, enc, enc_lens), emb
+        return self.decoder(emb, num_tokens, enc, enc_lens)
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         valid = torch.arange(target.shape[1], device=target.device)[None, :] < lens[:, None]
@@ -222,7 +220,7 @@ class ParaformerModel(AsrEncoderModel):
         enc, enc_lens = self.encode(feats, feat_lens, att_context)
         alphas = self.predictor(enc, enc_lens)
         counts = token_counts(alphas, self.hc.cif_threshold, self.hc.tail_threshold)
-        logits, _ = self._decode(enc, enc_lens, alphas, counts)
+        logits = self._decode(enc, enc_lens, alphas, counts)
         ids = logits.argmax(-1).cpu().tolist()
         alphas = alphas.cpu().numpy()
         return [(row[:c], token_spans(a[:n], c, self.hc.cif_threshold))

@@ -27,19 +27,9 @@ SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$
 REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes"
 . "$root/tools/parse_options.sh"
-
-if [ "$root" != "$SRC" ]; then  # a private copy: the working tree may be re-synced meanwhile
-  mkdir -p "$SRC"
-  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv --exclude=./egs/synth/asr/data \
-    --exclude=./egs/synth/asr/dump --exclude=./egs/synth/asr/exp -cf - . | tar -C "$SRC" -xf -
-  exec bash "$SRC/egs/synth/asr/local/gpu_paraformer_run.sh" "${args[@]}"
-fi
-if ! command -v speechkit >/dev/null 2>&1; then  # the GPU image has no virtualenv: run from the copy
-  mkdir -p "$WORK/bin"
-  printf '#!/usr/bin/env bash\nexec python3 -m speechkit.cli "$@"\n' > "$WORK/bin/speechkit"
-  chmod +x "$WORK/bin/speechkit"
-  export PATH="$WORK/bin:$PATH" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. "$root/egs/synth/asr/local/gpu_common.sh"
+run_from_private_copy "$SRC"
+cli_from_checkout
 log() { echo "[$(date +%T)] $*"; }
 asr=$root/egs/synth/asr
 data=$WORK/data dump=$WORK/dump

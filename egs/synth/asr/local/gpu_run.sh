@@ -18,21 +18,9 @@ WORK=${WORK:-/tmp/synth_gpu}
 REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs stage decode_modes"
 . "$root/tools/parse_options.sh"
-
-# Run from a private copy of the checkout: a tool that re-syncs the working tree while this runs
-# in the background would otherwise pull the current directory out from under it.
-if [ "$root" != "$WORK/src" ]; then
-  mkdir -p "$WORK/src"
-  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv -cf - . | tar -C "$WORK/src" -xf -
-  exec bash "$WORK/src/egs/synth/asr/local/gpu_run.sh" "${args[@]}"
-fi
-
-if ! command -v speechkit >/dev/null 2>&1; then  # the GPU image has no virtualenv: run from the checkout
-  mkdir -p "$WORK/bin"
-  printf '#!/usr/bin/env bash\nexec python3 -m speechkit.cli "$@"\n' > "$WORK/bin/speechkit"
-  chmod +x "$WORK/bin/speechkit"
-  export PATH="$WORK/bin:$PATH" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. "$root/egs/synth/asr/local/gpu_common.sh"
+run_from_private_copy "$WORK/src"
+cli_from_checkout
 config=conf/train_gpu.yaml
 if [ -n "$epochs" ]; then  # a copy of the config with another epoch count, recorded in the report
   sed "s/^  max_epochs: .*/  max_epochs: $epochs/" "$root/egs/synth/asr/$config" > "$WORK/train_gpu.yaml"

@@ -18,19 +18,9 @@ WORK=${WORK:-/tmp/stream_gpu}
 REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs stage"
 . "$root/tools/parse_options.sh"
-
-if [ "$root" != "$WORK/src" ]; then  # a private copy: the working tree may be re-synced meanwhile
-  mkdir -p "$WORK/src"
-  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv --exclude=./egs/synth/asr/data \
-    --exclude=./egs/synth/asr/dump --exclude=./egs/synth/asr/exp -cf - . | tar -C "$WORK/src" -xf -
-  exec bash "$WORK/src/egs/synth/asr/local/gpu_stream_run.sh" "${args[@]}"
-fi
-if ! command -v speechkit >/dev/null 2>&1; then  # the GPU image has no virtualenv: run from the copy
-  mkdir -p "$WORK/bin"
-  printf '#!/usr/bin/env bash\nexec python3 -m speechkit.cli "$@"\n' > "$WORK/bin/speechkit"
-  chmod +x "$WORK/bin/speechkit"
-  export PATH="$WORK/bin:$PATH" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. "$root/egs/synth/asr/local/gpu_common.sh"
+run_from_private_copy "$WORK/src"
+cli_from_checkout
 config=conf/train_stream_gpu.yaml
 if [ -n "$epochs" ]; then
   sed "s/^  max_epochs: .*/  max_epochs: $epochs/" "$root/egs/synth/asr/$config" > "$WORK/train_stream_gpu.yaml"

@@ -49,3 +49,13 @@ def compute_fbank(samples: np.ndarray, cfg: FbankConfig = FbankConfig()) -> np.n
     if n == 0:
         return np.zeros((0, cfg.num_mel_bins), dtype=np.float32)
     return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
+
+
+def pad_feats(feats: list[np.ndarray], min_frames: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(T_i, F) fbank arrays → zero-padded (B, T, F) float32 and lengths (B,) int64. Lengths are at
+    least ``min_frames`` (the padding stands in for frames an utterance lacks)."""
+    lens = np.array([max(len(f), min_frames) for f in feats], dtype=np.int64)
+    x = np.zeros((len(feats), int(lens.max()), feats[0].shape[1]), dtype=np.float32)
+    for i, f in enumerate(feats):
+        x[i, : len(f)] = f
+    return x, lens

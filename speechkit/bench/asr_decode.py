@@ -26,6 +26,7 @@ from speechkit.audio.fbank import FbankConfig, compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.bench.asr_stream import machine
 from speechkit.data.kaldi import load_data_dir
+from speechkit.audio.fbank import pad_feats
 from speechkit.bench import add_output_args, emit
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.models.asr.inference import Recognizer
@@ -69,11 +70,8 @@ def load_utterances(data_dir: str | Path, n: int, fronts: Sequence[FbankConfig],
 
 
 def _pad(feats: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(f) for f in feats])
-    x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = torch.from_numpy(f)
-    return x.to(device), lens.to(device)
+    x, lens = pad_feats(feats)
+    return torch.from_numpy(x).to(device), torch.from_numpy(lens).to(device)
 
 
 def _no_sync() -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.audio.fbank import pad_feats
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.asr.cif import cif, token_counts
@@ -71,14 +72,6 @@ def metadata(model: ParaformerModel, tokenizer) -> dict[str, str]:
     }
 
 
-def _pad(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([len(f) for f in feats], dtype=np.int64)
-    x = np.zeros((len(feats), int(lens.max()), feats[0].shape[1]), dtype=np.float32)
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = f
-    return x, lens
-
-
 def check_parity(model: ParaformerModel, onnx_path: str | Path, utterances: list[np.ndarray]) -> list[dict]:
     """Each utterance alone and all of them as one padded batch, through PyTorch and ONNX Runtime:
     raise unless the tokens and counts agree and the log-probs are within LOGPROB_TOL."""
@@ -89,7 +82,7 @@ def check_parity(model: ParaformerModel, onnx_path: str | Path, utterances: list
     groups = [[i] for i in range(len(utterances))] + [list(range(len(utterances)))]
     report = []
     for group in groups:
-        x, lens = _pad([utterances[i] for i in group])
+        x, lens = pad_feats([utterances[i] for i in group])
         with torch.no_grad():
             ref = [t.numpy() for t in graph(torch.from_numpy(x), torch.from_numpy(lens))]
         got = session.run(OUTPUTS, {"x": x, "x_lens": lens})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechkit.audio.fbank import compute_fbank
+from speechkit.audio.fbank import compute_fbank, pad_feats
 from speechkit.errors import AudioError
 from speechkit.models.asr.cif_times import token_spans, word_times
 from speechkit.runtime.session import open_model
@@ -79,10 +79,7 @@ class OfflineRecognizer:
 
     def _run(self, feats: list[np.ndarray]) -> list[OfflineResult]:
         short = [len(f) < 7 for f in feats]  # fewer fbank frames than one encoder frame needs
-        lens = np.array([max(len(f), 7) for f in feats], dtype=np.int64)
-        x = np.zeros((len(feats), int(lens.max()), self.fbank_cfg.num_mel_bins), dtype=np.float32)
-        for i, f in enumerate(feats):
-            x[i, : len(f)] = f
+        x, lens = pad_feats(feats, min_frames=7)
         tokens, token_lens, _, alphas, alphas_len = self.session.run(
             ["tokens", "token_lens", "log_probs", "alphas", "alphas_len"], {"x": x, "x_lens": lens})
         out = []

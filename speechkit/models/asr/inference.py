@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechkit.audio.fbank import compute_fbank
+from speechkit.audio.fbank import compute_fbank, pad_feats
 from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError, SpeechkitError
@@ -46,11 +46,8 @@ class Recognizer:
     @torch.no_grad()
     def recognize_feats(self, feats: list[np.ndarray], beam: int = 1) -> list[str]:
         """feats: list of (T, F) fbank arrays → one text each."""
-        lens = torch.tensor([len(f) for f in feats])
-        x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
-        for i, f in enumerate(feats):
-            x[i, : len(f)] = torch.from_numpy(f)
-        ids = self.model.recognize(x.to(self.device), lens.to(self.device), beam, self.att_context)
+        x, lens = (torch.from_numpy(a).to(self.device) for a in pad_feats(feats))
+        ids = self.model.recognize(x, lens, beam, self.att_context)
         return [self.tokenizer.decode(list(i)) for i in ids]
 
 

@@ -175,6 +175,18 @@ def _stream(args: argparse.Namespace) -> None:
         stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx, beam=args.beam)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from speechkit.serve.protocol import Limits
+    from speechkit.serve.server import run_server
+
+    try:
+        limits = Limits(args.max_frame_bytes, args.max_stream_seconds, args.idle_timeout, args.max_connections)
+    except ValueError as e:
+        raise SpeechkitError(str(e)) from None
+    run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
+               att_context=_context(args.att_context))
+
+
 def _score(args: argparse.Namespace) -> None:
     from speechkit.eval.wer import score_to_file
 
@@ -305,11 +317,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     st.set_defaults(func=_stream)
 
-    from speechkit.bench.asr_stream import add_parser as add_asr_stream_bench
+    sv = sub.add_parser("serve", help="WebSocket streaming recognition server + browser demo page (protocol: docs/serve.md)",
+                        description="Serve a streaming model: the browser demo page at http://HOST:PORT/ and recognition over "
+                                    "a WebSocket at ws://HOST:PORT/asr (protocol, close codes and limits: docs/serve.md).")
+    sv.add_argument("model_dir", help="exported streaming model dir (e.g. models/asr-stream-synth)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    sv.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the batched model calls (default 1)")
+    sv.add_argument("--max-batch", type=int, default=64, help="most streams in one model call (default 64)")
+    sv.add_argument("--max-connections", type=int, default=100, help="more are closed with 1013 (default 100)")
+    sv.add_argument("--max-frame-bytes", type=int, default=256 * 1024, help="larger audio frames are closed with 1009 (default 262144)")
+    sv.add_argument("--max-stream-seconds", type=float, default=600.0, help="longer streams are decoded to the limit, then closed with 4002 (default 600)")
+    sv.add_argument("--idle-timeout", type=float, default=10.0, help="seconds without a message before closing with 4001 (default 10)")
+    sv.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
+    sv.set_defaults(func=_serve)
+
 
     bench = sub.add_parser("bench", help="benchmarks: print figures and a last-line JSON").add_subparsers(dest="bench", metavar="BENCH", required=True)
-    add_asr_stream_bench(bench)
-    from speechkit.bench.asr_decode import add_parser as add_asr_decode_bench; add_asr_decode_bench(bench)
+    from speechkit.bench import asr_decode, asr_stream, serve_load
+
+    for bench_module in (asr_stream, asr_decode, serve_load):
+        bench_module.add_parser(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")
     sc.add_argument("ref", help="Kaldi text")

@@ -23,7 +23,7 @@ def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np
     """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json): a streaming CTC
     model as the chunk graph, a Paraformer as one offline graph. The fp32 graph is checked against
     PyTorch on ``utterances`` (fbank arrays) before anything is kept; with ``int8`` the shipped
-    model.onnx is its dynamic int8 quantization."""
+    model.onnx stores its weights as int8 (float32 arithmetic: export/quantize.py)."""
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
     model = rec.model.float().eval()
     if len(utterances) < 1:
@@ -48,9 +48,13 @@ def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np
         if (Path(exp_dir) / name).is_file():
             shutil.copy(Path(exp_dir) / name, out_dir / name)
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx
 
-        quantize_dynamic(str(fp32), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8)
+        from speechkit.export.quantize import quantize_weights_int8
+
+        tmp = out_dir / "model.onnx.tmp"
+        onnx.save(quantize_weights_int8(onnx.load(str(fp32))), str(tmp))
+        tmp.replace(out_dir / "model.onnx")
         fp32.unlink()
     else:
         fp32.replace(out_dir / "model.onnx")

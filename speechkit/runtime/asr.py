@@ -67,6 +67,7 @@ class Stream:
     partial: str = ""
     samples_in: int = 0
     search: CtcPrefixBeamSearch | None = None  # set when the recognizer decodes with a beam
+    resampler: tuple | None = None  # (input rate, soxr.ResampleStream) once audio at another rate came in
 
     def accept_waveform(self, samples, sample_rate: int | None = None) -> None:
         x = np.asarray(samples, dtype=np.float32)
@@ -80,14 +81,25 @@ class Stream:
             raise SpeechkitError("this stream's input is finished; create a new stream")
         rate = sample_rate or self.sample_rate
         if rate != self.sample_rate:
-            import soxr  # only when the caller's rate differs from the model's
-
-            x = soxr.resample(x, rate, self.sample_rate).astype(np.float32)
+            x = self._resample(x, rate)
         self.samples_in += x.size
         self.fbank.accept_waveform(self.sample_rate, x * 32768.0)
 
+    def _resample(self, x: np.ndarray, rate: int, last: bool = False) -> np.ndarray:
+        # one resampler per stream, so block edges leave no clicks and no samples are lost
+        if self.resampler is None or self.resampler[0] != rate:
+            import soxr  # only when the caller's rate differs from the model's
+
+            self.resampler = (rate, soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32"))
+        return self.resampler[1].resample_chunk(x, last=last).astype(np.float32, copy=False)
+
     def input_finished(self) -> None:
         if not self.finished:
+            if self.resampler is not None:
+                tail = self._resample(np.zeros(0, np.float32), self.resampler[0], last=True)
+                if tail.size:
+                    self.samples_in += tail.size
+                    self.fbank.accept_waveform(self.sample_rate, tail * 32768.0)
             self.fbank.input_finished()
             self.finished = True
 
@@ -97,9 +109,10 @@ class OnlineRecognizer:
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
-                 beam: int = 1):
+                 beam: int = 1, memory_arena: bool = True):
         model_dir = Path(model_dir)
-        self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC", num_threads)
+        self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
+                                                             num_threads, memory_arena)
         meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])
@@ -191,6 +204,15 @@ class OnlineRecognizer:
         s.prev = BLANK_ID
         if s.search is not None:
             s.search.reset()
+
+    def is_done(self, s: Stream) -> bool:
+        """True once the stream's input is finished and every frame is decoded; closes the last
+        segment (it stays open when the input ended exactly at a chunk boundary)."""
+        if not s.finished or self.is_ready(s):
+            return False
+        if s.ids:
+            self._finalize(s)
+        return True
 
     def text(self, s: Stream) -> str:
         """Everything recognised so far: final segments then the partial one."""

@@ -14,6 +14,7 @@ import soundfile as sf
 
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream
+from speechkit.runtime.events import ResultTracker
 
 BLOCK_SECONDS = 1.0  # files are read in blocks so a two-hour file never sits in memory
 
@@ -38,6 +39,7 @@ def _file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS):
 def _drain(rec: OnlineRecognizer, s: Stream) -> None:
     while rec.is_ready(s):
         rec.decode_streams([s])
+    rec.is_done(s)  # closes the last segment once the input is finished
 
 
 def transcribe_file(rec: OnlineRecognizer, path: str | Path) -> str:
@@ -129,16 +131,14 @@ class _Printer:
     """Partials on one rewritten line on a terminal, one line per change otherwise."""
 
     def __init__(self, rec: OnlineRecognizer, out=sys.stdout):
-        self.rec, self.out, self.tty = rec, out, out.isatty()
-        self.shown, self.finals = "", 0
+        self.tracker, self.out, self.tty = ResultTracker(rec), out, out.isatty()
 
     def update(self, s: Stream) -> None:
-        for seg in s.finals[self.finals :]:
-            self._line(f"final [{seg.start:.2f}-{seg.end:.2f} s]: {seg.text}", final=True)
-        self.finals = len(s.finals)
-        if s.partial and s.partial != self.shown:
-            self._line(f"partial: {s.partial}", final=False)
-        self.shown = s.partial
+        for r in self.tracker.update(s):
+            if r.kind == "final":
+                self._line(f"final [{r.start:.2f}-{r.end:.2f} s]: {r.text}", final=True)
+            else:
+                self._line(f"partial: {r.text}", final=False)
 
     def _line(self, text: str, final: bool) -> None:
         if self.tty:

@@ -11,20 +11,26 @@ from speechkit.audio.fbank import FbankConfig
 from speechkit.errors import SpeechkitError
 
 
-def cpu_session(path: str | Path, num_threads: int = 1) -> ort.InferenceSession:
+def cpu_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True) -> ort.InferenceSession:
+    """``memory_arena=False`` gives working memory back after each call instead of keeping the
+    largest batch's (a server whose batch size follows its load)."""
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = memory_arena
     opts.intra_op_num_threads = num_threads
     opts.inter_op_num_threads = 1
+    # weight-only int8 files (export/quantize.py): fold DequantizeLinear into float32 weights once
+    # at load instead of keeping QDQ pairs for integer kernels
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def open_model(model_dir: str | Path, model_file: str, family: str, what: str, num_threads: int = 1
-               ) -> tuple[ort.InferenceSession, dict[str, str], FbankConfig]:
+def open_model(model_dir: str | Path, model_file: str, family: str, what: str, num_threads: int = 1,
+               memory_arena: bool = True) -> tuple[ort.InferenceSession, dict[str, str], FbankConfig]:
     """→ (session, metadata, fbank config); one-line errors for a missing file or another family."""
     path = Path(model_dir) / model_file
     if not path.is_file():
         raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
-    session = cpu_session(path, num_threads)
+    session = cpu_session(path, num_threads, memory_arena)
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_family") != family:
         raise SpeechkitError(f"{path}: not a {what} model (model_family={meta.get('model_family')!r})")

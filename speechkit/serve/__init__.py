@@ -1,0 +1,1 @@
+"""The WebSocket streaming recognition server and its browser demo page (`speechkit serve`)."""

@@ -1,0 +1,83 @@
+"""A client for ``speechkit serve`` (protocol in docs/serve.md): stream samples, optionally at
+real-time pace, and collect every message with its arrival time. Used by the load test, the
+tests and ``speechkit stream --server``.
+
+    result = asyncio.run(stream_audio("ws://127.0.0.1:8765/asr", samples, 16000, realtime=True))
+    print(result.text, result.close_code)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+
+@dataclass
+class StreamResult:
+    text: str = ""  # from `done`
+    messages: list[dict] = field(default_factory=list)  # every server message, with "t" = arrival (monotonic s)
+    close_code: int | None = None
+    close_reason: str = ""
+    t_first_audio: float = float("nan")
+    t_last_audio: float = float("nan")  # when the last audio frame was sent ("end of speech")
+    t_done: float = float("nan")
+
+    @property
+    def finals(self) -> list[dict]:
+        return [m for m in self.messages if m.get("type") == "final"]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [m for m in self.messages if m.get("type") == "error"]
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+
+
+async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realtime: bool = False, frame_ms: float = 100.0,
+                       fmt: str = "pcm16", on_message=None, open_timeout: float = 30.0) -> StreamResult:
+    """Send ``start``, the samples in ``frame_ms`` frames (paced like a microphone when
+    ``realtime``), then ``end``; return everything the server said."""
+    out = StreamResult()
+    step = max(1, int(sample_rate * frame_ms / 1000))
+    async with connect(url, open_timeout=open_timeout, max_size=None, compression=None) as ws:
+
+        async def receive():
+            try:
+                async for raw in ws:
+                    _on(json.loads(raw))
+            except ConnectionClosed:
+                pass  # the close code says why
+
+        def _on(msg: dict) -> None:
+            msg["t"] = time.monotonic()
+            out.messages.append(msg)
+            if msg.get("type") == "done":
+                out.text, out.t_done = msg["text"], msg["t"]
+            if on_message is not None:
+                on_message(msg)
+
+        reader = asyncio.create_task(receive())
+        try:
+            await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate, "format": fmt}))
+            t0 = time.monotonic()
+            out.t_first_audio = t0
+            for i, at in enumerate(range(0, len(samples), step)):
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + at / sample_rate - time.monotonic()))
+                frame = samples[at : at + step]
+                await ws.send(pcm16(frame) if fmt == "pcm16" else frame.astype("<f4").tobytes())
+            out.t_last_audio = time.monotonic()
+            await ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        await reader
+    out.close_code, out.close_reason = ws.close_code, ws.close_reason or ""
+    return out

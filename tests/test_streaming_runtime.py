@@ -167,3 +167,21 @@ def test_runtime_beam_search_gives_text_and_times(exported):
     assert len(s.finals) <= 1
     for seg in s.finals:
         assert len(seg.times) == len(seg.tokens) and seg.times == sorted(seg.times)
+
+
+def test_int8_export_is_weight_only_and_batch_independent(exported, tmp_path):
+    """`export onnx --int8`: int8 weights behind DequantizeLinear, and a stream's text is the
+    same alone and next to a much louder stream."""
+    import onnx
+
+    from speechkit.cli import main
+    from speechkit.runtime import OnlineRecognizer
+
+    exp, _, data = exported
+    assert main(["export", "onnx", str(exp), str(tmp_path / "int8"), "--check-data", str(data), "--int8"]) == 0
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert "DequantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    rec = OnlineRecognizer(tmp_path / "int8")
+    wavs = [sf.read(line.split()[1], dtype="float32")[0] for line in (data / "wav.scp").read_text().splitlines()[:2]]
+    loud = [wavs[0], wavs[1] * 8.0]  # very different activation ranges in one batch
+    assert rec.transcribe_batch(loud) == [rec.transcribe(w) for w in loud]

@@ -262,3 +262,26 @@ def test_serve_cli_help_and_bad_limits(run_cli, capsys):
     assert code == 2 and "idle_timeout" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("serve", "/nonexistent/model")
     assert code == 2 and "no such model" in err
+
+
+def test_server_runs_without_torch():
+    from conftest import run_without_torch
+
+    out = run_without_torch(f"from speechkit.serve.server import AsrServer; print(AsrServer({str(MODEL)!r}).rec.chunk_ms)")
+    assert float(out) == 520.0
+
+
+def test_load_bench_reports_equal_transcripts(run_cli, speech, tmp_path):
+    import soundfile as sf
+
+    lines = []
+    for i, x in enumerate(speech):
+        sf.write(tmp_path / f"u{i}.wav", x, 16000, subtype="PCM_16")
+        lines.append(f"u{i} {tmp_path / f'u{i}.wav'}")
+    (tmp_path / "wav.scp").write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli("bench", "serve", str(MODEL), "--data", str(tmp_path), "--clients", "4", "--rounds", "2",
+                             "--fast", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["streams"] == 8 and result["transcripts_equal_single_client"] == 8 and not result["abnormal_closes"]
+    assert result["end_of_speech_to_final_ms"]["p50"] > 0 and result["server_rss_mb"]["end"] > 0

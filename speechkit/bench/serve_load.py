@@ -121,7 +121,11 @@ def main(args: argparse.Namespace) -> None:
         rss0, cpu0 = _proc(server.pid)
         samples: list = []
         t0 = time.monotonic()
-        results = asyncio.run(_load(url, utts, args.clients, args.rounds, not args.fast, server.pid, samples, "measured"))
+        try:
+            results = asyncio.run(asyncio.wait_for(_load(url, utts, args.clients, args.rounds, not args.fast, server.pid, samples,
+                                                          "measured"), args.timeout))
+        except TimeoutError:
+            raise SpeechkitError(f"the measured rounds did not finish within --timeout {args.timeout:g} s") from None
         wall = time.monotonic() - t0
         rss1, cpu1 = _proc(server.pid)
         health = _health(port)
@@ -178,6 +182,7 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--rounds", type=int, default=3, help="utterances each client streams, one after another (default 3)")
     p.add_argument("--threads", type=int, default=1, help="the server's ONNX Runtime threads (default 1)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (default 64)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up when the measured rounds take longer (default 600 s)")
     p.add_argument("--fast", action="store_true", help="send audio as fast as possible instead of at real-time pace")
     add_output_args(p)
     p.set_defaults(func=main)

@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     bench = sub.add_parser("bench", help="benchmarks: print figures and a last-line JSON").add_subparsers(dest="bench", metavar="BENCH", required=True)
+    from speechkit.models.codec import commands as codec_commands
+
+    codec_commands.add_parser(sub)
+
     from speechkit.bench import asr_decode, asr_stream, serve_load
 
     for bench_module in (asr_stream, asr_decode, serve_load):

@@ -11,6 +11,10 @@ for bin in espeak-ng flite festival sox; do command -v "$bin" >/dev/null 2>&1 ||
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
 command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3 python3-venv)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
+# pesq (the codec metrics) ships as source only: it needs a C compiler and Python's headers
+command -v gcc >/dev/null 2>&1 || apt_pkgs+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  >/dev/null 2>&1 || apt_pkgs+=(python3-dev)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -24,5 +28,5 @@ pip=".venv/bin/python -m pip"
 # torch first and pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
 .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' >/dev/null 2>&1 \
   || $pip install -q --disable-pip-version-check torch==2.13.0
-$pip install -q --disable-pip-version-check -e '.[onnx,test]'
+$pip install -q --disable-pip-version-check -e '.[onnx,test,eval]'
 .venv/bin/python -c 'import speechkit, torch; print(f"setup: speechkit {speechkit.__version__}, torch {torch.__version__}")'

@@ -27,7 +27,7 @@ SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$
 REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes"
 . "$root/tools/parse_options.sh"
-. "$root/egs/synth/asr/local/gpu_common.sh"
+. "$root/tools/gpu_common.sh"
 run_from_private_copy "$SRC"
 cli_from_checkout
 log() { echo "[$(date +%T)] $*"; }

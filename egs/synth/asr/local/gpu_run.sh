@@ -18,7 +18,7 @@ WORK=${WORK:-/tmp/synth_gpu}
 REPORT=${REPORT:-$WORK/report}
 _speechkit_opts="hours epochs stage decode_modes"
 . "$root/tools/parse_options.sh"
-. "$root/egs/synth/asr/local/gpu_common.sh"
+. "$root/tools/gpu_common.sh"
 run_from_private_copy "$WORK/src"
 cli_from_checkout
 config=conf/train_gpu.yaml

@@ -1,4 +1,4 @@
-# Sourced by the gpu_*.sh scripts of this directory (with $root, $WORK and args=("$@") set).
+# Sourced by the recipes' local/gpu_*.sh scripts (with $root, $WORK and args=("$@") set).
 #
 # run_from_private_copy DIR: unless already running from DIR, copy the checkout there and re-exec
 # this script from it — the device tool re-syncs the working tree on each call, which would pull
@@ -6,12 +6,12 @@
 # cli_from_checkout: the GPU image has no virtualenv; run `speechkit` as `python3 -m speechkit.cli`.
 run_from_private_copy() {
   local dir=$1 script
-  script=$(basename "$0")
+  script=$(realpath --relative-to="$root" "$0")
   [ "$root" != "$dir" ] || return 0
   mkdir -p "$dir"
-  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv --exclude=./egs/synth/asr/data \
-    --exclude=./egs/synth/asr/dump --exclude=./egs/synth/asr/exp -cf - . | tar -C "$dir" -xf -
-  exec bash "$dir/egs/synth/asr/local/$script" "${args[@]}"
+  tar -C "$root" --exclude=./.device --exclude=./.git --exclude=./.venv --exclude='./egs/*/*/data' \
+    --exclude='./egs/*/*/dump' --exclude='./egs/*/*/exp' -cf - . | tar -C "$dir" -xf -
+  exec bash "$dir/$script" "${args[@]}"
 }
 
 cli_from_checkout() {

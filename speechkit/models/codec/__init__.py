@@ -1,0 +1,1 @@
+"""Neural audio codecs: a streaming waveform VAE (continuous latents) and an RVQ codec (token streams)."""

@@ -33,3 +33,20 @@ def test_synth_asr_recipe_end_to_end(tmp_path):
     # a second run finds every stage done (or resumable) and still succeeds
     again = subprocess.run(cmd + ["--stage", "1", "--stop_stage", "3"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_synth_codec_recipe_end_to_end(tmp_path):
+    """corpus → validate → train → ONNX export → eval → RESULTS.md for the codec recipe (a tiny
+    VAE for a few steps)."""
+    codec = RECIPE.parent / "codec"
+    conf = (codec / "conf" / "train_vae_cpu.yaml").read_text().replace("max_steps: 150", "max_steps: 8").replace("adv_start_step: 100", "adv_start_step: 4")
+    (tmp_path / "vae.yaml").write_text(conf)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [str(codec / "run.sh"), "--config", str(tmp_path / "vae.yaml"), "--hours", "0.02", "--nj", "2", "--eval_utts", "2",
+           "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "exp" / "eval.json").read_text())
+    assert set(result["splits"]) == {"test", "test_unseen"} and "stoi" in result["splits"]["test"]["vae"]
+    assert json.loads((tmp_path / "exp" / "onnx" / "export.json").read_text())["parity"]
+    assert "STOI" in (tmp_path / "exp" / "RESULTS.md").read_text()

@@ -44,7 +44,7 @@ class CodecOptimConfig:
 @dataclass(frozen=True)
 class CodecTrainConfig:
     max_steps: int = 20000  # the lr schedule's length
-    max_minutes: float = 0.0  # a wall-time budget (0: none); the schedule then shrinks to the steps that fit, measured after 200 steps
+    max_minutes: float = 0.0  # a wall-time budget (0: none); the schedule then shrinks to the steps that fit at the measured speed
     batch_size: int = 32
     segment_seconds: float = 1.0  # crop length (rounded down to whole frames)
     adversarial: bool = True
@@ -152,6 +152,9 @@ def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str 
             disc.load_state_dict(ckpt["disc"])
             opt_d.load_state_dict(ckpt["opt_d"])
         step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"])  # posterior sampling and quantizer dropout continue as if never stopped
+        if "cuda_rng" in ckpt and device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
     stft_loss, mel_loss = MultiResolutionSTFTLoss().to(device), MelL1Loss(cfg.sample_rate).to(device)
     samples = int(tc.segment_seconds * cfg.sample_rate) // cfg.hop * cfg.hop
     bank = WaveBank(data_dirs, cfg.sample_rate, samples)
@@ -162,21 +165,28 @@ def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str 
           f"{bank.seconds / 3600:.2f} h of audio, {samples / cfg.sample_rate:.2f} s crops x {tc.batch_size}", flush=True)
 
     def checkpoint() -> None:
-        state = {"model": model.state_dict(), "opt_g": opt_g.state_dict(), "step": step, "config": to_dict(cfg)}
+        state = {"model": model.state_dict(), "opt_g": opt_g.state_dict(), "step": step, "config": to_dict(cfg),
+                 "rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         if disc is not None:
             state.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
         save_atomic(state, exp_dir / "checkpoint.pt")
 
     start, sums, n = time.monotonic(), {}, 0
     total, first = tc.max_steps, step
+    mark = (step, start)  # (step, time) where the current speed measurement began
     bar = tqdm(total=tc.max_steps, initial=step, desc=f"train {cfg.codec}", unit="step", mininterval=5)
     with open(exp_dir / "metrics.jsonl", "a") as log:
         while step < total and not (tc.max_minutes and time.monotonic() - start > 60 * tc.max_minutes):
             wav = bank.batch(tc.batch_size, samples, tc.seed, step).to(device, non_blocking=True)
-            if tc.max_minutes and step - first == 200:  # fit the schedule to the time budget
-                per_step = (time.monotonic() - start) / 200
-                total = min(tc.max_steps, step + int((60 * tc.max_minutes - (time.monotonic() - start)) / per_step))
-                print(f"\n{1 / per_step:.1f} steps/s: the schedule ends at step {total}", flush=True)
+            if tc.max_minutes and step - first >= 200 and step % tc.log_interval == 0:
+                # fit the schedule to the time budget at the current speed (it drops when the
+                # discriminator joins), so the learning rate has decayed when the time is up
+                now = time.monotonic()
+                per_step = (now - mark[1]) / max(1, step - mark[0])
+                total = min(tc.max_steps, step + int((60 * tc.max_minutes - (now - start)) / per_step))
+                mark = (step, now)
             lr = lr_at(step, oc.lr, oc.warmup_steps, total, oc.final_lr_ratio)
             for opt in (opt_g, opt_d):
                 for g in opt.param_groups if opt else ():

@@ -236,3 +236,21 @@ def test_codec_eval_reports_every_metric(trained, run_cli, tmp_path):
     assert {"stoi", "pesq_wb", "mcd_db", "asr_resynth", "wer_delta", "usage", "bitrate_bps"} <= row.keys()
     assert 0 <= row["usage"]["mean_used"] <= 1 and r["rtf"]["cpu"]["decode"] > 0 and "training_usage" in r
     assert list((tmp_path / "s").glob("*_original.flac")) and list((tmp_path / "s").glob("*.png"))
+
+
+def test_init_checkpoint_starts_from_given_weights(tmp_path):
+    from speechkit.errors import SpeechkitError
+    from speechkit.models.codec.train import load_codec_experiment, train_codec
+
+    data = tmp_path / "data"
+    make_tiny_data_dir(data, n_utts=3)
+    exp = load_codec_experiment(_experiment(tmp_path, "rvq", 2))
+    train_codec(exp, [data], tmp_path / "first", "cpu")
+    init = dataclasses.replace(exp.train_conf, max_steps=0, init_checkpoint=str(tmp_path / "first" / "model.pt"))
+    train_codec(dataclasses.replace(exp, train_conf=init), [data], tmp_path / "second", "cpu")
+    a = torch.load(tmp_path / "first" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "second" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # codebooks included: no second k-means
+    other = load_codec_experiment(_experiment(tmp_path, "vae", 0))
+    with pytest.raises(SpeechkitError, match="another codec config"):
+        train_codec(dataclasses.replace(other, train_conf=init), [data], tmp_path / "third", "cpu")

@@ -55,6 +55,7 @@ class CodecTrainConfig:
     log_interval: int = 100
     save_interval_steps: int = 1000
     amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
+    init_checkpoint: str | None = None  # start from these codec weights (a model.pt) when there is no checkpoint.pt yet
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,11 @@ def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str 
         torch.set_rng_state(ckpt["rng"])  # posterior sampling and quantizer dropout continue as if never stopped
         if "cuda_rng" in ckpt and device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+    elif tc.init_checkpoint:
+        init = load_codec(tc.init_checkpoint)
+        if init.cfg != cfg:
+            raise SpeechkitError(f"{tc.init_checkpoint}: another codec config than this experiment's")
+        model.load_state_dict(init.state_dict())
     stft_loss, mel_loss = MultiResolutionSTFTLoss().to(device), MelL1Loss(cfg.sample_rate).to(device)
     samples = int(tc.segment_seconds * cfg.sample_rate) // cfg.hop * cfg.hop
     bank = WaveBank(data_dirs, cfg.sample_rate, samples)

@@ -6,7 +6,8 @@
 # speech with models/asr-stream-synth, codebook usage, RTF on the GPU and one CPU thread).
 # Work goes to $WORK (default /tmp/codec_gpu); $REPORT gets the eval JSONs, logs, a few
 # original/resynthesised pairs and the fp16 weights (one file per top-level module, < 16 MB each).
-#   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 7.5] [--stage N] [--stop_stage N]
+#   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 7.5] [--codecs "vae rvq"]
+#        [--vae_init model.pt] [--rvq_init model.pt] [--stage N] [--stop_stage N]
 # On the lent GPU machine first `source .device/env.sh`; start it detached:
 #   (setsid nohup bash egs/synth/codec/local/gpu_codec_run.sh > /tmp/gpu_codec.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -18,10 +19,13 @@ stage=1
 stop_stage=100
 conf_dir=conf
 eval_utts=100
+codecs="vae rvq"
+vae_init=
+rvq_init=
 WORK=${WORK:-/tmp/codec_gpu}
 SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$WORK/src2
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours minutes stage stop_stage conf_dir eval_utts"
+_speechkit_opts="hours minutes stage stop_stage conf_dir eval_utts codecs vae_init rvq_init"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$SRC"
@@ -31,8 +35,11 @@ here=$root/egs/synth/codec
 case $conf_dir in /*) ;; *) conf_dir=$here/$conf_dir ;; esac
 data=$WORK/data
 mkdir -p "$WORK/conf" "$REPORT"
-for c in vae rvq; do
+for c in $codecs; do
   sed -e "s/^  max_minutes: .*/  max_minutes: $minutes/" "$conf_dir/train_${c}_gpu.yaml" > "$WORK/conf/$c.yaml"
+  init_var=${c}_init
+  # train_conf is the last section: continue from earlier weights
+  [ -z "${!init_var}" ] || echo "  init_checkpoint: ${!init_var}" >> "$WORK/conf/$c.yaml"
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
@@ -41,8 +48,8 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   [ -f "$data/test/wav.scp" ] || speechkit corpus synth --out "$data" --hours "$hours" --seed 0 --nj "$(nproc)"
 fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  log "train the VAE and the RVQ codec side by side ($minutes min each)"
-  for c in vae rvq; do
+  log "train $codecs side by side ($minutes min each)"
+  for c in $codecs; do
     mkdir -p "$WORK/exp/$c"
     speechkit codec train --config "$WORK/conf/$c.yaml" --data "$data/train" --exp-dir "$WORK/exp/$c" > "$WORK/exp/$c/train.log" 2>&1 &
   done
@@ -50,13 +57,13 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   tail -n 3 "$WORK"/exp/*/train.log
 fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  for c in vae rvq; do
+  for c in $codecs; do
     log "export $c"
     speechkit codec export "$WORK/exp/$c" "$WORK/exp/$c/onnx" --check-data "$data/test" 2>&1 | grep -v Warning
   done
 fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  for c in vae rvq; do
+  for c in $codecs; do
     log "eval $c"
     speechkit codec eval "$WORK/exp/$c" "$data/test" "$data/test_unseen" --asr-model "$root/models/asr-stream-synth" \
       --max-utts "$eval_utts" --samples-dir "$WORK/exp/$c/samples" --out "$REPORT/eval_$c.json" 2>&1 | grep -v "utt/s\|s/utt"
@@ -64,18 +71,18 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
 fi
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "report"
-  python3 - "$WORK/exp" "$REPORT" <<'PY'
+  python3 - "$WORK/exp" "$REPORT" $codecs <<'PY'
 import sys, torch
 from pathlib import Path
 exp, out = Path(sys.argv[1]), Path(sys.argv[2])
-for c in ("vae", "rvq"):
+for c in sys.argv[3:]:
     ck = torch.load(exp / c / "model.pt", map_location="cpu", weights_only=True)
     # codebooks and their EMA statistics stay float32
     sd = {k: (v.half() if v.is_floating_point() and "quantizer" not in k else v) for k, v in ck["model"].items()}
     for part in sorted({k.split(".")[0] for k in sd}):  # encoder, decoder (, quantizer): each < 16 MB
         torch.save({"model": {k: v for k, v in sd.items() if k.split(".")[0] == part}, "config": ck["config"]}, out / f"{c}_{part}.pt")
 PY
-  tar czf "$REPORT/report.tgz" -C "$WORK/exp" vae/config.yaml vae/metrics.jsonl vae/train.log vae/onnx/export.json vae/samples \
-    rvq/config.yaml rvq/metrics.jsonl rvq/train.log rvq/onnx/export.json rvq/samples -C "$data" voices.json
+  tar czf "$REPORT/report.tgz" -C "$WORK/exp" $(for c in $codecs; do echo $c/config.yaml $c/metrics.jsonl $c/train.log $c/onnx/export.json $c/samples; done) \
+    -C "$data" voices.json
   ls -la "$REPORT"
 fi

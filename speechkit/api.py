@@ -22,7 +22,7 @@ import numpy as np
 
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream
-from speechkit.runtime.console import _file_blocks, model_family
+from speechkit.runtime.console import model_family, read_mono
 from speechkit.runtime.events import Result, ResultTracker
 
 
@@ -43,8 +43,7 @@ class Transcript:
 def _read(audio, sample_rate: int | None) -> tuple[np.ndarray, int | None]:
     """A path → (mono float32, its rate); an array → (float32, the caller's rate or None)."""
     if isinstance(audio, (str, Path)):
-        blocks = list(_file_blocks(audio))
-        return np.concatenate([b for b, _ in blocks]), blocks[0][1]
+        return read_mono(audio, float("inf"))
     return np.asarray(audio, dtype=np.float32), sample_rate
 
 
@@ -105,7 +104,7 @@ class StreamingAsr:
         """A path or a float32 mono array → :class:`Transcript`; a list of them → a list,
         decoded as parallel streams in one batch per chunk."""
         if isinstance(audio, Sequence) and not isinstance(audio, (str, Path, np.ndarray)):
-            return [self.transcribe(a, sample_rate) for a in audio] if not audio else self._batch(audio, sample_rate)
+            return self._batch(audio, sample_rate)
         with self.stream(sample_rate) as s:
             x, rate = _read(audio, sample_rate)
             s.feed(x, rate)

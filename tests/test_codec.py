@@ -254,3 +254,14 @@ def test_init_checkpoint_starts_from_given_weights(tmp_path):
     other = load_codec_experiment(_experiment(tmp_path, "vae", 0))
     with pytest.raises(SpeechkitError, match="another codec config"):
         train_codec(dataclasses.replace(other, train_conf=init), [data], tmp_path / "third", "cpu")
+
+
+def test_a_bad_wav_is_reported_and_left_out(tmp_path, capsys):
+    from speechkit.models.codec.train import WaveBank
+
+    make_tiny_data_dir(tmp_path / "data", n_utts=3)
+    scp = tmp_path / "data" / "wav.scp"
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    scp.write_text(scp.read_text() + f"zz-bad {tmp_path / 'bad.wav'}\n")
+    bank = WaveBank([tmp_path / "data"], 16000, 1600)
+    assert len(bank.waves) == 3 and "bad.wav" in capsys.readouterr().err

@@ -15,7 +15,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from speechkit.bench.serve_load import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "asr-stream-synth"
@@ -97,17 +98,11 @@ def padded_wav(utts: list[Utt], out: Path, gap_s: float = 1.2) -> np.ndarray:
     return sf.read(out, dtype="float32")[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(model: Path = MODEL, log: Path | None = None, timeout: float = 30.0):
     """Run ``speechkit serve MODEL`` on a free port in a subprocess; yield the port once /health
     answers; stop it (SIGTERM, then kill) afterwards."""
-    port = _free_port()
+    port = free_port()
     model = Path(model).resolve()
     model = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model  # as a user would name it
     log_file = open(log, "w+b") if log else subprocess.DEVNULL

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
-from speechkit.bench import add_output_args, emit
+from speechkit.bench import add_output_args, emit, rss_mb
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream
 
@@ -105,19 +105,6 @@ def _decode_ready(rec: OnlineRecognizer, s: Stream, on_call: Callable[[float], N
         t0 = time.perf_counter()
         rec.decode_streams([s])
         on_call(time.perf_counter() - t0)
-
-
-def rss_mb() -> float:
-    """Resident set size now, from /proc; the peak (ru_maxrss) where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _piece(rec: OnlineRecognizer) -> int:

@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from speechkit.bench import add_output_args, emit
+from speechkit.bench import add_output_args, cpu_seconds, emit, rss_mb
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.console import _file_blocks
+from speechkit.runtime.console import file_blocks
 from speechkit.serve.client import stream_audio
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -37,13 +34,7 @@ def _free_port() -> int:
 
 
 def _proc(pid: int) -> tuple[float, float]:
-    """(RSS MB, CPU seconds user+system) of a process, from /proc."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return rss_mb(pid), cpu_seconds(pid)
 
 
 def _health(port: int) -> dict:
@@ -72,7 +63,7 @@ def load_utterances(data_dir: Path, limit: int) -> list[tuple[str, np.ndarray, i
         raise SpeechkitError(f"{data_dir}: no wav.scp (build test data with `speechkit corpus synth`, or give --data)")
     out = []
     for key, path in list(read_table(data_dir / "wav.scp").items())[:limit]:
-        blocks = list(_file_blocks(path))
+        blocks = list(file_blocks(path))
         out.append((key, np.concatenate([b for b, _ in blocks]), blocks[0][1]))
     return out
 
@@ -107,7 +98,7 @@ async def _load(url: str, utts, clients: int, rounds: int, realtime: bool, pid: 
 
 def main(args: argparse.Namespace) -> None:
     utts = load_utterances(Path(args.data), args.utts)
-    port = _free_port()
+    port = free_port()
     url = f"ws://127.0.0.1:{port}/asr"
     server = start_server(args.model_dir, port, ["--threads", str(args.threads), "--max-batch", str(args.max_batch)])
     try:

@@ -17,23 +17,14 @@ from tqdm import tqdm
 from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import read_table
 from speechkit.eval.audio_quality import asr_wer, mel_cepstral_distortion, pesq_wb, spectrogram_comparison, stoi
-from speechkit.models.codec.model import RvqCodec
+from speechkit.models.codec.model import RvqCodec, decode_frames, encode_samples
 from speechkit.models.codec.train import load_codec
 
 
-def _resynth(model, x: np.ndarray, device, n_q: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _resynth(model, x: np.ndarray, n_q: int | None) -> tuple[np.ndarray, np.ndarray]:
     """→ (resynthesised samples trimmed to len(x), the codes or latents)."""
-    hop = model.cfg.hop
-    n = -(-len(x) // hop) * hop
-    w = torch.from_numpy(np.pad(x, (0, n - len(x)))).view(1, 1, n).to(device)
-    with torch.no_grad():
-        if isinstance(model, RvqCodec):
-            z = model.encode(w, n_q)
-            y = model.decode(z)
-        else:
-            z = model.encode(w)
-            y = model.decode(z)
-    return y[0, 0, : len(x)].float().cpu().numpy(), z[0].cpu().numpy()
+    z = encode_samples(model, x, n_q)
+    return decode_frames(model, z)[: len(x)], z
 
 
 def _usage(codes: list[np.ndarray], codebook_size: int) -> dict:
@@ -101,7 +92,7 @@ def evaluate_codec(model_path: str | Path, data_dirs: list[str], *, asr_model: s
             label = f"n_q={n_q} ({model.bitrate(n_q) / 1000:g} kbps)" if is_rvq else "vae"
             outs, codes = [], []
             for x in tqdm(originals, desc=f"{name} {label}", unit="utt", mininterval=5):
-                y, z = _resynth(model, x, device, n_q)
+                y, z = _resynth(model, x, n_q)
                 outs.append(y)
                 codes.append(z)
             scores = {"stoi": [stoi(x, y, cfg.sample_rate) for x, y in zip(originals, outs)],

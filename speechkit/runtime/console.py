@@ -19,7 +19,7 @@ from speechkit.runtime.events import ResultTracker
 BLOCK_SECONDS = 1.0  # files are read in blocks so a two-hour file never sits in memory
 
 
-def _file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS):
+def file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS):
     """Yield (float32 mono block, rate); mono downmix of multichannel files; one-line errors."""
     try:
         f = sf.SoundFile(str(path))
@@ -44,7 +44,7 @@ def _drain(rec: OnlineRecognizer, s: Stream) -> None:
 
 def transcribe_file(rec: OnlineRecognizer, path: str | Path) -> str:
     s = rec.create_stream()
-    for block, rate in _file_blocks(path):
+    for block, rate in file_blocks(path):
         s.accept_waveform(block, rate)
         _drain(rec, s)
     s.input_finished()
@@ -60,7 +60,7 @@ def model_family(model_dir: str | Path) -> str:
     return "ctc-streaming-conformer"
 
 
-def _read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int] | None:
+def read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int] | None:
     """The whole file when it is at most ``max_seconds`` long, else None (read it in blocks)."""
     try:
         info = sf.info(str(path))
@@ -68,7 +68,7 @@ def _read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int] |
         info = None
     if info is not None and info.frames > max_seconds * info.samplerate:
         return None
-    blocks = list(_file_blocks(path))
+    blocks = list(file_blocks(path))
     return np.concatenate([b for b, _ in blocks]), blocks[0][1]
 
 
@@ -90,7 +90,7 @@ def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1,
         long: set[str] = set()
         for path in group:
             try:
-                whole = _read_mono(path, rec.max_segment)
+                whole = read_mono(path, rec.max_segment)
                 if whole is None:
                     long.add(path)
                 else:
@@ -102,7 +102,7 @@ def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1,
         for path in group:
             if path in long:
                 try:
-                    texts[path] = " ".join(t for t in (rec.transcribe_long(b, r).text for b, r in _file_blocks(path, 600.0)) if t)
+                    texts[path] = " ".join(t for t in (rec.transcribe_long(b, r).text for b, r in file_blocks(path, 600.0)) if t)
                 except AudioError as e:
                     _skipped(path, e)
                     failed += 1
@@ -154,7 +154,7 @@ def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int =
     piece = rec.chunk_ms / 1000.0
     start = time.monotonic()
     fed = 0.0
-    for block, rate in _file_blocks(wav, piece):
+    for block, rate in file_blocks(wav, piece):
         if realtime:  # hand audio over no faster than a microphone would
             time.sleep(max(0.0, start + fed - time.monotonic()))
         s.accept_waveform(block, rate)

@@ -17,22 +17,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from speechkit.bench import rss_mb
 from speechkit.runtime.asr import OnlineRecognizer
 from speechkit.serve.engine import BatchEngine, Connection
 from speechkit.serve.protocol import PROTOCOL_VERSION, Close, Limits, ProtocolError, decode_audio, parse_control, parse_start
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/capture-worklet.js": "capture-worklet.js"}
-
-
-def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return float("nan")
 
 
 class AsrServer:
@@ -65,7 +56,7 @@ class AsrServer:
 
     def health(self) -> dict:
         stats = self.engine.stats if self.engine else None
-        return {"status": "ok", "model": self.model_dir, "connections": self.active, "rss_mb": _rss_mb(),
+        return {"status": "ok", "model": self.model_dir, "connections": self.active, "rss_mb": round(rss_mb(), 1),
                 "chunk_ms": round(self.rec.chunk_ms), "model_calls": stats.calls if stats else 0,
                 "stream_chunks": stats.streams_decoded if stats else 0, "max_batch_seen": stats.max_batch_seen if stats else 0,
                 "connections_total": stats.connections_total if stats else 0}

@@ -4,13 +4,12 @@ model.pt, run with torch) or an exported dir (encoder.onnx + decoder.onnx, run w
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from speechkit.bench import add_output_args
 from speechkit.errors import SpeechkitError
 
 
@@ -28,30 +27,25 @@ class _Codec:
         else:
             from speechkit.models.codec.train import load_codec
 
-            self.rt, self.model, self.device = None, load_codec(p, device), device
+            self.rt, self.model = None, load_codec(p, device)
             cfg = self.model.cfg
             self.sample_rate, self.hop, self.kind = cfg.sample_rate, cfg.hop, cfg.codec
 
     def encode(self, x: np.ndarray, n_q: int | None = None) -> np.ndarray:
-        if self.rt is not None:
-            out = self.rt.encode(x)
-        else:
-            import torch
+        if self.rt is None:
+            from speechkit.models.codec.model import encode_samples
 
-            n = -(-len(x) // self.hop) * self.hop
-            w = torch.from_numpy(np.pad(x.astype(np.float32), (0, n - len(x)))).view(1, 1, n).to(self.device)
-            with torch.no_grad():
-                out = self.model.encode(w)[0].cpu().numpy()
-        return out[:n_q] if (n_q and self.kind == "rvq") else out
+            return encode_samples(self.model, x, n_q)
+        if n_q and self.kind != "rvq":
+            raise SpeechkitError("--n-q (a number of RVQ stages) does not apply to a VAE codec")
+        return self.rt.encode(x)[:n_q]
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         if self.rt is not None:
             return self.rt.decode(z)
-        import torch
+        from speechkit.models.codec.model import decode_frames
 
-        t = torch.from_numpy(z)[None].to(self.device)
-        with torch.no_grad():
-            return self.model.decode(t)[0, 0].float().cpu().numpy()
+        return decode_frames(self.model, z)
 
 
 def _read(path: str, rate: int) -> np.ndarray:
@@ -106,18 +100,13 @@ def _resynth(args) -> None:
 
 
 def _eval(args) -> None:
+    from speechkit.bench import emit
     from speechkit.eval.codec_eval import evaluate_codec, summary_lines
 
     n_q = [int(v) for v in args.n_q.split(",")] if args.n_q else None
     result = evaluate_codec(args.model, args.data, asr_model=args.asr_model, device=args.device, n_q_list=n_q,
                             samples_dir=args.samples_dir, max_utts=args.max_utts, rtf_utts=args.rtf_utts)
-    for line in summary_lines(result):
-        print(line)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result), flush=True)
+    emit(result, summary_lines(result), args)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -155,6 +144,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances per data dir")
     v.add_argument("--rtf-utts", type=int, default=8, help="utterances timed for the real-time factors (default 8)")
     v.add_argument("--samples-dir", default=None, help="write a few original/resynthesised pairs and a spectrogram image here")
-    v.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
-    v.add_argument("--out", default=None, help="also write the JSON result here")
+    add_output_args(v)
     v.set_defaults(func=_eval)

@@ -16,11 +16,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from speechkit.config import from_dict, to_dict
-from speechkit.errors import ConfigError
+from speechkit.config import from_dict
+from speechkit.errors import ConfigError, SpeechkitError
 from speechkit.nn.rvq import ResidualVectorQuantizer
 from speechkit.nn.seanet import SeanetConfig, SeanetDecoder, SeanetEncoder, State
 
@@ -69,8 +70,11 @@ class VaeCodec(nn.Module):
         mean, logvar = self.encoder(wav).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def encode(self, wav: Tensor) -> Tensor:
-        """The latents a downstream model sees: the posterior means [B, D, F]."""
+    def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
+        """The latents a downstream model sees: the posterior means [B, D, F]. (``n_q`` is the RVQ
+        codec's; a VAE has no bitrates to choose from.)"""
+        if n_q is not None:
+            raise SpeechkitError("n_q (a number of RVQ stages) does not apply to a VAE codec")
         return self.posterior(wav)[0]
 
     def decode(self, z: Tensor) -> Tensor:
@@ -142,5 +146,19 @@ def codec_config_from_dict(data: dict, source: str = "<config>", lines: dict | N
     return cfg
 
 
-def codec_config_to_dict(cfg: CodecConfig) -> dict:
-    return to_dict(cfg)
+@torch.no_grad()
+def encode_samples(model: VaeCodec | RvqCodec, samples: np.ndarray, n_q: int | None = None) -> np.ndarray:
+    """Mono float32 samples → latents (D, F) or codes (n_q, F); the end is zero-padded to a whole
+    frame, as the ONNX runtime does."""
+    hop = model.cfg.hop
+    x = np.asarray(samples, dtype=np.float32)
+    n = -(-len(x) // hop) * hop
+    wav = torch.from_numpy(np.pad(x, (0, n - len(x)))).view(1, 1, n).to(next(model.parameters()).device)
+    return model.encode(wav, n_q)[0].cpu().numpy()
+
+
+@torch.no_grad()
+def decode_frames(model: VaeCodec | RvqCodec, frames: np.ndarray) -> np.ndarray:
+    """Latents (D, F) or codes (n, F) → mono float32 samples (F × hop)."""
+    z = torch.from_numpy(frames)[None].to(next(model.parameters()).device)
+    return model.decode(z)[0, 0].float().cpu().numpy()

@@ -10,6 +10,7 @@ step's crops are a pure function of (seed, step).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,16 +25,19 @@ from tqdm import tqdm
 from speechkit.audio.io import load_audio
 from speechkit.config import from_dict, load_yaml, to_dict
 from speechkit.data.kaldi import read_table
-from speechkit.errors import ConfigError, SpeechkitError
+from speechkit.errors import AudioError, ConfigError, SpeechkitError
 from speechkit.models.codec.discriminator import MultiScaleSTFTDiscriminator
 from speechkit.models.codec.losses import CodecLossWeights, MelL1Loss, MultiResolutionSTFTLoss, generator_loss, hinge_d_loss
-from speechkit.models.codec.model import CODECS, CodecConfig, build_codec
+from speechkit.models.codec.model import CODECS, CodecConfig, build_codec, codec_config_from_dict
 from speechkit.train.checkpoint import load_checkpoint, save_atomic
+from speechkit.train.config import OptimConfig
 from speechkit.train.trainer import lr_at
 
 
 @dataclass(frozen=True)
-class CodecOptimConfig:
+class CodecOptimConfig(OptimConfig):
+    """The ASR trainer's optimizer fields with a codec's defaults (GAN-friendly betas, no decay)."""
+
     lr: float = 3e-4
     betas: tuple[float, float] = (0.8, 0.99)
     weight_decay: float = 0.0
@@ -76,8 +80,6 @@ _MODEL_KEYS = set(CodecConfig.__dataclass_fields__)
 def load_codec_experiment(path: str | Path) -> CodecExperiment:
     """A codec YAML (``codec: vae`` + ``encoder_conf``/``vae_conf``/``rvq_conf`` at the top,
     then ``loss_conf``, ``optim_conf``, ``train_conf``) → typed config; one-line errors."""
-    from speechkit.models.codec.model import codec_config_from_dict
-
     data, lines = load_yaml(path)
     model = codec_config_from_dict({k: v for k, v in data.items() if k in _MODEL_KEYS}, str(path), lines)
     rest = {k: v for k, v in data.items() if k not in _MODEL_KEYS}
@@ -92,8 +94,16 @@ class WaveBank:
 
     def __init__(self, data_dirs: list[str | Path], sample_rate: int, min_samples: int):
         paths = [p for d in data_dirs for p in read_table(Path(d) / "wav.scp").values()]
+
+        def read(path: str) -> np.ndarray | None:
+            try:
+                return load_audio(path, sample_rate, resample=True, downmix=True)[0]
+            except AudioError as e:  # one bad file is reported and left out, not fatal
+                print(f"speechkit: skipped: {e}", file=sys.stderr)
+                return None
+
         with ThreadPoolExecutor(8) as pool:
-            audio = list(pool.map(lambda p: load_audio(p, sample_rate, resample=True, downmix=True)[0], paths))
+            audio = [a for a in pool.map(read, paths) if a is not None]
         self.waves = [np.round(np.clip(a, -1, 1) * 32767).astype(np.int16) for a in audio if len(a) >= min_samples]
         if not self.waves:
             raise SpeechkitError(f"no utterance of at least {min_samples / sample_rate:.2f} s in {', '.join(map(str, data_dirs))}")
@@ -118,8 +128,6 @@ def save_codec(model: torch.nn.Module, cfg: CodecConfig, path: str | Path) -> No
 
 def load_codec(path: str | Path, device: str | torch.device = "cpu"):
     """An experiment dir (its ``model.pt``) or a checkpoint file → the codec in eval mode."""
-    from speechkit.models.codec.model import codec_config_from_dict
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"

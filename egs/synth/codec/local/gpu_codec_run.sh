@@ -6,7 +6,7 @@
 # speech with models/asr-stream-synth, codebook usage, RTF on the GPU and one CPU thread).
 # Work goes to $WORK (default /tmp/codec_gpu); $REPORT gets the eval JSONs, logs, a few
 # original/resynthesised pairs and the fp16 weights (one file per top-level module, < 16 MB each).
-#   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 7.5] [--codecs "vae rvq"]
+#   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 15] [--codecs "vae rvq"]
 #        [--vae_init model.pt] [--rvq_init model.pt] [--stage N] [--stop_stage N]
 # On the lent GPU machine first `source .device/env.sh`; start it detached:
 #   (setsid nohup bash egs/synth/codec/local/gpu_codec_run.sh > /tmp/gpu_codec.log 2>&1 < /dev/null &)
@@ -14,7 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")
 hours=6
-minutes=7.5
+minutes=15
 stage=1
 stop_stage=100
 conf_dir=conf

@@ -160,11 +160,17 @@ class OfflineAsr:
                              "streaming model such as models/asr-stream-synth")
 
 
-def load(model_dir: str | Path, *, num_threads: int = 1, **options) -> StreamingAsr | OfflineAsr:
+def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     """Open an exported model directory (``model.onnx`` + tokenizer + ``export.json``) by its
-    family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`.
+    family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
+    CLEAR TTS model (``ar_step.onnx`` ...) :class:`speechkit.runtime.tts.Synthesizer`
+    (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks).
     ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``)."""
     model_dir = Path(model_dir)
+    if (model_dir / "ar_step.onnx").is_file() and model_family(model_dir) == "tts-clear":
+        from speechkit.runtime.tts import Synthesizer
+
+        return Synthesizer(model_dir, num_threads=num_threads)
     if not (model_dir / "model.onnx").is_file():
         raise SpeechkitError(f"{model_dir}: not a model directory (no model.onnx; export one with `speechkit export onnx`)")
     family = model_family(model_dir)

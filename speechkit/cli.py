@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.models.codec import commands as codec_commands
 
     codec_commands.add_parser(sub)
+    from speechkit.models.tts import commands as tts_commands
+
+    tts_commands.add_parser(sub)
 
     from speechkit.bench import asr_decode, asr_stream, serve_load
 

@@ -28,5 +28,9 @@ pip=".venv/bin/python -m pip"
 # torch first and pinned: an unpinned torch would pull a multi-gigabyte CUDA build.
 .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' >/dev/null 2>&1 \
   || $pip install -q --disable-pip-version-check torch==2.13.0
-$pip install -q --disable-pip-version-check -e '.[onnx,test,eval]'
+$pip install -q --disable-pip-version-check -e '.[onnx,test,eval,tts-eval]'
+# resemblyzer (speaker-similarity judge) without its declared deps: they would build the old
+# `webrtcvad` (imports pkg_resources, gone from setuptools) and add the `typing` backport; the
+# tts-eval extra brings webrtcvad-wheels instead, and the installed torch stays.
+$pip install -q --disable-pip-version-check --no-deps 'resemblyzer==0.1.4'
 .venv/bin/python -c 'import speechkit, torch; print(f"setup: speechkit {speechkit.__version__}, torch {torch.__version__}")'

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -185,9 +184,8 @@ def spectrogram_comparison(items: list[tuple[str, np.ndarray]], sample_rate: int
 def asr_wer(wavs: list[np.ndarray], refs: list[str], model_dir: str | Path, batch_size: int = 16) -> dict:
     """WER and CER (%) of the streaming ASR model in ``model_dir`` on 16 kHz waveforms, decoded
     ``batch_size`` at a time, against ``refs`` written as the model writes (lower-case words).
-    Returns {"wer", "cer", "utterances", "hyps"}; scoring is ``speechkit.eval.wer.score``."""
-    from speechkit.data.kaldi import write_table
-    from speechkit.eval.wer import score
+    Returns {"wer", "cer", "utterances", "hyps"}; scoring is ``speechkit.eval.wer.score_texts``."""
+    from speechkit.eval.wer import score_texts
     from speechkit.runtime import OnlineRecognizer
 
     if len(wavs) != len(refs):
@@ -196,11 +194,5 @@ def asr_wer(wavs: list[np.ndarray], refs: list[str], model_dir: str | Path, batc
     hyps: list[str] = []
     for i in range(0, len(wavs), batch_size):
         hyps += rec.transcribe_batch([np.asarray(w, dtype=np.float32) for w in wavs[i : i + batch_size]])
-    # The project's scorer reads Kaldi tables, so the lists go through two temporary ones.
-    keys = [f"utt{i:07d}" for i in range(len(refs))]
-    with tempfile.TemporaryDirectory(prefix="speechkit-asr-wer-") as tmp:
-        ref_path, hyp_path = Path(tmp) / "text", Path(tmp) / "hyp"
-        write_table(ref_path, {k: " ".join(r.split()) for k, r in zip(keys, refs)})
-        write_table(hyp_path, {k: " ".join(h.split()) for k, h in zip(keys, hyps)})
-        result = score(ref_path, hyp_path)
+    result = score_texts(refs, hyps)
     return {"wer": result["wer"], "cer": result["cer"], "utterances": result["utterances"], "hyps": hyps}

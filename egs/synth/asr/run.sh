@@ -25,11 +25,7 @@ command_line="egs/synth/asr/run.sh $*"
 [ -n "$exp" ] || exp=exp/$(basename "${config%.*}")
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
-  if [ ! -f "$data/.done" ]; then
-    echo "[$(date +%T)] stage 0: synthetic corpus, $hours h, seed $seed" >&2
-    speechkit corpus synth --out "$data" --hours "$hours" --seed "$seed" --nj "$nj"
-    touch "$data/.done"
-  fi
+  ../corpus.sh "$data" "$hours" "$seed" "$nj"
 fi
 
 ../../../recipes/asr.sh --stage "$((stage > 1 ? stage : 1))" --stop_stage "$stop_stage" --config "$config" \

@@ -1,0 +1,217 @@
+"""CLEAR: autoregressive modelling of continuous codec latents with a rectified-flow head.
+
+One decoder-only causal transformer runs over
+
+    [phonemes] [sep] [prompt latents] [bos] [latents]
+
+where the prompt is the VAE latents of another utterance of the target speaker. Every input
+position carries a *kind* embedding (phoneme, sep, prompt latent, bos, latent), phonemes add
+their own embedding and latents a linear projection; attention uses rotary positions. The hidden
+state at ``bos`` and at every latent conditions:
+
+- the **flow head** (:mod:`speechkit.models.tts.flow`), which samples the next latent, and
+- the **stop head**, a logistic unit that says the utterance is complete (trained with BCE; the
+  label is 1 at the last latent only).
+
+Latents are modelled normalised per dimension (the training set's mean and standard deviation are
+stored in the model). Inference keeps a KV cache: the prefix is run once, then one position per
+generated latent (:meth:`ClearTTS.prefill`, :meth:`ClearTTS.step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speechkit.models.tts.flow import FlowHead
+from speechkit.models.tts.options import max_frames as frame_limit
+
+# input kinds (the kind embedding's rows)
+PAD, PHONE, SEP, PROMPT, BOS, LATENT = range(6)
+
+Cache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, H, T, head_dim]
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    hidden: int = 512
+    blocks: int = 4
+    cfg_dropout: float = 0.1  # training rows whose condition is replaced by the null vector
+    noise_samples: int = 4  # flow-loss draws per position
+
+
+@dataclass(frozen=True)
+class ClearConfig:
+    vocab_size: int = 0  # phoneme vocabulary, set from the data (0 = not yet known)
+    latent_dim: int = 64
+    frame_rate: float = 25.0  # latents per second (the codec's)
+    d_model: int = 384
+    layers: int = 8
+    heads: int = 6
+    ff: int = 1536
+    dropout: float = 0.1
+    latent_dropout: float = 0.0  # Tacotron-style prenet dropout on the fed-back latents (training only): makes the model read the text
+    rope_base: float = 10000.0
+    stop_weight: float = 1.0
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+def rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
+    """Rotary position embedding of ``x`` [B, H, T, hd] at positions ``pos`` [T]."""
+    hd = x.shape[-1]
+    inv = 1.0 / (base ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+    ang = pos.float()[:, None] * inv[None]  # [T, hd/2]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ClearConfig):
+        super().__init__()
+        self.heads, self.base = cfg.heads, cfg.rope_base
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rope(q, pos, self.base), rope(k, pos, self.base)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if past is None or past[0].shape[2] == 0:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.0)
+        elif t == 1:
+            a = F.scaled_dot_product_attention(q, k, v)
+        else:  # several new positions after a cache: causal within them, all of the past visible
+            n = k.shape[2]
+            mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop(self.ff(self.norm2(x)))
+        return x, (k, v)
+
+
+class ClearTTS(nn.Module):
+    def __init__(self, cfg: ClearConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ClearConfig.vocab_size must be set (the phoneme vocabulary's size)")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.phone = nn.Embedding(cfg.vocab_size, d)
+        self.kind = nn.Embedding(6, d)
+        self.latent_in = nn.Sequential(nn.Linear(cfg.latent_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = FlowHead(cfg.latent_dim, d, cfg.flow.hidden, cfg.flow.blocks)
+        self.stop = nn.Linear(d, 1)
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
+
+    # -- latents in the model's (normalised) space and back
+    def normalize(self, z: Tensor) -> Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    def embed(self, kinds: Tensor, phones: Tensor, latents: Tensor) -> Tensor:
+        """kinds, phones [B, T] (long), latents [B, T, D] (normalised; zeros where not a latent)."""
+        is_phone = (kinds == PHONE).unsqueeze(-1)
+        is_latent = ((kinds == PROMPT) | (kinds == LATENT)).unsqueeze(-1)
+        x = self.kind(kinds) + self.phone(phones) * is_phone
+        p = self.cfg.latent_dropout if self.training else 0.0  # prenet dropout: before and inside the input MLP
+        z = F.dropout(latents.to(x.dtype), p, self.training)
+        z = self.latent_in[2](F.dropout(self.latent_in[1](self.latent_in[0](z)), p, self.training))
+        return x + z * is_latent
+
+    def run(self, x: Tensor, cache: Cache | None = None) -> tuple[Tensor, Cache]:
+        """Transformer over embedded positions after those in ``cache`` → (hidden, new cache)."""
+        offset = cache[0][0].shape[2] if cache else 0
+        pos = torch.arange(offset, offset + x.shape[1], device=x.device)
+        new: Cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, pos, cache[i] if cache else None)
+            new.append(kv)
+        return self.norm(x), new
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher-forced losses for a batch from :func:`speechkit.models.tts.data.collate`:
+        ``kinds``/``phones`` [B, T], ``latents`` [B, T, D] (the inputs), ``targets`` [B, T, D]
+        (the next latent, where ``flow_mask``), ``stop`` [B, T] (labels, where ``stop_mask``)."""
+        h, _ = self.run(self.embed(batch["kinds"], batch["phones"], batch["latents"]))
+        fm, sm = batch["flow_mask"], batch["stop_mask"]
+        c = self.head.drop_condition(h[fm], self.cfg.flow.cfg_dropout if self.training else 0.0)
+        flow = self.head.loss(batch["targets"][fm].float(), c, self.cfg.flow.noise_samples if self.training else 1)
+        logits = self.stop(h[sm]).squeeze(-1).float()
+        labels = batch["stop"][sm].float()
+        # one positive per utterance: weight it like all the negatives of its utterance together
+        pos_weight = (labels.numel() - labels.sum()).clamp(min=1) / labels.sum().clamp(min=1)
+        stop = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+        loss = flow + self.cfg.stop_weight * stop
+        with torch.no_grad():
+            acc = ((logits > 0) == (labels > 0.5)).float().mean()
+        return loss, {"flow": flow.detach(), "stop": stop.detach(), "stop_acc": acc}
+
+    # -- inference
+    def prefix(self, phones: Tensor, prompt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(kinds, phone ids, latents) [1, T...] of ``[phones] [sep] [prompt] [bos]`` for one
+        utterance: ``phones`` [Tp] ids, ``prompt`` [P, D] normalised latents."""
+        dev = self.latent_mean.device
+        tp, p = phones.shape[0], prompt.shape[0]
+        kinds = torch.tensor([PHONE] * tp + [SEP] + [PROMPT] * p + [BOS], device=dev)
+        ids = torch.cat([phones.to(dev), torch.zeros(p + 2, dtype=torch.long, device=dev)])
+        lat = torch.cat([torch.zeros(tp + 1, self.cfg.latent_dim, device=dev), prompt.to(dev).float(),
+                         torch.zeros(1, self.cfg.latent_dim, device=dev)])
+        return kinds[None], ids[None], lat[None]
+
+    def prefill(self, phones: Tensor, prompt: Tensor) -> tuple[Tensor, Cache]:
+        """Run the prefix once → (hidden at bos [1, d], cache)."""
+        h, cache = self.run(self.embed(*self.prefix(phones, prompt)))
+        return h[:, -1], cache
+
+    def step(self, z: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        """Feed one generated (normalised) latent [1, D] → (its hidden [1, d], cache)."""
+        kinds = torch.full((1, 1), LATENT, dtype=torch.long, device=z.device)
+        h, cache = self.run(self.embed(kinds, torch.zeros_like(kinds), z[:, None]), cache)
+        return h[:, -1], cache
+
+    @torch.no_grad()
+    def generate(self, phones: Tensor, prompt: Tensor, *, steps: int = 10, cfg_scale: float = 1.0,
+                 temperature: float = 1.0, max_frames: int | None = None, stop_threshold: float = 0.5,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[Tensor]:
+        """Yield generated latents one by one ([D], denormalised, ready for the codec decoder)
+        until the stop head fires or ``max_frames``. ``prompt`` is in the codec's latent space
+        [P, D]. ``use_cache=False`` recomputes the whole sequence each step (the reference the
+        KV cache is tested against)."""
+        prompt_n = self.normalize(prompt.to(self.latent_mean.device).float())
+        max_frames = max_frames or frame_limit(phones.shape[0], self.cfg.frame_rate)
+        h, cache = self.prefill(phones, prompt_n)
+        made: list[Tensor] = []
+        for _ in range(max_frames):
+            if torch.sigmoid(self.stop(h).float()).item() > stop_threshold:
+                return
+            noise = torch.randn(1, self.cfg.latent_dim, generator=generator, device=h.device if generator is None else generator.device).to(h.device)
+            z = self.head.sample(h, steps, cfg_scale, temperature, noise)
+            made.append(z)
+            yield self.denormalize(z[0])
+            if use_cache:
+                h, cache = self.step(z, cache)
+            else:
+                kinds, ids, lat = self.prefix(phones, prompt_n)
+                n = len(made)
+                kinds = torch.cat([kinds, torch.full((1, n), LATENT, device=kinds.device)], dim=1)
+                ids = torch.cat([ids, torch.zeros(1, n, dtype=torch.long, device=ids.device)], dim=1)
+                lat = torch.cat([lat, torch.cat(made)[None]], dim=1)
+                hs, _ = self.run(self.embed(kinds, ids, lat))
+                h = hs[:, -1]
+

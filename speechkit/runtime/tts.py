@@ -1,0 +1,133 @@
+"""CLEAR text-to-speech on an exported model dir (:mod:`speechkit.export.tts`), no torch: the
+generation loop of ``ClearTTS.generate`` around three ONNX graphs — the prefix once, then per
+latent a stop check, an Euler loop of guided flow-head calls and one cached transformer step —
+with the codec's streaming decoder turning every ``chunk_frames`` latents into audio.
+
+    tts = Synthesizer("models/tts-clear-synth")
+    audio = tts.synthesize("hello there", prompt="prompt.wav")
+    for chunk in tts.stream("hello there", prompt="prompt.wav"):
+        play(chunk)
+
+The noise comes from ``np.random.default_rng(seed)``: the same seed gives the same audio here,
+but not the same audio as the torch synthesiser, whose noise is torch's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from speechkit.errors import SpeechkitError
+from speechkit.models.tts.options import SynthOptions, max_frames, read_prompt
+from speechkit.runtime.codec import CodecRuntime
+from speechkit.runtime.session import cpu_session
+
+FAMILY = "tts-clear"
+GRAPHS = ("ar_prefix.onnx", "ar_step.onnx", "flow.onnx")
+
+
+def phoneme_ids(vocab, text: str) -> list[int]:
+    """Ids of ``text``'s phoneme symbols under ``vocab`` (a PhonemeVocab); one-line error when
+    there is nothing to say."""
+    from speechkit.text.phonemes import text_to_phonemes
+
+    ph = text_to_phonemes([text])[0]
+    if not ph:
+        raise SpeechkitError(f"nothing to say in {text!r}")
+    return vocab.encode(ph)
+
+
+def prompt_latents(codec: CodecRuntime, prompt, seconds: float) -> np.ndarray:
+    """The codec latents (P, D) of the prompt's first ``seconds`` (a path or float32 samples)."""
+    x = read_prompt(prompt, codec.sample_rate)[: int(seconds * codec.sample_rate)]
+    if len(x) < codec.hop:
+        raise SpeechkitError("the prompt is shorter than one codec frame")
+    return np.ascontiguousarray(codec.encode(x).T)
+
+
+def decode_chunks(codec: CodecRuntime, latents: Iterable[np.ndarray], chunk_frames: int) -> Iterator[np.ndarray]:
+    """Latents (D,) one by one → audio chunks of ``chunk_frames`` latents each through the
+    codec's streaming decoder (the last chunk may be shorter)."""
+    dec, buf = codec.stream(), []
+    for z in latents:
+        buf.append(z)
+        if len(buf) == chunk_frames:
+            yield dec.decode(np.stack(buf, axis=1))
+            buf = []
+    if buf:
+        yield dec.decode(np.stack(buf, axis=1))
+
+
+class Synthesizer:
+    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+        from speechkit.text.phonemes import PhonemeVocab
+
+        model_dir = Path(model_dir)
+        info_path = model_dir / "export.json"
+        if not info_path.is_file():
+            raise SpeechkitError(f"{info_path}: no such file (export a CLEAR model with `speechkit tts export EXP OUT`)")
+        info = json.loads(info_path.read_text())
+        if info.get("model_family") != FAMILY:
+            raise SpeechkitError(f"{model_dir}: not a CLEAR TTS model (model_family={info.get('model_family')!r})")
+        for name in GRAPHS:
+            if not (model_dir / name).is_file():
+                raise SpeechkitError(f"{model_dir / name}: no such file (an incomplete export)")
+        self.prefix, self.step, self.flow = (cpu_session(model_dir / name, num_threads) for name in GRAPHS)
+        self.codec = CodecRuntime(model_dir / "codec", num_threads)
+        self.vocab = PhonemeVocab.load(model_dir / "phones.txt")
+        self.latent_dim, self.frame_rate = int(info["latent_dim"]), float(info["frame_rate"])
+        if self.codec.latent_dim != self.latent_dim:
+            raise SpeechkitError(f"{model_dir}/codec: {self.codec.latent_dim}-dim latents, the model's are {self.latent_dim}-dim")
+        self.mean = np.asarray(info["latent_mean"], np.float32)
+        self.std = np.asarray(info["latent_std"], np.float32)
+        self.kinds = info["kinds"]
+        thr = float(info["stop_threshold"])
+        self.stop_logit = float(np.log(thr / (1.0 - thr)))  # sigmoid(logit) > thr, without exp overflow
+        self.sample_rate = self.codec.sample_rate
+        self.device_name = "cpu"
+
+    def prefix_inputs(self, ids: list[int], prompt: np.ndarray) -> dict[str, np.ndarray]:
+        """``[phonemes] [sep] [prompt] [bos]`` as the prefix graph's inputs (as ``ClearTTS.prefix``);
+        ``prompt`` (P, D) normalised."""
+        k, tp, p = self.kinds, len(ids), len(prompt)
+        kinds = np.array([k["phone"]] * tp + [k["sep"]] + [k["prompt"]] * p + [k["bos"]], np.int64)
+        phones = np.concatenate([np.asarray(ids, np.int64), np.zeros(p + 2, np.int64)])
+        latents = np.zeros((tp + p + 2, self.latent_dim), np.float32)
+        latents[tp + 1 : tp + 1 + p] = prompt
+        return {"kinds": kinds[None], "phones": phones[None], "latents": latents[None]}
+
+    def sample(self, h: np.ndarray, noise: np.ndarray, opts: SynthOptions) -> np.ndarray:
+        """Euler integration of the guided flow from ``temperature * noise`` (1, D) at t=0 to t=1,
+        conditioned on the hidden state ``h`` (1, d) → a normalised latent (1, D)."""
+        x = (noise * opts.temperature).astype(np.float32)
+        w = np.array([opts.cfg_scale], np.float32)
+        for i in range(opts.steps):
+            v = self.flow.run(None, {"x": x, "t": np.full(1, i / opts.steps, np.float32), "c": h, "cfg_scale": w})[0]
+            x = x + v / opts.steps
+        return x
+
+    def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
+        """Generated latents (D,), denormalised for the codec, one by one until the stop head
+        fires or the length limit."""
+        ids = phoneme_ids(self.vocab, text)
+        z_prompt = (prompt_latents(self.codec, prompt, opts.prompt_seconds) - self.mean) / self.std
+        rng = np.random.default_rng(opts.seed)
+        h, stop, cache = self.prefix.run(None, self.prefix_inputs(ids, z_prompt.astype(np.float32)))
+        for _ in range(max_frames(len(ids), self.frame_rate)):
+            if float(stop[0]) > self.stop_logit:
+                return
+            z = self.sample(h, rng.standard_normal((1, self.latent_dim), dtype=np.float32), opts)
+            yield z[0] * self.std + self.mean
+            h, stop, cache = self.step.run(None, {"latent": z, "cache": cache})
+
+    def stream(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
+        """Audio chunks (float32 mono at ``sample_rate``), one per ``chunk_frames`` latents."""
+        yield from decode_chunks(self.codec, self.latents(text, prompt, opts), opts.chunk_frames)
+
+    def synthesize(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> np.ndarray:
+        """The whole utterance: every latent first, then one decoder call (what the stream must equal)."""
+        z = list(self.latents(text, prompt, opts))
+        return self.codec.decode(np.stack(z, axis=1)) if z else np.zeros(0, np.float32)

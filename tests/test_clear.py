@@ -1,0 +1,131 @@
+"""CLEAR (AR transformer over codec latents + rectified-flow head + stop head): KV cache, the flow
+sampler, the stop head, batch layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearConfig, ClearTTS, FlowConfig
+from speechkit.models.tts.data import collate
+from speechkit.models.tts.flow import FlowHead
+
+
+def tiny(vocab: int = 12, dropout: float = 0.0, **kw) -> ClearTTS:
+    torch.manual_seed(0)
+    cfg = ClearConfig(vocab_size=vocab, latent_dim=4, d_model=32, layers=2, heads=2, ff=64, dropout=dropout,
+                      flow=FlowConfig(hidden=32, blocks=2, cfg_dropout=0.0, noise_samples=1), **kw)
+    return ClearTTS(cfg).eval()
+
+
+def test_collate_layout():
+    ph = np.array([3, 4, 5])
+    pr = np.ones((2, 4), np.float32)
+    z = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = collate([(ph, pr, z), (ph[:1], pr[:1], z[:1])])
+    k = b["kinds"][0].tolist()
+    assert k == [PHONE] * 3 + [SEP] + [PROMPT] * 2 + [BOS] + [LATENT] * 3
+    assert b["kinds"][1].tolist()[:5] == [PHONE, SEP, PROMPT, BOS, LATENT] and b["kinds"][1, 5:].eq(0).all()
+    # the bos position predicts the first latent, each latent the next; stop only after the last
+    fm = b["flow_mask"][0]
+    assert fm.nonzero().flatten().tolist() == [6, 7, 8]
+    assert torch.equal(b["targets"][0, 6:9], torch.from_numpy(z))
+    assert torch.equal(b["latents"][0, 7:10], torch.from_numpy(z))
+    assert b["stop_mask"][0].nonzero().flatten().tolist() == [6, 7, 8, 9]
+    assert b["stop"][0].nonzero().flatten().tolist() == [9]
+
+
+def test_cached_hidden_states_equal_full_forward():
+    m = tiny()
+    phones, prompt = torch.tensor([1, 5, 7, 2]), torch.randn(3, 4)
+    z = torch.randn(5, 4)
+    kinds, ids, lat = m.prefix(phones, prompt)
+    full_kinds = torch.cat([kinds, torch.full((1, 5), LATENT)], 1)
+    full_ids = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], 1)
+    full, _ = m.run(m.embed(full_kinds, full_ids, torch.cat([lat, z[None]], 1)))
+    h, cache = m.prefill(phones, prompt)
+    hs = [h]
+    for i in range(5):
+        h, cache = m.step(z[i : i + 1], cache)
+        hs.append(h)
+    torch.testing.assert_close(torch.cat(hs), full[0, -6:], atol=1e-5, rtol=1e-5)
+    assert cache[0][0].shape[2] == full.shape[1]
+
+
+def test_kv_cached_generation_equals_uncached():
+    m = tiny()
+    with torch.no_grad():
+        m.stop.bias.fill_(-30.0)  # never stop early: compare 12 frames
+    phones, prompt = torch.tensor([1, 5, 7, 2]), torch.randn(3, 4)
+
+    def gen(cache: bool) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)
+        return torch.stack(list(m.generate(phones, prompt, steps=4, cfg_scale=2.0, max_frames=12, generator=g, use_cache=cache)))
+
+    a, b = gen(True), gen(False)
+    assert a.shape == (12, 4)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # and a different noise seed gives a different draw (the comparison can fail)
+    g = torch.Generator().manual_seed(4)
+    c = torch.stack(list(m.generate(phones, prompt, steps=4, max_frames=12, generator=g)))
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_flow_head_reaches_a_two_dimensional_target():
+    """Two Gaussian modes at (±2, 1) with std 0.25: many Euler steps land on them, in equal shares."""
+    torch.manual_seed(0)
+    head = FlowHead(2, 8, hidden=64, blocks=2)
+    opt = torch.optim.Adam(head.parameters(), lr=2e-3)
+    c = torch.zeros(256, 8)
+    for _ in range(1000):
+        sign = torch.randint(0, 2, (256, 1)) * 2.0 - 1.0
+        x1 = torch.cat([2.0 * sign, torch.ones(256, 1)], 1) + 0.25 * torch.randn(256, 2)
+        loss = head.loss(x1, c)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = head.sample(torch.zeros(2000, 8), steps=50)
+    right = x[:, 0] > 0
+    assert 0.4 < right.float().mean() < 0.6
+    for mode, sel in ((2.0, right), (-2.0, ~right)):
+        pts = x[sel]
+        assert abs(pts[:, 0].mean() - mode) < 0.15 and abs(pts[:, 1].mean() - 1.0) < 0.15
+        assert 0.15 < pts.std(0).mean() < 0.4
+    # one Euler step of the same field collapses towards the mean: the steps matter
+    x1 = head.sample(torch.zeros(2000, 8), steps=1)
+    assert x1[:, 0].abs().mean() < x[:, 0].abs().mean() - 0.3
+
+
+def test_stop_head_ends_generation():
+    """A tiny model overfitted on two utterances stops after the right number of frames."""
+    m = tiny(vocab=8).train()
+    torch.manual_seed(1)
+    data = [(np.array([1, 2, 3]), np.random.randn(2, 4).astype(np.float32), 0.5 * np.random.randn(6, 4).astype(np.float32)),
+            (np.array([4, 5, 6, 7]), np.random.randn(2, 4).astype(np.float32), 0.5 * np.random.randn(10, 4).astype(np.float32))]
+    batch = collate(data)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss, parts = m(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    assert parts["stop_acc"] > 0.99
+    for ph, pr, z in data:
+        g = torch.Generator().manual_seed(0)
+        n = len(list(m.generate(torch.from_numpy(ph), torch.from_numpy(pr), steps=8, max_frames=40, generator=g)))
+        assert abs(n - len(z)) <= 1, (n, len(z))
+    # forced: a stop head that always fires gives nothing, one that never fires runs to the limit
+    with torch.no_grad():
+        m.stop.weight.zero_()
+        m.stop.bias.fill_(20.0)
+    assert list(m.generate(torch.tensor([1, 2]), torch.randn(2, 4), max_frames=9)) == []
+    with torch.no_grad():
+        m.stop.bias.fill_(-20.0)
+    assert len(list(m.generate(torch.tensor([1, 2]), torch.randn(2, 4), max_frames=9))) == 9
+
+
+def test_vocab_size_must_be_set():
+    with pytest.raises(ValueError, match="vocab_size"):
+        ClearTTS(ClearConfig())

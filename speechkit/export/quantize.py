@@ -1,4 +1,4 @@
-"""Weight-only int8 for shipped ONNX files: MatMul and Conv weights are stored as int8 with one
+"""Weight-only int8 for shipped ONNX files: MatMul, Gemm and Conv weights are stored as int8 with one
 scale per output channel and a DequantizeLinear in front; the arithmetic stays float32.
 
 Why not ONNX Runtime's dynamic quantization: it quantizes activations with one scale per tensor,
@@ -29,19 +29,21 @@ def _per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_weights_int8(model: onnx.ModelProto, min_elements: int = MIN_ELEMENTS) -> onnx.ModelProto:
-    """Replace the float32 weight initializers of MatMul (``[K, N]``, a scale per column) and Conv
-    (``[O, I, k...]``, a scale per output channel) by int8 + DequantizeLinear, in place."""
+    """Replace the float32 weight initializers of MatMul (``[K, N]``, a scale per column), Gemm
+    (``B``: per column, or per row with ``transB``) and Conv (``[O, I, k...]``, a scale per output
+    channel) by int8 + DequantizeLinear, in place."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     done: dict[str, str] = {}
     new_nodes = []
     for node in graph.node:
-        if node.op_type in ("MatMul", "Conv") and len(node.input) > 1 and node.input[1] in inits:
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in inits:
             name = node.input[1]
             if name not in done:
                 w = numpy_helper.to_array(inits[name])
-                axis = 1 if node.op_type == "MatMul" else 0
-                if w.dtype != np.float32 or w.size < min_elements or (node.op_type == "MatMul" and w.ndim != 2):
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                axis = 0 if node.op_type == "Conv" or trans_b else 1  # the output channels
+                if w.dtype != np.float32 or w.size < min_elements or (node.op_type != "Conv" and w.ndim != 2):
                     new_nodes.append(node)
                     continue
                 q, scale = _per_channel(w, axis)

@@ -28,13 +28,12 @@ from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearTTS
 from speechkit.models.tts.flow import FlowHead
-from speechkit.models.tts.options import SynthOptions
+from speechkit.models.tts.options import STOP_THRESHOLD, SynthOptions
 
 FAMILY = "tts-clear"
 PREFIX_FILE, STEP_FILE, FLOW_FILE = "ar_prefix.onnx", "ar_step.onnx", "flow.onnx"
 GRAPHS = (PREFIX_FILE, STEP_FILE, FLOW_FILE)
 CODEC_FILES = ("encoder.onnx", "decoder.onnx", "export.json", "codebooks.npy")
-STOP_THRESHOLD = 0.5  # ClearTTS.generate's default
 TOL = 1e-3  # float32 hidden states, logits, caches, velocities and samples: ONNX Runtime vs PyTorch
 PARITY_STEPS = 24  # chained cached steps of the check
 INT8_GROSS = 0.2  # relative error of the int8 graphs' hidden states or velocities that fails the export
@@ -86,9 +85,7 @@ class FlowGraph(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor, cfg_scale: Tensor):
         cc = torch.cat([c, self.head.null.expand_as(c)])
-        # a leading axis of 1 makes every Linear a MatMul (2-D input exports as Gemm), the op
-        # whose weights quantize_weights_int8 stores as int8
-        v = self.head(torch.cat([x, x])[None], torch.cat([t, t])[None], cc[None])[0]
+        v = self.head(torch.cat([x, x]), torch.cat([t, t]), cc)
         v_c, v_u = v.chunk(2)
         return v_u + cfg_scale * (v_c - v_u)
 

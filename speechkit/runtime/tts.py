@@ -61,7 +61,26 @@ def decode_chunks(codec: CodecRuntime, latents: Iterable[np.ndarray], chunk_fram
         yield dec.decode(np.stack(buf, axis=1))
 
 
-class Synthesizer:
+class LatentSynthesizer:
+    """Audio from a ``latents(text, prompt, opts)`` generator through ``self.codec``: streamed in
+    chunks or whole. The ONNX :class:`Synthesizer` and the torch ``TorchSynthesizer`` share it."""
+
+    codec: CodecRuntime
+
+    def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def stream(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
+        """Audio chunks (float32 mono at ``sample_rate``), one per ``chunk_frames`` latents."""
+        yield from decode_chunks(self.codec, self.latents(text, prompt, opts), opts.chunk_frames)
+
+    def synthesize(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> np.ndarray:
+        """The whole utterance: every latent first, then one decoder call (what the stream must equal)."""
+        z = list(self.latents(text, prompt, opts))
+        return self.codec.decode(np.stack(z, axis=1)) if z else np.zeros(0, np.float32)
+
+
+class Synthesizer(LatentSynthesizer):
     def __init__(self, model_dir: str | Path, num_threads: int = 1):
         from speechkit.text.phonemes import PhonemeVocab
 
@@ -122,12 +141,3 @@ class Synthesizer:
             z = self.sample(h, rng.standard_normal((1, self.latent_dim), dtype=np.float32), opts)
             yield z[0] * self.std + self.mean
             h, stop, cache = self.step.run(None, {"latent": z, "cache": cache})
-
-    def stream(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
-        """Audio chunks (float32 mono at ``sample_rate``), one per ``chunk_frames`` latents."""
-        yield from decode_chunks(self.codec, self.latents(text, prompt, opts), opts.chunk_frames)
-
-    def synthesize(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> np.ndarray:
-        """The whole utterance: every latent first, then one decoder call (what the stream must equal)."""
-        z = list(self.latents(text, prompt, opts))
-        return self.codec.decode(np.stack(z, axis=1)) if z else np.zeros(0, np.float32)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechkit.models.tts.flow import FlowHead
+from speechkit.models.tts.options import STOP_THRESHOLD
 from speechkit.models.tts.options import max_frames as frame_limit
 
 # input kinds (the kind embedding's rows)
@@ -187,7 +188,7 @@ class ClearTTS(nn.Module):
 
     @torch.no_grad()
     def generate(self, phones: Tensor, prompt: Tensor, *, steps: int = 10, cfg_scale: float = 1.0,
-                 temperature: float = 1.0, max_frames: int | None = None, stop_threshold: float = 0.5,
+                 temperature: float = 1.0, max_frames: int | None = None, stop_threshold: float = STOP_THRESHOLD,
                  generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[Tensor]:
         """Yield generated latents one by one ([D], denormalised, ready for the codec decoder)
         until the stop head fires or ``max_frames``. ``prompt`` is in the codec's latent space

@@ -75,7 +75,7 @@ def synthesize_set(synth, pairs: list[dict], out_dir: Path, opts, reuse: bool = 
     from speechkit.audio.io import load_audio
 
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    rows, frames = [], 0
+    rows = []
     for pr in tqdm(pairs, desc="synthesise", unit="utt", mininterval=5):
         path = out_dir / "wav" / f"{pr['utt']}.wav"
         if reuse and path.is_file():
@@ -92,7 +92,6 @@ def synthesize_set(synth, pairs: list[dict], out_dir: Path, opts, reuse: bool = 
         sf.write(path, audio, synth.sample_rate)
         sec = len(audio) / synth.sample_rate
         rows.append({"utt": pr["utt"], "seconds": round(sec, 3), "synth_s": round(total, 4), "first_audio_s": round(first or total, 4)})
-        frames += 1
     if not rows:
         return {}
     secs = np.array([r["seconds"] for r in rows])
@@ -120,15 +119,12 @@ def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: st
     have = [p for p in pairs if (out_dir / "wav" / f"{p['utt']}.wav").is_file()]
     if not have:
         raise SpeechkitError(f"{out_dir}/wav: no synthesised utterance to judge")
-    def read_synth(path: Path) -> np.ndarray:
-        # a model that stopped at once wrote no samples: judged as half a second of silence
-        x, sr = sf.read(str(path), dtype="float32")
-        return read(path) if len(x) else np.zeros(8000, np.float32)
-
-    synth = {p["utt"]: read_synth(out_dir / "wav" / f"{p['utt']}.wav") for p in have}
+    # a model that stopped at once wrote no samples: judged as half a second of silence
+    empty = {p["utt"] for p in have if sf.info(str(out_dir / "wav" / f"{p['utt']}.wav")).frames == 0}
+    synth = {p["utt"]: np.zeros(8000, np.float32) if p["utt"] in empty else read(out_dir / "wav" / f"{p['utt']}.wav") for p in have}
     real = {p["utt"]: read(p["wav"]) for p in have}
     refs = [p["text"] for p in have]
-    out: dict = {"utterances": len(have), "empty": sum(sf.info(str(out_dir / "wav" / f"{p['utt']}.wav")).frames == 0 for p in have)}
+    out: dict = {"utterances": len(have), "empty": len(empty)}
     if "asr" in judges:
         from speechkit.eval.audio_quality import asr_wer
 

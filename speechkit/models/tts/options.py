@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
+STOP_THRESHOLD = 0.5  # generation ends before a latent once sigmoid(stop logit) exceeds this
+
+
 @dataclass(frozen=True)
 class SynthOptions:
     steps: int = 10  # Euler steps of the flow head per latent

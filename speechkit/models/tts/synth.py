@@ -19,7 +19,7 @@ import torch
 
 from speechkit.errors import SpeechkitError
 from speechkit.models.tts.options import SynthOptions
-from speechkit.runtime.tts import decode_chunks, phoneme_ids, prompt_latents
+from speechkit.runtime.tts import LatentSynthesizer, phoneme_ids, prompt_latents
 
 
 def resolve_codec(model_dir: Path, recorded: str) -> Path:
@@ -31,7 +31,7 @@ def resolve_codec(model_dir: Path, recorded: str) -> Path:
     raise SpeechkitError(f"{model_dir}: its codec {recorded} is not there (export it next to the model as {model_dir / 'codec'})")
 
 
-class TorchSynthesizer:
+class TorchSynthesizer(LatentSynthesizer):
     def __init__(self, exp_dir: str | Path, device: str | None = None, codec_dir: str | Path | None = None):
         from speechkit.models.tts.train import load_tts
         from speechkit.runtime.codec import CodecRuntime
@@ -53,12 +53,3 @@ class TorchSynthesizer:
         for z in self.model.generate(ids, prompt_z, steps=opts.steps,
                                      cfg_scale=opts.cfg_scale, temperature=opts.temperature, generator=g):
             yield z.float().cpu().numpy()
-
-    def stream(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
-        """Audio chunks (float32 mono at ``sample_rate``), one per ``chunk_frames`` latents."""
-        return decode_chunks(self.codec, self.latents(text, prompt, opts), opts.chunk_frames)
-
-    def synthesize(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> np.ndarray:
-        """The whole utterance: every latent first, then one decoder call (what the stream must equal)."""
-        z = list(self.latents(text, prompt, opts))
-        return self.codec.decode(np.stack(z, axis=1)) if z else np.zeros(0, np.float32)

@@ -116,9 +116,10 @@ def train_tts(exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Pa
     model.latent_mean.copy_(torch.from_numpy(mean))
     model.latent_std.copy_(torch.from_numpy(std))
     model = model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "phone" not in n and "kind" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "phone" not in n and "kind" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    groups: dict[bool, list] = {True: [], False: []}  # weight decay on matrices, not on embeddings, biases, norms
+    for n, p in model.named_parameters():
+        groups[p.dim() >= 2 and not n.startswith(("phone.", "kind."))].append(p)
+    opt = torch.optim.AdamW([{"params": groups[True], "weight_decay": oc.weight_decay}, {"params": groups[False], "weight_decay": 0.0}],
                             lr=oc.lr, betas=oc.betas)
     step = 0
     if (exp_dir / "checkpoint.pt").is_file():

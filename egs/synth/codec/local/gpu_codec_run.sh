@@ -5,7 +5,8 @@
 # codec eval` of both on test and test_unseen (STOI, PESQ, MCD, ASR WER of the resynthesised
 # speech with models/asr-stream-synth, codebook usage, RTF on the GPU and one CPU thread).
 # Work goes to $WORK (default /tmp/codec_gpu); $REPORT gets the eval JSONs, logs, a few
-# original/resynthesised pairs and the fp16 weights (one file per top-level module, < 16 MB each).
+# original/resynthesised pairs and the fp16 weights in < 16 MB parts
+# (python tools/state_parts.py join REPORT exp/vae_gpu/model.pt --stem vae).
 #   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 15] [--codecs "vae rvq"]
 #        [--vae_init model.pt] [--rvq_init model.pt] [--stage N] [--stop_stage N]
 # On the lent GPU machine first `source .device/env.sh`; start it detached:
@@ -71,17 +72,9 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
 fi
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   log "report"
-  python3 - "$WORK/exp" "$REPORT" $codecs <<'PY'
-import sys, torch
-from pathlib import Path
-exp, out = Path(sys.argv[1]), Path(sys.argv[2])
-for c in sys.argv[3:]:
-    ck = torch.load(exp / c / "model.pt", map_location="cpu", weights_only=True)
-    # codebooks and their EMA statistics stay float32
-    sd = {k: (v.half() if v.is_floating_point() and "quantizer" not in k else v) for k, v in ck["model"].items()}
-    for part in sorted({k.split(".")[0] for k in sd}):  # encoder, decoder (, quantizer): each < 16 MB
-        torch.save({"model": {k: v for k, v in sd.items() if k.split(".")[0] == part}, "config": ck["config"]}, out / f"{c}_{part}.pt")
-PY
+  for c in $codecs; do  # fp16 parts < 16 MB (codebooks and their EMA statistics stay float32)
+    python3 "$root/tools/state_parts.py" split "$WORK/exp/$c/model.pt" "$REPORT" --max-mb 16 --half --name "$c" --keep-float quantizer
+  done
   tar czf "$REPORT/report.tgz" -C "$WORK/exp" $(for c in $codecs; do echo $c/config.yaml $c/metrics.jsonl $c/train.log $c/onnx/export.json $c/samples; done) \
     -C "$data" voices.json
   ls -la "$REPORT"

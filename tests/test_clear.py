@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearConfig, ClearTTS, FlowConfig
+from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearConfig, ClearTTS, FlowConfig, alignment_prior
 from speechkit.models.tts.data import collate
 from speechkit.models.tts.flow import FlowHead
 
@@ -36,8 +36,9 @@ def test_collate_layout():
     assert b["stop"][0].nonzero().flatten().tolist() == [9]
 
 
-def test_cached_hidden_states_equal_full_forward():
-    m = tiny()
+@pytest.mark.parametrize("text_layers", [0, 1])
+def test_cached_hidden_states_equal_full_forward(text_layers):
+    m = tiny(text_layers=text_layers)
     phones, prompt = torch.tensor([1, 5, 7, 2]), torch.randn(3, 4)
     z = torch.randn(5, 4)
     kinds, ids, lat = m.prefix(phones, prompt)
@@ -53,8 +54,9 @@ def test_cached_hidden_states_equal_full_forward():
     assert cache[0][0].shape[2] == full.shape[1]
 
 
-def test_kv_cached_generation_equals_uncached():
-    m = tiny()
+@pytest.mark.parametrize("text_layers", [0, 1])
+def test_kv_cached_generation_equals_uncached(text_layers):
+    m = tiny(text_layers=text_layers)
     with torch.no_grad():
         m.stop.bias.fill_(-30.0)  # never stop early: compare 12 frames
     phones, prompt = torch.tensor([1, 5, 7, 2]), torch.randn(3, 4)
@@ -70,6 +72,61 @@ def test_kv_cached_generation_equals_uncached():
     g = torch.Generator().manual_seed(4)
     c = torch.stack(list(m.generate(phones, prompt, steps=4, max_frames=12, generator=g)))
     assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_text_encoder_is_bidirectional_and_batch_independent():
+    """The text encoder sees the whole phoneme string (a later phoneme changes an earlier one's
+    state), and a training batch (phoneme span only, padded rows) gives the phoneme positions the
+    same states as the single-utterance inference prefix."""
+    m = tiny(text_layers=1)
+    prompt = torch.randn(3, 4)
+    a = m.embed(*m.prefix(torch.tensor([1, 5, 7, 2]), prompt))
+    b = m.embed(*m.prefix(torch.tensor([1, 5, 7, 3]), prompt))
+    assert not torch.allclose(a[0, 0], b[0, 0], atol=1e-4)
+    assert torch.equal(tiny(text_layers=0).embed(*m.prefix(torch.tensor([1, 5]), prompt))[0, 0],
+                       tiny(text_layers=0).embed(*m.prefix(torch.tensor([1, 6]), prompt))[0, 0])
+    z = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    batch = collate([(np.array([1, 5, 7, 2]), prompt.numpy(), z), (np.array([3, 4]), prompt.numpy(), z[:2])])
+    m.train()  # dropout is 0: only the phoneme-span slicing differs from eval
+    x = m.embed(batch["kinds"], batch["phones"], batch["latents"])
+    m.eval()
+    torch.testing.assert_close(x[0, :4], a[0, :4], atol=1e-5, rtol=1e-5)
+    single = m.embed(*m.prefix(torch.tensor([3, 4]), prompt))
+    torch.testing.assert_close(x[1, :2], single[0, :2], atol=1e-5, rtol=1e-5)
+
+
+def test_alignment_prior_prefers_the_diagonal():
+    """Attention that walks the text in step with the latents scores better than attention that
+    walks it backwards or stays on the prompt; the loss reaches the model's attention and its
+    gradient moves head 0 of the chosen layer only."""
+    tp, p, n = 6, 3, 12
+    kinds = torch.tensor([[PHONE] * tp + [SEP] + [PROMPT] * p + [BOS] + [LATENT] * n])
+    flow = torch.zeros_like(kinds, dtype=torch.bool)
+    flow[0, tp + 1 + p : tp + 1 + p + n] = True
+    t = kinds.shape[1]
+
+    def attention(target) -> torch.Tensor:
+        a = torch.full((1, t, t), 1e-6)
+        for k, q in enumerate(flow[0].nonzero().flatten().tolist()):
+            a[0, q, target(k)] = 1.0
+        return (a / a.sum(-1, keepdim=True)).log()
+
+    diagonal, _ = alignment_prior(attention(lambda k: k * tp // n), kinds, flow, 0.2)
+    backwards, _ = alignment_prior(attention(lambda k: tp - 1 - k * tp // n), kinds, flow, 0.2)
+    on_prompt, mass = alignment_prior(attention(lambda k: tp + 1), kinds, flow, 0.2)
+    assert diagonal < 0.1 < backwards < on_prompt
+    assert mass < 1e-3
+    m = tiny(align_layers=(1,), align_weight=1.0).train()
+    z = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
+    loss, parts = m(collate([(np.arange(1, tp + 1), np.zeros((p, 4), np.float32), z)]))
+    assert {"align", "text_mass"} <= parts.keys() and parts["align"] > 0
+    loss.backward()
+    assert m.blocks[1].qkv.weight.grad.abs().sum() > 0
+    plain = tiny().train()
+    loss0, parts0 = plain(collate([(np.arange(1, tp + 1), np.zeros((p, 4), np.float32), z)]))
+    torch.testing.assert_close(loss - parts["align"], loss0, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="align_layers"):
+        tiny(align_layers=(2,))
 
 
 def test_flow_head_reaches_a_two_dimensional_target():

@@ -57,6 +57,7 @@ def _experiment(root: Path, name: str, codec: Path, stop_bias: float) -> Path:
     vocab = PhonemeVocab.build(text_to_phonemes(TEXTS))
     torch.manual_seed(0)
     cfg = ClearConfig(vocab_size=len(vocab), latent_dim=8, frame_rate=25.0, d_model=64, layers=2, heads=2, ff=256, dropout=0.0,
+                      text_layers=1, align_layers=(1,), align_weight=0.1,
                       flow=FlowConfig(hidden=64, blocks=2))
     model = ClearTTS(cfg).eval()
     with torch.no_grad():

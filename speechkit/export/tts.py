@@ -69,7 +69,7 @@ class StepGraph(nn.Module):
 
     def forward(self, latent: Tensor, cache: Tensor):
         kinds = torch.full((latent.shape[0], 1), LATENT, dtype=torch.long)
-        x = self.model.embed(kinds, torch.zeros_like(kinds), latent[:, None])
+        x = self.model.embed(kinds, torch.zeros_like(kinds), latent[:, None], text=False)
         h, new = self.model.run(x, [(layer[0], layer[1]) for layer in cache.unbind(0)])
         h = h[:, -1]
         return h, self.model.stop(h)[:, 0], _stack(new)

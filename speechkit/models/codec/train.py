@@ -14,7 +14,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +166,7 @@ def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str 
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
     elif tc.init_checkpoint:
         init = load_codec(tc.init_checkpoint)
-        if init.cfg != cfg:
+        if replace(init.cfg, vae_conf=cfg.vae_conf) != cfg:  # the KL weight is a loss weight: it may change
             raise SpeechkitError(f"{tc.init_checkpoint}: another codec config than this experiment's")
         model.load_state_dict(init.state_dict())
     stft_loss, mel_loss = MultiResolutionSTFTLoss().to(device), MelL1Loss(cfg.sample_rate).to(device)

@@ -13,6 +13,17 @@ state at ``bos`` and at every latent conditions:
 - the **stop head**, a logistic unit that says the utterance is complete (trained with BCE; the
   label is 1 at the last latent only).
 
+Two aids make the model read the text within a short training run (without them it learns to
+continue the latent stream and ignores the transcript):
+
+- a small bidirectional **text encoder** (``text_layers`` non-causal blocks over the phonemes
+  alone) whose output replaces the phoneme embeddings at the phoneme positions, and
+- an **alignment prior** (``align_layers``, ``align_weight``): head 0 of those layers is pushed
+  to put its attention of target position t (of N latents) on phonemes near t/N of the way
+  through the text — the diagonal prior of guided attention (Tachibana et al., 2017), as
+  ``-log sum_j A[t, j] P[t, j]`` with a Gaussian band P of width ``align_sigma``. Training only:
+  inference is unchanged.
+
 Latents are modelled normalised per dimension (the training set's mean and standard deviation are
 stored in the model). Inference keeps a KV cache: the prefix is run once, then one position per
 generated latent (:meth:`ClearTTS.prefill`, :meth:`ClearTTS.step`).
@@ -58,7 +69,31 @@ class ClearConfig:
     latent_dropout: float = 0.0  # Tacotron-style prenet dropout on the fed-back latents (training only): makes the model read the text
     rope_base: float = 10000.0
     stop_weight: float = 1.0
+    text_layers: int = 0  # bidirectional blocks over the phonemes before the causal stack
+    align_layers: tuple[int, ...] = ()  # causal blocks whose head 0 gets the diagonal alignment prior
+    align_weight: float = 0.0
+    align_sigma: float = 0.2  # the prior's band, as a fraction of the text
     flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+def alignment_prior(logp: Tensor, kinds: Tensor, flow_mask: Tensor, sigma: float, span: int | None = None) -> tuple[Tensor, Tensor]:
+    """The diagonal alignment prior on one head's attention log-probs ``logp`` [B, T, T]: at the
+    k-th of a row's N target positions (``flow_mask``), the mass on phoneme j (of the row's Tp)
+    weighted by exp(-((j + ½)/Tp - (k + ½)/N)² / 2σ²) → (-mean log of that mass, the mean plain
+    attention mass on the phonemes: a diagnostic). ``span``: the longest row's phoneme count when
+    the caller knows it (saves a device sync)."""
+    is_phone = kinds == PHONE
+    tp = is_phone.sum(1).clamp(min=1).float()
+    n = flow_mask.sum(1).clamp(min=1).float()
+    tk = span or int(is_phone.sum(1).max())
+    k = (flow_mask.cumsum(1) - 1).float()
+    j = torch.arange(tk, device=logp.device, dtype=torch.float32)
+    d = (j[None, None, :] + 0.5) / tp[:, None, None] - (k[:, :, None] + 0.5) / n[:, None, None]
+    prior = torch.exp(-d.square() / (2 * sigma**2)) * is_phone[:, None, :tk]
+    a = logp[:, :, :tk].exp()
+    w = flow_mask.float() / flow_mask.sum().clamp(min=1)  # a mean over the target positions without a device sync
+    loss = -((a * prior).sum(-1) + 1e-4).log().mul(w).sum()
+    return loss, ((a * is_phone[:, None, :tk]).sum(-1) * w).sum().detach()
 
 
 def rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
@@ -75,6 +110,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ClearConfig):
         super().__init__()
         self.heads, self.base = cfg.heads, cfg.rope_base
+        self.d, self.hd = cfg.d_model, cfg.d_model // cfg.heads  # python ints: static shapes in exported graphs
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -82,13 +118,25 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.ff), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, pos: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        self.keep_attn = False  # training: keep head 0's attention log-probs (self.attn_logp) for the alignment prior
+        self.attn_logp: Tensor | None = None
+
+    def forward(self, x: Tensor, pos: Tensor, past: tuple[Tensor, Tensor] | None,
+                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``mask`` (bool, broadcast to [B, H, T, T]): attend where True instead of causally
+        (the text encoder's bidirectional attention over the phonemes)."""
+        b, t = x.shape[:2]
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
         q, k = rope(q, pos, self.base), rope(k, pos, self.base)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        if past is None or past[0].shape[2] == 0:
+        if self.keep_attn and past is None:
+            logits = (q[:, 0].float() @ k[:, 0].float().transpose(1, 2)) / q.shape[-1] ** 0.5
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            self.attn_logp = logits.masked_fill(~causal, float("-inf")).log_softmax(-1)
+        if mask is not None:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif past is None or past[0].shape[2] == 0:
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.0)
         elif t == 1:
             a = F.scaled_dot_product_attention(q, k, v)
@@ -96,7 +144,7 @@ class Block(nn.Module):
             n = k.shape[2]
             mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, self.d)))
         x = x + self.drop(self.ff(self.norm2(x)))
         return x, (k, v)
 
@@ -111,6 +159,10 @@ class ClearTTS(nn.Module):
         self.phone = nn.Embedding(cfg.vocab_size, d)
         self.kind = nn.Embedding(6, d)
         self.latent_in = nn.Sequential(nn.Linear(cfg.latent_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.text_layers))
+        self.text_norm = nn.LayerNorm(d) if cfg.text_layers else None
+        if any(not 0 <= i < cfg.layers for i in cfg.align_layers):
+            raise ValueError(f"align_layers {list(cfg.align_layers)}: layers are 0..{cfg.layers - 1}")
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
         self.head = FlowHead(cfg.latent_dim, d, cfg.flow.hidden, cfg.flow.blocks)
@@ -125,11 +177,30 @@ class ClearTTS(nn.Module):
     def denormalize(self, z: Tensor) -> Tensor:
         return z * self.latent_std + self.latent_mean
 
-    def embed(self, kinds: Tensor, phones: Tensor, latents: Tensor) -> Tensor:
-        """kinds, phones [B, T] (long), latents [B, T, D] (normalised; zeros where not a latent)."""
-        is_phone = (kinds == PHONE).unsqueeze(-1)
+    def encode_text(self, phones: Tensor, is_phone: Tensor, span: int | None = None) -> Tensor:
+        """Phoneme embeddings through the bidirectional text encoder; [B, T, d], meaningful at the
+        phoneme positions (the first ones of every row). ``span``: the longest row's phoneme count
+        (training batches carry it, so that no device sync is needed to find it)."""
+        x = self.phone(phones)
+        if not self.text_blocks:
+            return x
+        span_only = self.training and not torch.jit.is_tracing()  # training batches: only the phoneme span
+        t = (span or int(is_phone.sum(1).max())) if span_only else x.shape[1]
+        keys = is_phone[:, None, None, :t]
+        pos = torch.arange(t, device=x.device)
+        h = x[:, :t] if span_only else x
+        for block in self.text_blocks:
+            h, _ = block(h, pos, None, mask=keys)
+        return torch.cat([self.text_norm(h), x[:, t:]], dim=1) if span_only else self.text_norm(h)
+
+    def embed(self, kinds: Tensor, phones: Tensor, latents: Tensor, text: bool = True, span: int | None = None) -> Tensor:
+        """kinds, phones [B, T] (long), latents [B, T, D] (normalised; zeros where not a latent).
+        ``text=False``: no phonemes among these positions (a generation step)."""
+        is_phone = kinds == PHONE
         is_latent = ((kinds == PROMPT) | (kinds == LATENT)).unsqueeze(-1)
-        x = self.kind(kinds) + self.phone(phones) * is_phone
+        x = self.kind(kinds)
+        if text:
+            x = x + self.encode_text(phones, is_phone, span) * is_phone.unsqueeze(-1)
         p = self.cfg.latent_dropout if self.training else 0.0  # prenet dropout: before and inside the input MLP
         z = F.dropout(latents.to(x.dtype), p, self.training)
         z = self.latent_in[2](F.dropout(self.latent_in[1](self.latent_in[0](z)), p, self.training))
@@ -149,7 +220,14 @@ class ClearTTS(nn.Module):
         """Teacher-forced losses for a batch from :func:`speechkit.models.tts.data.collate`:
         ``kinds``/``phones`` [B, T], ``latents`` [B, T, D] (the inputs), ``targets`` [B, T, D]
         (the next latent, where ``flow_mask``), ``stop`` [B, T] (labels, where ``stop_mask``)."""
-        h, _ = self.run(self.embed(batch["kinds"], batch["phones"], batch["latents"]))
+        aligned = [self.blocks[i] for i in self.cfg.align_layers] if self.cfg.align_weight > 0 else []
+        for block in aligned:
+            block.keep_attn = True
+        try:
+            h, _ = self.run(self.embed(batch["kinds"], batch["phones"], batch["latents"], span=batch.get("phone_span")))
+        finally:
+            for block in aligned:
+                block.keep_attn = False
         fm, sm = batch["flow_mask"], batch["stop_mask"]
         c = self.head.drop_condition(h[fm], self.cfg.flow.cfg_dropout if self.training else 0.0)
         flow = self.head.loss(batch["targets"][fm].float(), c, self.cfg.flow.noise_samples if self.training else 1)
@@ -161,7 +239,15 @@ class ClearTTS(nn.Module):
         loss = flow + self.cfg.stop_weight * stop
         with torch.no_grad():
             acc = ((logits > 0) == (labels > 0.5)).float().mean()
-        return loss, {"flow": flow.detach(), "stop": stop.detach(), "stop_acc": acc}
+        parts = {"flow": flow.detach(), "stop": stop.detach(), "stop_acc": acc}
+        if aligned:
+            align, on_text = zip(*(alignment_prior(b.attn_logp, batch["kinds"], fm, self.cfg.align_sigma, batch.get("phone_span")) for b in aligned))
+            for block in aligned:
+                block.attn_logp = None
+            align = torch.stack(align).mean()
+            loss = loss + self.cfg.align_weight * align
+            parts |= {"align": align.detach(), "text_mass": torch.stack(on_text).mean()}
+        return loss, parts
 
     # -- inference
     def prefix(self, phones: Tensor, prompt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,7 +269,7 @@ class ClearTTS(nn.Module):
     def step(self, z: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
         """Feed one generated (normalised) latent [1, D] → (its hidden [1, d], cache)."""
         kinds = torch.full((1, 1), LATENT, dtype=torch.long, device=z.device)
-        h, cache = self.run(self.embed(kinds, torch.zeros_like(kinds), z[:, None]), cache)
+        h, cache = self.run(self.embed(kinds, torch.zeros_like(kinds), z[:, None], text=False), cache)
         return h[:, -1], cache
 
     @torch.no_grad()

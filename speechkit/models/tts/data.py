@@ -164,7 +164,8 @@ class TtsBank:
 
 def collate(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
     """(phoneme ids [Tp], prompt [P, D], target latents [N, D]) per example → padded numpy
-    arrays: kinds, phones [B, T]; latents, targets [B, T, D]; flow_mask, stop, stop_mask [B, T]."""
+    arrays: kinds, phones [B, T]; latents, targets [B, T, D]; flow_mask, stop, stop_mask [B, T]; and
+    ``phone_span``, the longest phoneme string (an int: the model needs it without a device sync)."""
     import torch
 
     lens = [len(ph) + len(pr) + len(z) + 2 for ph, pr, z in examples]
@@ -189,4 +190,4 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
         stop_mask[i, b0 : b0 + n + 1] = True
         stop[i, b0 + n] = 1.0  # after the last latent: done
     arrays = {"kinds": kinds, "phones": phones, "latents": lat, "targets": tgt, "flow_mask": flow_mask, "stop": stop, "stop_mask": stop_mask}
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, "phone_span": max(len(ph) for ph, _, _ in examples)}

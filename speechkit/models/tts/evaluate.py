@@ -76,6 +76,8 @@ def synthesize_set(synth, pairs: list[dict], out_dir: Path, opts, reuse: bool = 
 
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     rows = []
+    if hasattr(synth, "warmup"):
+        synth.warmup(opts)  # CUDA graph capture and lazy GPU set-up, outside the timed utterances
     for pr in tqdm(pairs, desc="synthesise", unit="utt", mininterval=5):
         path = out_dir / "wav" / f"{pr['utt']}.wav"
         if reuse and path.is_file():

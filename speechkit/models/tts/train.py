@@ -85,6 +85,11 @@ def load_tts(path: str | Path, device: str | torch.device = "cpu") -> tuple[Clea
     return model.to(device).eval(), list(ck["phones"]), ck["codec"]
 
 
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A collated batch's tensors on ``device`` (its ints stay)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def train_tts(exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Path, device: str | None = None) -> dict:
     """Train (or resume) in ``exp_dir`` on prepared dirs; writes checkpoint.pt, model.pt,
     phones.txt and metrics.jsonl."""
@@ -154,7 +159,7 @@ def train_tts(exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Pa
                 per_step = (now - mark[1]) / max(1, step - mark[0])
                 total = min(tc.max_steps, step + int((60 * tc.max_minutes - (now - start)) / per_step))
                 mark = (step, now)
-            batch = {k: v.to(device, non_blocking=True) for k, v in bank.batch(tc.max_tokens, tc.seed, step, mean, std).items()}
+            batch = to_device(bank.batch(tc.max_tokens, tc.seed, step, mean, std), device)
             lr = lr_at(step, oc.lr, oc.warmup_steps, total, oc.final_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr

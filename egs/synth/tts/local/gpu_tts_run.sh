@@ -6,7 +6,7 @@
 # real recordings it is judged against (flac, for the CPU-side judges: pocketsphinx, resemblyzer,
 # DNSMOS, which the GPU image lacks), logs, and the fp16 weights in < 16 MB parts
 # (python tools/state_parts.py join PARTS_DIR exp/model.pt).
-#   bash egs/synth/tts/local/gpu_tts_run.sh [--hours 6] [--minutes 8] [--eval_utts 60] [--stage N]
+#   bash egs/synth/tts/local/gpu_tts_run.sh [--hours 12] [--minutes 15] [--eval_utts 60] [--stage N]
 #        [--config conf/train_clear_gpu.yaml] [--prep DIR]
 # --prep DIR trains on a dir made elsewhere by `speechkit tts prepare` (no corpus, no codec, no
 # speech engines needed on the GPU machine: only the wheels of .device/whl) and skips the eval.
@@ -15,8 +15,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")
-hours=6
-minutes=8
+hours=12
+minutes=15
 stage=1
 stop_stage=100
 eval_utts=60
@@ -59,6 +59,8 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   speechkit tts train --config "$WORK/conf/clear.yaml" --data "$train_prep" --exp-dir "$exp" 2>&1 | tr '\r' '\n' | grep -v "step/s" | tail -n 5
 fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ] && [ -z "$prep" ]; then
+  log "does it read the text: right- vs wrong-transcript flow loss, attention maps (test_unseen)"
+  python3 "$root/tools/tts_alignment.py" "$exp" "$WORK/prep/test_unseen" --out "$WORK/align" | tail -n 1
   judges=none  # the ASR judge when the ASR model came along (the carry limit may leave it behind)
   [ ! -f "$root/models/asr-stream-synth/model.onnx" ] || judges=asr
   log "zero-shot synthesis of test_unseen on the GPU ($eval_utts utts, $steps flow steps), judges: $judges"
@@ -103,6 +105,7 @@ for u in sorted(keep):
 PY
   tar czf "$REPORT/evalpack.tgz" -C "$WORK" evalpack
   tar czf "$REPORT/report.tgz" -C "$exp" config.yaml metrics.jsonl phones.txt -C "$WORK/eval" synth.json pairs.jsonl \
+    -C "$WORK" align \
     -C "$WORK/prep" train/prepare.json test_unseen/prepare.json -C "$data" voices.json
   ls -la "$REPORT"
 fi

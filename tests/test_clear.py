@@ -154,6 +154,29 @@ def test_flow_head_reaches_a_two_dimensional_target():
     assert x1[:, 0].abs().mean() < x[:, 0].abs().mean() - 0.3
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 1.5])
+def test_flow_sampler_equals_stepwise_head_calls(cfg_scale):
+    """The sampler hoists the condition and the modulations out of its Euler loop; the result is the
+    loop over the head's own forward (what the exported flow graph and the runtime do)."""
+    torch.manual_seed(0)
+    head = FlowHead(8, 16, hidden=32, blocks=2)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    c, noise = torch.randn(3, 16), torch.randn(3, 8)
+    x = 0.8 * noise
+    cc = torch.cat([c, head.null.expand_as(c)]) if cfg_scale != 1.0 else c
+    with torch.no_grad():
+        for i in range(7):
+            v = head(torch.cat([x, x]) if cfg_scale != 1.0 else x, torch.full((cc.shape[0],), i / 7), cc)
+            if cfg_scale != 1.0:
+                v_c, v_u = v.chunk(2)
+                v = v_u + cfg_scale * (v_c - v_u)
+            x = x + v / 7
+    got = head.sample(c, 7, cfg_scale, 0.8, noise)
+    torch.testing.assert_close(got, x, atol=5e-5, rtol=1e-4)
+    assert not torch.allclose(got, head.sample(c, 6, cfg_scale, 0.8, noise), atol=1e-3)
+
+
 def test_stop_head_ends_generation():
     """A tiny model overfitted on two utterances stops after the right number of frames."""
     m = tiny(vocab=8).train()

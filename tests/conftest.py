@@ -115,6 +115,16 @@ def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, chec
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models: more threads only add contention); modules
+    use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_data_dir(tmp_path) -> Path:
     """A fresh 12-utterance, 2-speaker data dir that the test may damage."""
     make_tiny_data_dir(tmp_path / "data", n_utts=12, seed=0)

@@ -21,12 +21,7 @@ from speechkit.nn.seanet import SeanetConfig, SeanetDecoder, SeanetEncoder, chan
 TINY = SeanetConfig(channels=4, strides=(2, 4, 6), latent_dim=8, dilations=(1, 3), shortcuts=True, lstm_layers=1)  # hop 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: more threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stream(module, x, chunk, rate_in):

@@ -25,12 +25,7 @@ TEXTS = ["hello world, this is a test.", "the quick brown fox jumps over the laz
 FAST = SynthOptions(steps=3, cfg_scale=1.5, temperature=0.8, chunk_frames=4, prompt_seconds=1.0, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _codec(root: Path) -> Path:

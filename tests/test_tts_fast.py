@@ -19,12 +19,7 @@ SHIPPED_CODEC = Path(__file__).resolve().parents[1] / "models" / "codec-vae-synt
 OPTS = SynthOptions(steps=3, cfg_scale=1.5, temperature=0.8, chunk_frames=4, prompt_seconds=1.0, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(vocab: int = 12, latent_dim: int = 4, stop_bias: float | None = None, **kw) -> ClearTTS:

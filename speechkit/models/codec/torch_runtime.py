@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from speechkit.errors import SpeechkitError
-from speechkit.models.codec.model import CodecConfig, VaeCodec
+from speechkit.models.codec.model import CodecConfig, VaeCodec, encode_samples
 from speechkit.nn.seanet import SeanetConfig, State
 
 LATENT_TOL = 1e-3  # the export's own tolerances (speechkit.export.codec)
@@ -164,11 +164,8 @@ class TorchCodec:
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Mono float32 at the codec's rate → (D, F) latents; the end is padded with zeros to a
         whole frame."""
-        x = np.asarray(samples, dtype=np.float32)
-        n = -(-len(x) // self.hop) * self.hop
         with self.context():
-            wav = torch.from_numpy(np.pad(x, (0, n - len(x)))).to(self.device, non_blocking=True).view(1, 1, n)
-            return self.model.encode(wav)[0].cpu().numpy()
+            return encode_samples(self.model, samples)
 
     def latents(self, frames: np.ndarray) -> np.ndarray:
         return np.asarray(frames, dtype=np.float32)

@@ -126,8 +126,7 @@ class Block(nn.Module):
         """``mask`` (bool, broadcast to [B, H, T, T]): attend where True instead of causally
         (the text encoder's bidirectional attention over the phonemes)."""
         b, t = x.shape[:2]
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
-        q, k = rope(q, pos, self.base), rope(k, pos, self.base)
+        q, k, v = self.qkv_at(x, pos)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if self.keep_attn and past is None:
@@ -144,9 +143,18 @@ class Block(nn.Module):
             n = k.shape[2]
             mask = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, self.d)))
-        x = x + self.drop(self.ff(self.norm2(x)))
-        return x, (k, v)
+        return self.finish(x, a), (k, v)
+
+    def qkv_at(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys (both rotated to ``pos``) and values [B, H, T, hd] of positions x [B, T, d]."""
+        b, t = x.shape[:2]
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
+        return rope(q, pos, self.base), rope(k, pos, self.base), v
+
+    def finish(self, x: Tensor, a: Tensor) -> Tensor:
+        """The residual update of x [B, T, d] by the attention output a [B, H, T, hd], then the MLP."""
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.d)))
+        return x + self.drop(self.ff(self.norm2(x)))
 
 
 class ClearTTS(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechkit.errors import SpeechkitError
-from speechkit.models.tts.clear import LATENT, Block, Cache, ClearTTS, rope
+from speechkit.models.tts.clear import LATENT, Block, Cache, ClearTTS
 from speechkit.models.tts.options import STOP_THRESHOLD
 from speechkit.models.tts.options import max_frames as frame_limit
 
@@ -68,14 +68,10 @@ def block_step(block: Block, x: Tensor, pos: Tensor, k_cache: Tensor, v_cache: T
     """``Block.forward`` for one new position x [1, 1, d] at ``pos`` [1], its key and value written
     into the block's static cache [1, H, Tmax, hd] (in place); ``valid`` [1, 1, 1, Tmax] masks
     the positions not yet written."""
-    b, t, d = x.shape
-    q, k, v = block.qkv(block.norm1(x)).view(b, t, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
-    q, k = rope(q, pos, block.base), rope(k, pos, block.base)
+    q, k, v = block.qkv_at(x, pos)
     k_cache.index_copy_(2, pos, k)
     v_cache.index_copy_(2, pos, v)
-    a = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=valid)
-    x = x + block.proj(a.transpose(1, 2).reshape(b, t, d))
-    return x + block.ff(block.norm2(x))
+    return block.finish(x, F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=valid))
 
 
 def static_step(model: ClearTTS, z: Tensor, cache: StaticCache) -> Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from conftest import make_tiny_data_dir, run_without_torch
 from speechkit.errors import ConfigError
@@ -19,6 +20,7 @@ from speechkit.models.codec.model import CodecConfig, RvqConfig, build_codec, co
 from speechkit.nn.seanet import SeanetConfig, SeanetDecoder, SeanetEncoder, channel_to_space, space_to_channel
 
 TINY = SeanetConfig(channels=4, strides=(2, 4, 6), latent_dim=8, dilations=(1, 3), shortcuts=True, lstm_layers=1)  # hop 48
+TINY_MEL_CONF = {"n_mels": 16, "frame_hop": 12, "win": 48, "channels": 8, "strides": [2, 2], "dilations": [1]}  # hop 48
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +75,45 @@ def test_shortcuts_have_no_parameters_and_keep_a_constant():
     assert with_sc == sum(p.numel() for p in SeanetEncoder(dataclasses.replace(TINY, shortcuts=False)).parameters())
 
 
+def _mel_encoder(**kw):
+    from speechkit.nn.mel_encoder import MelEncoder, MelEncoderConfig
+
+    cfg = MelEncoderConfig(**{**TINY_MEL_CONF, "strides": (2, 2), "dilations": (1, 3), **kw})
+    return MelEncoder(16000, cfg, 6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_mel_encoder_streams_exactly_and_is_causal(chunk):
+    torch.manual_seed(0)
+    enc = _mel_encoder().eval()
+    x = torch.randn(2, 1, 48 * 9)
+    with torch.no_grad():
+        z = enc(x)
+        assert z.shape == (2, 6, 9)
+        assert torch.allclose(_stream(enc, x, chunk, 48), z, atol=1e-5)
+    x = x[:1].clone().requires_grad_(True)
+    enc(x)[0, :, 3].sum().backward()  # latent frame 3 sees samples up to 4 × 48 − 1, nothing later
+    assert x.grad[0, 0, 4 * 48 :].abs().max() == 0 and x.grad[0, 0, : 4 * 48].abs().max() > 0
+
+
+def test_causal_log_mel_is_the_mel_power_of_each_hann_frame():
+    from librosa.filters import mel
+
+    from speechkit.nn.mel_encoder import LOG_FLOOR, LOG_SCALE, LOG_SHIFT, CausalLogMel, MelEncoderConfig
+
+    cfg = MelEncoderConfig(n_mels=20, frame_hop=100, win=400)
+    t = np.arange(1600) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    got = CausalLogMel(16000, cfg)(torch.from_numpy(x).view(1, 1, -1))[0].numpy()
+    assert got.shape == (20, 16)
+    padded = np.concatenate([np.zeros(300, np.float32), x])
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+    frames = np.stack([padded[f * 100 : f * 100 + 400] * window for f in range(16)])  # frame f ends at sample (f + 1) × 100
+    want = (np.log(np.maximum(mel(sr=16000, n_fft=400, n_mels=20) @ (np.abs(np.fft.rfft(frames, axis=1)) ** 2).T, LOG_FLOOR)) + LOG_SHIFT) / LOG_SCALE
+    assert np.abs(got - want).max() < 1e-3
+    assert got[:, 8].argmax() == want[:, 8].argmax() and got[:, 8].max() > got[:, 0].max()  # the 440 Hz band, not the zero padding
+
+
 def test_vae_shapes_kl_and_streaming_decode():
     torch.manual_seed(0)
     model = build_codec(CodecConfig("vae", encoder_conf=TINY))
@@ -116,6 +157,10 @@ def test_config_errors_are_one_line(tmp_path):
         codec_config_from_dict({"codec": "vae", "encoder_conf": {"strides": [2, 5], "shortcuts": True}})
     with pytest.raises(ConfigError, match="unknown codec 'dac'"):
         codec_config_from_dict({"codec": "dac"})
+    with pytest.raises(ConfigError, match="encoder_input 'mel': 'wav', or 'mel' for a vae codec"):
+        codec_config_from_dict({"codec": "rvq", "encoder_input": "mel"})
+    with pytest.raises(ConfigError, match="frame_hop 160 × strides \\[2, 2\\] = 640, not the decoder's hop 320"):
+        codec_config_from_dict({"codec": "vae", "encoder_input": "mel"})
     from speechkit.models.codec.train import load_codec_experiment
 
     (tmp_path / "c.yaml").write_text("codec: vae\ntrain_conf:\n  batch_sise: 3\n")
@@ -124,11 +169,14 @@ def test_config_errors_are_one_line(tmp_path):
 
 
 def _experiment(tmp_path, codec: str, steps: int) -> Path:
-    conf = {"codec": codec, "encoder_conf": {"channels": 4, "strides": [2, 4, 6], "latent_dim": 8, "dilations": [1],
-                                             "shortcuts": codec == "vae"},
+    """codec: vae, rvq, or vae_mel (a VAE with the log-mel encoder)."""
+    conf = {"codec": codec.removesuffix("_mel"), "encoder_conf": {"channels": 4, "strides": [2, 4, 6], "latent_dim": 8, "dilations": [1],
+                                                                 "shortcuts": codec == "vae"},
             "rvq_conf": {"n_q": 3, "codebook_size": 16}, "optim_conf": {"warmup_steps": 2},
             "train_conf": {"max_steps": steps, "batch_size": 3, "segment_seconds": 0.3, "adv_start_step": 1, "disc_filters": 2,
                            "log_interval": 1, "save_interval_steps": 2}}
+    if codec == "vae_mel":
+        conf.update(encoder_input="mel", mel_conf=TINY_MEL_CONF)
     path = tmp_path / f"{codec}.yaml"
     path.write_text(yaml.safe_dump(conf))
     return path
@@ -159,7 +207,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("codec")
     make_tiny_data_dir(root / "data", n_utts=4)
     out = {}
-    for codec in ("vae", "rvq"):
+    for codec in ("vae", "rvq", "vae_mel"):
         assert main(["codec", "train", "--config", str(_experiment(root, codec, 3)), "--data", str(root / "data"),
                      "--exp-dir", str(root / codec), "--device", "cpu"]) == 0
         assert main(["codec", "export", str(root / codec), str(root / f"{codec}_onnx"), "--check-data", str(root / "data"),
@@ -168,7 +216,7 @@ def trained(tmp_path_factory):
     return root, out
 
 
-@pytest.mark.parametrize("codec", ["vae", "rvq"])
+@pytest.mark.parametrize("codec", ["vae", "rvq", "vae_mel"])
 def test_export_and_runtime_stream_equal_torch(trained, codec):
     import json
 
@@ -179,7 +227,7 @@ def test_export_and_runtime_stream_equal_torch(trained, codec):
 
     root, exps = trained
     info = json.loads((root / f"{codec}_onnx" / "export.json").read_text())
-    assert info["model_family"] == f"codec-{codec}" and len(info["parity"]) == 3 and info["parity"][0]["chunks"] >= 3
+    assert info["model_family"] == f"codec-{codec.removesuffix('_mel')}" and len(info["parity"]) == 3 and info["parity"][0]["chunks"] >= 3
     rt, model = CodecRuntime(root / f"{codec}_onnx"), load_codec(exps[codec])
     wav = sf.read(sorted((root / "data" / "wav").glob("*.wav"))[0], dtype="float32")[0]
     z = rt.encode(wav)
@@ -191,6 +239,20 @@ def test_export_and_runtime_stream_equal_torch(trained, codec):
     dec = rt.stream()
     streamed = np.concatenate([dec.decode(z[:, k : k + 3]) for k in range(0, z.shape[1], 3)])
     assert np.abs(streamed - ref).max() < 1e-4 and np.abs(rt.decode(z) - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("codec", ["vae", "vae_mel"])
+def test_torch_codec_loads_the_export_and_matches_onnx_runtime(trained, codec):
+    from speechkit.models.codec.torch_runtime import TorchCodec
+    from speechkit.runtime.codec import CodecRuntime
+
+    root, _ = trained
+    ours = TorchCodec(root / f"{codec}_onnx")  # refuses to load unless its check against ONNX Runtime passes
+    assert isinstance(ours.model.encoder, nn.Module) and type(ours.model.encoder).__name__ == ("MelEncoder" if codec == "vae_mel" else "SeanetEncoder")
+    wav = (0.1 * np.random.default_rng(1).standard_normal(48 * 7)).astype(np.float32)
+    ref = CodecRuntime(root / f"{codec}_onnx")
+    assert np.abs(ours.encode(wav) - ref.encode(wav)).max() < 1e-4
+    assert np.abs(ours.decode(ref.encode(wav)) - ref.decode(ref.encode(wav))).max() < 1e-4
 
 
 def test_runtime_needs_no_torch(trained):

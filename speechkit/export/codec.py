@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speechkit.config import to_dict
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.codec.model import RvqCodec, VaeCodec
@@ -50,7 +51,8 @@ class DecoderChunkGraph(nn.Module):
 def metadata(model: VaeCodec | RvqCodec) -> dict:
     cfg = model.cfg
     meta = {"model_family": f"codec-{cfg.codec}", "sample_rate": cfg.sample_rate, "hop": cfg.hop, "frame_rate": cfg.frame_rate,
-            "latent_dim": cfg.encoder_conf.latent_dim, "num_states": len(model.decoder.init_state(1))}
+            "latent_dim": cfg.encoder_conf.latent_dim, "num_states": len(model.decoder.init_state(1)),
+            "encoder_input": cfg.encoder_input, "codec_config": json.dumps(to_dict(cfg))}
     if isinstance(model, RvqCodec):
         meta.update(n_q=cfg.rvq_conf.n_q, codebook_size=cfg.rvq_conf.codebook_size)
     return meta

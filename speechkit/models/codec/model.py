@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from speechkit.config import from_dict
 from speechkit.errors import ConfigError, SpeechkitError
+from speechkit.nn.mel_encoder import MelEncoder, MelEncoderConfig
 from speechkit.nn.rvq import ResidualVectorQuantizer
 from speechkit.nn.seanet import SeanetConfig, SeanetDecoder, SeanetEncoder, State
 
@@ -47,6 +48,10 @@ class CodecConfig:
     encoder_conf: SeanetConfig = field(default_factory=SeanetConfig)
     vae_conf: VaeConfig = field(default_factory=VaeConfig)
     rvq_conf: RvqConfig = field(default_factory=RvqConfig)
+    # VAE only: "wav" (the SEANet encoder on the waveform) or "mel" (MelEncoder: the latents can hold
+    # only what the log mel holds, no phase; the decoder is still encoder_conf's SEANet decoder)
+    encoder_input: str = "wav"
+    mel_conf: MelEncoderConfig = field(default_factory=MelEncoderConfig)
 
     @property
     def hop(self) -> int:
@@ -62,7 +67,10 @@ class VaeCodec(nn.Module):
         super().__init__()
         seanet = cfg.encoder_conf
         self.cfg, self.latent_dim = cfg, seanet.latent_dim
-        self.encoder = SeanetEncoder(dataclasses.replace(seanet, latent_dim=2 * seanet.latent_dim))
+        if cfg.encoder_input == "mel":
+            self.encoder = MelEncoder(cfg.sample_rate, cfg.mel_conf, 2 * seanet.latent_dim)
+        else:
+            self.encoder = SeanetEncoder(dataclasses.replace(seanet, latent_dim=2 * seanet.latent_dim))
         self.decoder = SeanetDecoder(seanet)
 
     def posterior(self, wav: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,6 +147,12 @@ def codec_config_from_dict(data: dict, source: str = "<config>", lines: dict | N
     if cfg.codec not in CODECS:
         where = f"{source}:{lines['codec']}" if lines and "codec" in lines else source
         raise ConfigError(f"{where}: unknown codec '{cfg.codec}' (known: {', '.join(CODECS)})")
+    if cfg.encoder_input not in ("wav", "mel") or (cfg.encoder_input == "mel" and cfg.codec != "vae"):
+        where = f"{source}:{lines['encoder_input']}" if lines and "encoder_input" in lines else source
+        raise ConfigError(f"{where}: encoder_input '{cfg.encoder_input}': 'wav', or 'mel' for a vae codec")
+    if cfg.encoder_input == "mel" and cfg.mel_conf.hop != cfg.hop:
+        raise ConfigError(f"{source}: mel_conf: frame_hop {cfg.mel_conf.frame_hop} × strides {list(cfg.mel_conf.strides)} = "
+                          f"{cfg.mel_conf.hop}, not the decoder's hop {cfg.hop}")
     try:  # shape rules of the encoder (even strides for shortcuts, divisible widths) as one line
         build_codec(cfg)
     except ValueError as e:

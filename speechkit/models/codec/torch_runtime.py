@@ -8,12 +8,14 @@ named after the PyTorch state dict (``model.encoder.*``, ``decoder.*``; float16 
 ``_fp16``; of equal tensors one is kept, the others are Identity nodes of it). The exception,
 each transposed conv's bias, was constant-folded to an anonymous ``[C, 1]`` tensor and is matched
 by order. The SEANet config is read off the graphs (conv shapes,
-dilations and strides; shortcuts where the encoder averages channels), and every load is checked
+dilations and strides; shortcuts where the encoder averages channels) or, in newer exports, from
+the ``codec_config`` metadata (needed for a mel-input encoder), and every load is checked
 against ONNX Runtime on a short signal: a mapping that does not reproduce the export is refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 
 from speechkit.errors import SpeechkitError
-from speechkit.models.codec.model import CodecConfig, VaeCodec, encode_samples
+from speechkit.models.codec.model import CodecConfig, VaeCodec, codec_config_from_dict, encode_samples
 from speechkit.nn.seanet import SeanetConfig, State
 
 LATENT_TOL = 1e-3  # the export's own tolerances (speechkit.export.codec)
@@ -134,7 +136,10 @@ class TorchCodec:
         meta = {p.key: p.value for p in dec.metadata_props}
         if meta.get("model_family") != "codec-vae":
             raise SpeechkitError(f"{model_dir}: not a VAE codec (model_family={meta.get('model_family')!r})")
-        cfg = CodecConfig("vae", sample_rate=int(meta["sample_rate"]), encoder_conf=seanet_config(enc, meta))
+        if "codec_config" in meta:  # exports since the mel-input VAE carry their whole config
+            cfg = codec_config_from_dict(json.loads(meta["codec_config"]), f"{model_dir / 'decoder.onnx'}: codec_config")
+        else:  # older ones: the SEANet config read off the encoder graph
+            cfg = CodecConfig("vae", sample_rate=int(meta["sample_rate"]), encoder_conf=seanet_config(enc, meta))
         if cfg.hop != int(meta["hop"]):
             raise SpeechkitError(f"{model_dir}: strides {cfg.encoder_conf.strides} read off encoder.onnx do not make its hop {meta['hop']}")
         model = VaeCodec(cfg)

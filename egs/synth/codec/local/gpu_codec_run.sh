@@ -40,7 +40,7 @@ for c in $codecs; do
   sed -e "s/^  max_minutes: .*/  max_minutes: $minutes/" "$conf_dir/train_${c}_gpu.yaml" > "$WORK/conf/$c.yaml"
   init_var=${c}_init
   # train_conf is the last section: continue from earlier weights
-  [ -z "${!init_var}" ] || echo "  init_checkpoint: ${!init_var}" >> "$WORK/conf/$c.yaml"
+  [ -z "${!init_var:-}" ] || echo "  init_checkpoint: ${!init_var}" >> "$WORK/conf/$c.yaml"
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 

@@ -52,7 +52,7 @@ def metadata(model: VaeCodec | RvqCodec) -> dict:
     cfg = model.cfg
     meta = {"model_family": f"codec-{cfg.codec}", "sample_rate": cfg.sample_rate, "hop": cfg.hop, "frame_rate": cfg.frame_rate,
             "latent_dim": cfg.encoder_conf.latent_dim, "num_states": len(model.decoder.init_state(1)),
-            "encoder_input": cfg.encoder_input, "codec_config": json.dumps(to_dict(cfg))}
+            "codec_config": json.dumps(to_dict(cfg))}
     if isinstance(model, RvqCodec):
         meta.update(n_q=cfg.rvq_conf.n_q, codebook_size=cfg.rvq_conf.codebook_size)
     return meta

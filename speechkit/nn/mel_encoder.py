@@ -13,6 +13,7 @@ Streaming follows the SEANet contract (``init_state``/``forward_chunk``, whole f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class MelEncoderConfig:
 
     @property
     def hop(self) -> int:
-        return self.frame_hop * int(np.prod(self.strides))
+        return self.frame_hop * math.prod(self.strides)
 
 
 class CausalLogMel(nn.Module):

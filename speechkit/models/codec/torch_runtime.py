@@ -141,7 +141,7 @@ class TorchCodec:
         else:  # older ones: the SEANet config read off the encoder graph
             cfg = CodecConfig("vae", sample_rate=int(meta["sample_rate"]), encoder_conf=seanet_config(enc, meta))
         if cfg.hop != int(meta["hop"]):
-            raise SpeechkitError(f"{model_dir}: strides {cfg.encoder_conf.strides} read off encoder.onnx do not make its hop {meta['hop']}")
+            raise SpeechkitError(f"{model_dir}: the decoder strides {cfg.encoder_conf.strides} do not make the exported hop {meta['hop']}")
         model = VaeCodec(cfg)
         model.load_state_dict(state_dict_from_onnx(enc, dec, model.state_dict()))
         for m in model.modules():  # weight norm once, not at every call

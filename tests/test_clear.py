@@ -129,6 +129,36 @@ def test_alignment_prior_prefers_the_diagonal():
         tiny(align_layers=(2,))
 
 
+def test_regression_aid_adds_its_loss_and_leaves_inference_alone():
+    """reg_weight > 0: the loss gains reg_weight × the MSE of a linear map of the hidden state to
+    the next latent, its gradient reaches the transformer; generation does not use it, and a model
+    without it has no such parameters (older checkpoints load)."""
+    tp, p, n = 5, 3, 7
+    z = np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
+    batch = collate([(np.arange(1, tp + 1), np.zeros((p, 4), np.float32), z)])
+    m = tiny(reg_weight=0.5).train()
+    torch.manual_seed(1)  # the same flow-loss draws for both models
+    loss, parts = m(batch)
+    plain = tiny().train()
+    assert not any(k.startswith("reg.") for k in plain.state_dict())
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("reg.")})
+    torch.manual_seed(1)
+    loss0, _ = plain(batch)
+    h, _ = m.run(m.embed(batch["kinds"], batch["phones"], batch["latents"]))
+    fm = batch["flow_mask"]
+    want = ((m.reg(h[fm]) - batch["targets"][fm]) ** 2).mean()
+    torch.testing.assert_close(parts["reg"], want.detach())
+    torch.testing.assert_close(loss - loss0, 0.5 * want.detach(), atol=1e-5, rtol=1e-5)
+    loss.backward()
+    assert m.reg.weight.grad.abs().sum() > 0 and m.blocks[0].qkv.weight.grad.abs().sum() > 0
+    m.eval()
+    plain.eval()
+    phones, prompt = torch.arange(1, tp + 1), torch.zeros(p, 4)
+    a = torch.stack(list(m.generate(phones, prompt, max_frames=4, generator=torch.Generator().manual_seed(0))))
+    b = torch.stack(list(plain.generate(phones, prompt, max_frames=4, generator=torch.Generator().manual_seed(0))))
+    torch.testing.assert_close(a, b)
+
+
 def test_flow_head_reaches_a_two_dimensional_target():
     """Two Gaussian modes at (±2, 1) with std 0.25: many Euler steps land on them, in equal shares."""
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
 # (--utts utterances of whole speakers, so every one has same-speaker prompts) of a --hours corpus,
 # on the latents of a codec that comes as fp16 parts (run 5's mel VAE:
 # python tools/state_parts.py split ... --name vaemel32). $REPORT gets the model's fp16 parts and
-# prep.tgz (the prepared subset and test_unseen), for tools/tts_teacher_forced.py on the training
+# prep.tgz (the prepared subset and test_unseen), for `tools/tts_latents.py probe` on the training
 # utterances themselves and on held-out ones:
 #   bash egs/synth/tts/local/gpu_tts_overfit.sh --parts DIR [--stem vaemel32] [--utts 300] [--minutes 9] [--hours 1]
 # On the lent GPU machine first `source .device/env.sh`; start it detached.

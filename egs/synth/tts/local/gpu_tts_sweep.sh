@@ -33,18 +33,11 @@ log() { echo "[$(date +%T)] $*"; }
 here=$root/egs/synth/tts
 case $codec in /*) ;; *) codec=$root/$codec ;; esac
 case $config in /*) ;; *) config=$here/$config ;; esac
-data=$WORK/data
 mkdir -p "$WORK/conf" "$REPORT"
 
-if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
-  log "corpus: $hours h"
-  [ -f "$data/test/wav.scp" ] || speechkit corpus synth --out "$data" --hours "$hours" --seed 0 --nj "$(nproc)"
-fi
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  for s in train test_unseen; do
-    log "prepare $s"
-    [ -f "$WORK/prep/$s/prepare.json" ] || speechkit tts prepare "$data/$s" "$codec" "$WORK/prep/$s" --nj "$(nproc)"
-  done
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 1 ]; then  # corpus and prepare: the single run's stages 1-2
+  WORK=$WORK SRC=$root REPORT=$REPORT bash "$root/egs/synth/tts/local/gpu_tts_run.sh" --hours "$hours" \
+    --codec "$codec" --stage "$stage" --stop_stage "$(( stop_stage < 2 ? stop_stage : 2 ))"
 fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   n=$(echo $variants | wc -w)

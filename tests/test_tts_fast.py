@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from speechkit.models.tts.clear import ClearConfig, ClearTTS, FlowConfig
-from speechkit.models.tts.fast import FastGenerator, StaticCache, static_step
+from speechkit.models.tts.fast import FastGenerator, StaticCache, attend_one, static_step
 from speechkit.models.tts.options import SynthOptions
 
 SHIPPED_CODEC = Path(__file__).resolve().parents[1] / "models" / "codec-vae-synth"
@@ -20,6 +20,20 @@ OPTS = SynthOptions(steps=3, cfg_scale=1.5, temperature=0.8, chunk_frames=4, pro
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("length", [1, 5, 16])
+def test_one_query_attention_equals_sdpa_over_the_valid_positions(length):
+    """The decode attention over a static cache: the written positions only, as SDPA with the mask
+    (and as plain attention over the written prefix: what lies beyond it has no influence)."""
+    g = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(1, 3, n, 8, generator=g) for n in (1, 16, 16))
+    valid = (torch.arange(16) < length).view(1, 1, 1, 16)
+    a = attend_one(q, k, v, valid)
+    torch.testing.assert_close(a, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid))
+    torch.testing.assert_close(a, torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :length], v[:, :, :length]))
+    k[:, :, length:] = 1e4  # garbage in the unwritten part of the cache
+    torch.testing.assert_close(attend_one(q, k, v, valid), a)
 
 
 def tiny(vocab: int = 12, latent_dim: int = 4, stop_bias: float | None = None, **kw) -> ClearTTS:

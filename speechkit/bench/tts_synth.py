@@ -1,0 +1,216 @@
+"""Benchmark of CLEAR synthesis speed: where the time of one streamed utterance goes.
+
+Every run synthesises the same fixed-length utterance (``--frames`` latents, the stop head
+switched off) from ``--text`` (phonemised with espeak-ng in every run, as synthesis does) and a 3 s
+prompt, so configurations are compared on equal work; the speed of a model does not depend on its weights, so a training config (random
+weights of its architecture) measures the same as the trained experiment. For each
+(flow steps, latents per audio chunk) it reports, as medians over ``--repeats``:
+
+- end to end, as ``speechkit tts --stream`` runs it (phonemise, prompt encode, prefix, the latent
+  loop, the codec's streaming decode): RTF, first-audio latency, and the time to the first latent
+  (phonemise, prompt encode and prefix: the part of the first-audio latency no chunk size changes);
+- the latent loop alone (transformer step, stop check, guided flow head): ms per latent;
+- the codec's streaming decode alone at that chunk size: ms per latent.
+
+On CUDA the loop is the graphed :class:`~speechkit.models.tts.fast.FastGenerator` and the codec
+runs in PyTorch on the GPU, as in :class:`~speechkit.models.tts.synth.TorchSynthesizer`; on the CPU,
+or on CUDA with ``--eager`` (the path before the fast one, for comparison), ``ClearTTS.generate``
+and the ONNX codec on ``--threads`` CPU threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from speechkit.bench import add_output_args, emit
+from speechkit.errors import SpeechkitError
+
+PROMPT_SECONDS = 3.0
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs into the forest before anyone sees it."
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
+    return values
+
+
+def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``tts`` to the ``bench`` subcommands."""
+    p = bench_sub.add_parser("tts", help="CLEAR synthesis speed: RTF, first audio, latent loop vs codec per latent",
+                             description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="experiment dir or model.pt of a trained CLEAR, or a training config YAML "
+                                 "(random weights of its architecture: the same speed)")
+    p.add_argument("--codec", default=None, metavar="DIR",
+                   help="exported codec (default: the one the experiment was trained on; models/codec-vae-synth for a config)")
+    p.add_argument("--frames", type=int, default=100, help="latents per utterance (default 100: 4 s at 25/s)")
+    p.add_argument("--text", default=TEXT, help="what is said (default: a sentence of ~90 phoneme symbols)")
+    p.add_argument("--steps", type=int_list, default=[4, 10], help="flow steps, comma-separated (default 4,10)")
+    p.add_argument("--chunk-frames", type=int_list, default=[4, 8], help="latents per audio chunk, comma-separated (default 4,8)")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (default 1.5, as synthesis)")
+    p.add_argument("--repeats", type=int, default=5, help="timed utterances per configuration; medians reported (default 5)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="torch device (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and ONNX Runtime; default 1)")
+    p.add_argument("--eager", action="store_true", help="on CUDA too: the eager loop and the ONNX codec on the CPU (no graphs)")
+    add_output_args(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def load_model(spec: str, codec_dir: str | None, device, text: str = TEXT):
+    """(ClearTTS in eval mode on device, its PhonemeVocab, codec dir, what was loaded). A config's
+    random model gets the text's own phoneme symbols, padded to its vocabulary size."""
+    import torch
+
+    from speechkit.models.tts.clear import ClearTTS
+    from speechkit.models.tts.synth import resolve_codec
+    from speechkit.models.tts.train import load_tts, load_tts_experiment
+    from speechkit.runtime.codec import CodecRuntime
+    from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SpeechkitError(f"{path}: no such config")
+        codec_dir = codec_dir or "models/codec-vae-synth"
+        meta = CodecRuntime(codec_dir)
+        cfg = load_tts_experiment(path).model
+        vocab = PhonemeVocab.build(text_to_phonemes([text]))
+        size = max(cfg.vocab_size if cfg.vocab_size > 0 else 71, len(vocab))  # 71: the synth corpus's IPA symbols
+        vocab = PhonemeVocab(vocab.symbols + [f"filler{i}" for i in range(size - len(vocab))])
+        cfg = dataclasses.replace(cfg, vocab_size=size, latent_dim=meta.latent_dim, frame_rate=meta.sample_rate / meta.hop)
+        torch.manual_seed(0)
+        model = ClearTTS(cfg).eval()
+        with torch.no_grad():  # the flow head's zero-initialised layers: weights, so its output is not trivially zero
+            for p in model.head.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.02)
+        return model.to(device), vocab, Path(codec_dir), f"{path} (random weights)"
+    if not (path / "model.pt").is_file() and not path.is_file():
+        raise SpeechkitError(f"{path}: neither an experiment dir (model.pt), a model.pt nor a config YAML")
+    model, symbols, recorded = load_tts(path, device)
+    exp_dir = path if path.is_dir() else path.parent
+    return model, PhonemeVocab(symbols), Path(codec_dir) if codec_dir else resolve_codec(exp_dir, recorded), str(path)
+
+
+def main(args: argparse.Namespace) -> None:
+    import torch
+
+    from speechkit.runtime.tts import phoneme_ids, prompt_latents
+
+    if args.frames < 1 or args.repeats < 1:
+        raise SpeechkitError("--frames and --repeats must be positive")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise SpeechkitError("--device cuda but torch sees no GPU")
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.set_num_threads(args.threads)
+    model, vocab, codec_dir, what = load_model(args.model, args.codec, device, args.text)
+    if cuda and not args.eager:
+        from speechkit.models.codec.torch_runtime import TorchCodec
+        from speechkit.models.tts.fast import FastGenerator
+
+        codec = TorchCodec(codec_dir, device)
+        generate = FastGenerator(model).generate
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        from speechkit.runtime.codec import CodecRuntime
+
+        codec = CodecRuntime(codec_dir, args.threads)
+        generate = model.generate
+        cpu = f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)"
+        device_name = f"{torch.cuda.get_device_name(device)}, eager, codec on {cpu}" if cuda else cpu
+    n_phones = len(phoneme_ids(vocab, args.text))  # also: espeak-ng's binary and data into the page cache
+    rng = np.random.default_rng(0)
+    prompt = (0.1 * rng.standard_normal(int(PROMPT_SECONDS * codec.sample_rate))).astype(np.float32)
+    seconds = args.frames / model.cfg.frame_rate
+
+    def latents(steps: int, seed: int):
+        g = torch.Generator(device=device).manual_seed(seed)
+        ids = torch.tensor(phoneme_ids(vocab, args.text), dtype=torch.long)
+        z = torch.from_numpy(prompt_latents(codec, prompt, PROMPT_SECONDS))
+        for x in generate(ids, z, steps=steps, cfg_scale=args.cfg_scale, temperature=0.8, max_frames=args.frames,
+                          stop_threshold=2.0, generator=g):
+            yield x.float().cpu().numpy()
+
+    def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        first, prefix, dec, buf = None, None, codec.stream(), []
+        for z in latents(steps, seed):
+            prefix = prefix if prefix is not None else time.perf_counter() - t0
+            buf.append(z)
+            if len(buf) == chunk:
+                dec.decode(np.stack(buf, axis=1))
+                buf = []
+                first = first if first is not None else time.perf_counter() - t0
+        if buf:
+            dec.decode(np.stack(buf, axis=1))
+        total = time.perf_counter() - t0
+        return total / seconds, 1000.0 * (first if first is not None else total), 1000.0 * prefix
+
+    def loop_only(steps: int, seed: int) -> tuple[float, list[np.ndarray]]:
+        out = []
+        gen = latents(steps, seed)
+        out.append(next(gen))  # phonemise, prompt encode and prefix are not the loop
+        t0 = time.perf_counter()
+        out.extend(gen)
+        return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
+
+    def codec_only(zs: list[np.ndarray], chunk: int) -> float:
+        dec = codec.stream()
+        t0 = time.perf_counter()
+        for i in range(0, len(zs), chunk):
+            dec.decode(np.stack(zs[i : i + chunk], axis=1))
+        return 1000.0 * (time.perf_counter() - t0) / len(zs)
+
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm(total=len(args.steps) * (1 + len(args.chunk_frames)) * args.repeats, desc="bench tts", unit="utt")
+    for steps in args.steps:
+        for _ in latents(steps, 0):  # graph capture, lazy CUDA and ONNX Runtime set-up
+            pass
+        loops, zs = [], []
+        for r in range(args.repeats):
+            ms, zs = loop_only(steps, r)
+            loops.append(ms)
+            bar.update()
+        for chunk in args.chunk_frames:
+            codec_only(zs, chunk)
+            rtf, first, prefix, codec_ms = [], [], [], []
+            for r in range(args.repeats):
+                a, b, c = end_to_end(steps, chunk, r)
+                rtf.append(a)
+                first.append(b)
+                prefix.append(c)
+                codec_ms.append(codec_only(zs, chunk))
+                bar.update()
+            rows.append({"steps": steps, "chunk_frames": chunk, "rtf": round(statistics.median(rtf), 4),
+                         "first_audio_ms": round(statistics.median(first), 1),
+                         "first_latent_ms": round(statistics.median(prefix), 1),
+                         "loop_ms_per_latent": round(statistics.median(loops), 3),
+                         "codec_ms_per_latent": round(statistics.median(codec_ms), 3)})
+    bar.close()
+    result = {"bench": "tts", "model": what, "path": "eager" if args.eager or not cuda else "graphed", "codec": str(codec_dir), "device": device_name, "torch": torch.__version__,
+              "frames": args.frames, "audio_seconds": seconds, "text": args.text, "phonemes": n_phones, "cfg_scale": args.cfg_scale,
+              "repeats": args.repeats, "rows": rows}
+    lines = [f"CLEAR synthesis speed: {what} on {device_name}; {args.frames} latents ({seconds:g} s), "
+             f"{n_phones} phoneme symbols, guidance {args.cfg_scale}, medians of {args.repeats}",
+             f"{'steps':>5} {'chunk':>5} {'RTF':>7} {'first audio':>12} {'first latent':>13} {'loop/latent':>12} "
+             f"{'codec/latent':>13}"]
+    for r in rows:
+        lines.append(f"{r['steps']:>5} {r['chunk_frames']:>5} {r['rtf']:>7.4f} {r['first_audio_ms']:>9.1f} ms "
+                     f"{r['first_latent_ms']:>10.1f} ms "
+                     f"{r['loop_ms_per_latent']:>9.3f} ms {r['codec_ms_per_latent']:>10.3f} ms")
+    emit(result, lines, args)

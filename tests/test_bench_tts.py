@@ -1,0 +1,77 @@
+"""`speechkit bench tts`: the grid it promises, one JSON line last, the same for a config (random
+weights) and a trained experiment; bad input refused in one line. Figures are not asserted."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechkit.bench.tts_synth import add_parser
+from speechkit.errors import SpeechkitError
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+CODEC = ROOT / "models" / "codec-vae-synth"
+CONFIG = ROOT / "egs" / "synth" / "tts" / "conf" / "train_clear_cpu.yaml"
+
+
+def _args(model, *extra: str) -> argparse.Namespace:
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    return root.parse_args(["tts", str(model), "--codec", str(CODEC), "--device", "cpu", "--frames", "6", "--text", "hello there",
+                            "--repeats", "1", "--steps", "1,2", "--chunk-frames", "2,4", *extra])
+
+
+def _check(r: dict) -> None:
+    assert r["device"].startswith("cpu") and r["path"] == "eager" and r["torch"] == torch.__version__
+    assert (r["frames"], r["text"], r["repeats"]) == (6, "hello there", 1) and r["phonemes"] > 5
+    assert r["audio_seconds"] == pytest.approx(6 / 25)
+    assert [(row["steps"], row["chunk_frames"]) for row in r["rows"]] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    for row in r["rows"]:
+        assert row["rtf"] > 0 and row["loop_ms_per_latent"] > 0 and row["codec_ms_per_latent"] > 0
+        assert row["first_audio_ms"] >= row["first_latent_ms"] > 0
+    json.dumps(r, allow_nan=False)
+
+
+def test_a_config_is_benchmarked_with_random_weights(tmp_path, capsys):
+    out = tmp_path / "res" / "bench.json"
+    args = _args(CONFIG, "--json", "--out", str(out))
+    args.func(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(lines[-1])
+    assert json.loads(out.read_text()) == r
+    assert "random weights" in r["model"] and "random weights" in lines[0]
+    assert len(lines) == 2 + 4 + 1  # title, header, one line per (steps, chunk), the JSON
+    _check(r)
+
+
+def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
+    from speechkit.models.tts.clear import ClearTTS
+    from speechkit.models.tts.train import load_tts_experiment, save_tts
+
+    cfg = load_tts_experiment(CONFIG).model
+    from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
+
+    vocab = PhonemeVocab.build(text_to_phonemes(["hello"]))  # "there" has symbols it lacks: <unk>, as in synthesis
+    model = ClearTTS(dataclasses.replace(cfg, vocab_size=len(vocab)))
+    (tmp_path / "exp").mkdir()
+    save_tts(model, vocab.symbols, str(CODEC), tmp_path / "exp" / "model.pt")
+    args = _args(tmp_path / "exp", "--json")
+    args.func(args)
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["model"] == str(tmp_path / "exp")
+    _check(r)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(SpeechkitError, match="no such config"):
+        _args("nowhere.yaml").func(_args("nowhere.yaml"))
+    with pytest.raises(SpeechkitError, match="neither an experiment dir"):
+        _args("nowhere").func(_args("nowhere"))
+    with pytest.raises(SystemExit):
+        _args(CONFIG, "--steps", "0")

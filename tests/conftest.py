@@ -153,6 +153,29 @@ def run_cli(capsys):
     return run
 
 
+def bench_args(add_parser, argv: list[str]):
+    """``argv`` parsed by the one ``speechkit bench`` subcommand that ``add_parser`` adds."""
+    import argparse
+
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    return root.parse_args([str(a) for a in argv])
+
+
+def run_bench(args, capsys) -> tuple[list[str], dict]:
+    """Run a parsed bench in this process → (its report lines, the result on its last line, which
+    ``--json`` prints); with ``--out`` the file must hold the same result."""
+    import json
+
+    capsys.readouterr()  # drop anything printed before
+    args.func(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    if getattr(args, "out", None):
+        assert json.loads(Path(args.out).read_text()) == result
+    return lines[:-1], result
+
+
 def run_without_torch(body: str) -> str:
     """Run ``body`` (Python source) in a fresh interpreter where any ``import torch`` fails; it must
     not end with torch loaded. Returns its stdout (fails the test on a non-zero exit)."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_ENCODER_CONF, make_tiny_data_dir
+from conftest import TINY_ENCODER_CONF, bench_args, make_tiny_data_dir, run_bench
 from speechkit.bench.asr_decode import DECODERS, add_parser
 from speechkit.errors import SpeechkitError
 
@@ -118,26 +118,15 @@ def test_encoder_without_ctc_has_no_ctc_output(tmp_path):
 
 # ---- the bench ---------------------------------------------------------------------------------
 
-def _root_parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser()
-    add_parser(root.add_subparsers())
-    return root
-
-
 def _args(dirs, *extra: str) -> argparse.Namespace:
-    return _root_parser().parse_args(
-        ["asr-decode", "--paraformer", str(dirs["paraformer"]), "--attention", str(dirs["attention"]), "--data", str(dirs["data"]),
+    return bench_args(
+        add_parser, ["asr-decode", "--paraformer", str(dirs["paraformer"]), "--attention", str(dirs["attention"]), "--data", str(dirs["data"]),
          "--device", "cpu", "--utts", "4", "--cpu-utts", "2", "--beam", "2", "--batch", "2", "--repeats", "1", *extra])
 
 
 def test_the_command_prints_a_table_then_one_json_line(dirs, tmp_path, capsys):
-    out = tmp_path / "res" / "bench.json"
-    args = _args(dirs, "--json", "--out", str(out))
-    args.func(args)
-    lines = capsys.readouterr().out.strip().splitlines()
-    r = json.loads(lines[-1])
-    assert json.loads(out.read_text()) == r
-    assert any("cpu onnx 1 thread" in line for line in lines[:-1])
+    lines, r = run_bench(_args(dirs, "--json", "--out", str(tmp_path / "res" / "bench.json")), capsys)
+    assert any("cpu onnx 1 thread" in line for line in lines)
     json.dumps(r, allow_nan=False)
 
     assert r["torch_device"] == "cpu" and r["torch"] == torch.__version__ and r["onnxruntime"]
@@ -182,9 +171,7 @@ def test_a_data_dir_without_readable_audio_is_refused(dirs, tmp_path):
 
 
 def test_the_cpu_run_can_be_skipped(dirs, capsys):
-    args = _args(dirs, "--cpu-utts", "0", "--utts", "2", "--json")
-    args.func(args)
-    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, r = run_bench(_args(dirs, "--cpu-utts", "0", "--utts", "2", "--json"), capsys)
     assert set(r["timings"]) == {"torch_batch1", "torch_batched"} and r["wer_cpu_onnx"] == {}
     assert set(r["speedup_ar_beam_over_paraformer"]) == {"torch_batch1", "torch_batched"}
     assert np.isfinite(r["speedup_ar_greedy_over_paraformer"]["torch_batched"])

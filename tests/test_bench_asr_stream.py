@@ -1,7 +1,6 @@
 """The streaming-recognizer benchmark on the shipped model: the figures it reports, its refusal of
 unusable audio, and the ``bench asr-stream`` argument parser. No timing thresholds are asserted."""
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import bench_args, run_bench
 from speechkit.bench.asr_stream import add_parser, bench_asr_stream, synthetic_speech
 from speechkit.errors import AudioError, SpeechkitError
 
@@ -57,26 +57,16 @@ def test_a_memory_run_shorter_than_the_warmup_is_refused(wav):
         bench_asr_stream(MODEL_DIR, wav=wav, seconds=1.0, memory_seconds=30.0, progress=False)
 
 
-def _root_parser(adder) -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser()
-    adder(root.add_subparsers())
-    return root
-
-
 def test_the_command_prints_figures_then_one_json_line(wav, tmp_path, capsys):
-    out = tmp_path / "res" / "bench.json"
-    args = _root_parser(add_parser).parse_args(
-        ["asr-stream", str(MODEL_DIR), "--wav", str(wav), "--seconds", "2", "--memory-seconds", "0", "--json", "--out", str(out)])
+    args = bench_args(add_parser, ["asr-stream", MODEL_DIR, "--wav", wav, "--seconds", "2", "--memory-seconds", "0",
+                                   "--json", "--out", tmp_path / "res" / "bench.json"])
     assert args.threads == 1 and args.att_context is None
-    args.func(args)
-    lines = capsys.readouterr().out.strip().splitlines()
-    last = json.loads(lines[-1])
+    lines, last = run_bench(args, capsys)
     assert last["audio_seconds"] >= 2.0 and last["rss_growth_mb_per_hour"] is None
-    assert any(line.startswith("rtf: ") for line in lines[:-1])
-    assert json.loads(out.read_text()) == last
+    assert any(line.startswith("rtf: ") for line in lines)
 
 
 def test_the_command_refuses_a_malformed_context(wav):
-    args = _root_parser(add_parser).parse_args(["asr-stream", str(MODEL_DIR), "--att-context", "64"])
+    args = bench_args(add_parser, ["asr-stream", MODEL_DIR, "--att-context", "64"])
     with pytest.raises(SpeechkitError, match="LEFT,RIGHT"):
         args.func(args)

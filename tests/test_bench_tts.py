@@ -3,7 +3,6 @@ weights) and a trained experiment; bad input refused in one line. Figures are no
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import bench_args, run_bench
 from speechkit.bench.tts_synth import add_parser
 from speechkit.errors import SpeechkitError
 
@@ -20,11 +20,9 @@ CODEC = ROOT / "models" / "codec-vae-synth"
 CONFIG = ROOT / "egs" / "synth" / "tts" / "conf" / "train_clear_cpu.yaml"
 
 
-def _args(model, *extra: str) -> argparse.Namespace:
-    root = argparse.ArgumentParser()
-    add_parser(root.add_subparsers())
-    return root.parse_args(["tts", str(model), "--codec", str(CODEC), "--device", "cpu", "--frames", "6", "--text", "hello there",
-                            "--repeats", "1", "--steps", "1,2", "--chunk-frames", "2,4", *extra])
+def _args(model, *extra: str):
+    return bench_args(add_parser, ["tts", model, "--codec", CODEC, "--device", "cpu", "--frames", "6", "--text", "hello there",
+                                   "--repeats", "1", "--steps", "1,2", "--chunk-frames", "2,4", *extra])
 
 
 def _check(r: dict) -> None:
@@ -39,39 +37,30 @@ def _check(r: dict) -> None:
 
 
 def test_a_config_is_benchmarked_with_random_weights(tmp_path, capsys):
-    out = tmp_path / "res" / "bench.json"
-    args = _args(CONFIG, "--json", "--out", str(out))
-    args.func(args)
-    lines = capsys.readouterr().out.strip().splitlines()
-    r = json.loads(lines[-1])
-    assert json.loads(out.read_text()) == r
+    lines, r = run_bench(_args(CONFIG, "--json", "--out", str(tmp_path / "res" / "bench.json")), capsys)
     assert "random weights" in r["model"] and "random weights" in lines[0]
-    assert len(lines) == 2 + 4 + 1  # title, header, one line per (steps, chunk), the JSON
+    assert len(lines) == 2 + 4  # title, header, one line per (steps, chunk)
     _check(r)
 
 
 def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
     from speechkit.models.tts.clear import ClearTTS
     from speechkit.models.tts.train import load_tts_experiment, save_tts
-
-    cfg = load_tts_experiment(CONFIG).model
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 
     vocab = PhonemeVocab.build(text_to_phonemes(["hello"]))  # "there" has symbols it lacks: <unk>, as in synthesis
-    model = ClearTTS(dataclasses.replace(cfg, vocab_size=len(vocab)))
+    model = ClearTTS(dataclasses.replace(load_tts_experiment(CONFIG).model, vocab_size=len(vocab)))
     (tmp_path / "exp").mkdir()
     save_tts(model, vocab.symbols, str(CODEC), tmp_path / "exp" / "model.pt")
-    args = _args(tmp_path / "exp", "--json")
-    args.func(args)
-    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, r = run_bench(_args(tmp_path / "exp", "--json"), capsys)
     assert r["model"] == str(tmp_path / "exp")
     _check(r)
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(SpeechkitError, match="no such config"):
-        _args("nowhere.yaml").func(_args("nowhere.yaml"))
-    with pytest.raises(SpeechkitError, match="neither an experiment dir"):
-        _args("nowhere").func(_args("nowhere"))
+    for model, message in (("nowhere.yaml", "no such config"), ("nowhere", "neither an experiment dir")):
+        args = _args(model)
+        with pytest.raises(SpeechkitError, match=message):
+            args.func(args)
     with pytest.raises(SystemExit):
         _args(CONFIG, "--steps", "0")

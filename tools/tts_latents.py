@@ -132,6 +132,7 @@ def judge(args) -> None:
 def probe(args) -> None:
     import torch
 
+    from speechkit.models.tts.synth import resolve_codec
     from speechkit.runtime.codec import CodecRuntime
 
     torch.manual_seed(args.seed)
@@ -139,7 +140,7 @@ def probe(args) -> None:
     dev = torch.device("cpu")
     model, trained_codec, utts, ex = load_set(args.exp, args.prep, args.utts, dev)
     mean, std = model.latent_mean.numpy(), model.latent_std.numpy()
-    codec_dir = args.codec or (str(Path(args.exp) / "codec") if (Path(args.exp) / "codec").exists() else trained_codec)
+    codec_dir = str(args.codec or resolve_codec(Path(args.exp), trained_codec))
     codec = CodecRuntime(codec_dir)
     texts = [u.text for u in utts]
 

@@ -107,7 +107,7 @@ def load_model(spec: str, codec_dir: str | None, device, text: str = TEXT):
 def main(args: argparse.Namespace) -> None:
     import torch
 
-    from speechkit.runtime.tts import phoneme_ids, prompt_latents
+    from speechkit.runtime.tts import decode_chunks, phoneme_ids, prompt_latents
 
     if args.frames < 1 or args.repeats < 1:
         raise SpeechkitError("--frames and --repeats must be positive")
@@ -145,19 +145,21 @@ def main(args: argparse.Namespace) -> None:
             yield x.float().cpu().numpy()
 
     def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
+        """As ``LatentSynthesizer.stream``: latents through ``decode_chunks``; timestamps of the
+        first latent and the first chunk."""
         t0 = time.perf_counter()
-        first, prefix, dec, buf = None, None, codec.stream(), []
-        for z in latents(steps, seed):
-            prefix = prefix if prefix is not None else time.perf_counter() - t0
-            buf.append(z)
-            if len(buf) == chunk:
-                dec.decode(np.stack(buf, axis=1))
-                buf = []
-                first = first if first is not None else time.perf_counter() - t0
-        if buf:
-            dec.decode(np.stack(buf, axis=1))
+        stamps: list[float] = []
+
+        def stamped():
+            for z in latents(steps, seed):
+                stamps.append(time.perf_counter() - t0)
+                yield z
+
+        first = None
+        for _ in decode_chunks(codec, stamped(), chunk):
+            first = first if first is not None else time.perf_counter() - t0
         total = time.perf_counter() - t0
-        return total / seconds, 1000.0 * (first if first is not None else total), 1000.0 * prefix
+        return total / seconds, 1000.0 * first, 1000.0 * stamps[0]
 
     def loop_only(steps: int, seed: int) -> tuple[float, list[np.ndarray]]:
         out = []
@@ -168,10 +170,9 @@ def main(args: argparse.Namespace) -> None:
         return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
 
     def codec_only(zs: list[np.ndarray], chunk: int) -> float:
-        dec = codec.stream()
         t0 = time.perf_counter()
-        for i in range(0, len(zs), chunk):
-            dec.decode(np.stack(zs[i : i + chunk], axis=1))
+        for _ in decode_chunks(codec, zs, chunk):
+            pass
         return 1000.0 * (time.perf_counter() - t0) / len(zs)
 
     from tqdm import tqdm

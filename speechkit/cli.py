@@ -49,7 +49,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
 
     from speechkit.data.kaldi import read_table
     from speechkit.train.config import load_experiment_config
-    from speechkit.train.trainer import prepare_tokenizer
+    from speechkit.train.asr import prepare_tokenizer
 
     cfg = load_experiment_config(args.config)
     texts = list(read_table(Path(args.text), allow_empty_value=True).values())
@@ -59,7 +59,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from speechkit.train.config import load_experiment_config
-    from speechkit.train.trainer import train
+    from speechkit.train.asr import train
 
     train(load_experiment_config(args.config), args.exp_dir, args.train_dump, args.dev_dump)
 

@@ -264,7 +264,7 @@ def test_paraformer_starts_from_another_heads_encoder(tmp_path):
     from speechkit.models.asr.heads import build_asr_model
     from speechkit.train.checkpoint import save_atomic
     from speechkit.train.config import experiment_config_from_dict
-    from speechkit.train.trainer import load_init
+    from speechkit.train.asr import load_init
 
     ar_cfg = experiment_config_from_dict({"frontend_conf": {"num_mel_bins": 20}, "encoder_conf": TINY_ENCODER_CONF, "head": "attention",
                                           "head_conf": {"num_blocks": 1, "attention_heads": 2, "linear_units": 32}})

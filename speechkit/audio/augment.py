@@ -1,7 +1,7 @@
 """SpecAugment (Park et al., 2019) on batched features: frequency and time masks.
 
-It draws from torch's global generator, so a resumed run that restores the RNG state masks the
-same frames as an uninterrupted one.
+It draws from the global generator of the features' device (no host round trip, so no device
+sync), so a resumed run that restores the RNG states masks the same frames as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ class SpecAugment(nn.Module):
         bins = torch.arange(f, device=dev)
         frames = torch.arange(t, device=dev)
         for _ in range(self.cfg.num_freq_masks):
-            width = torch.randint(0, self.cfg.freq_mask_width + 1, (b, 1)).to(dev)
-            start = (torch.rand(b, 1).to(dev) * (f - width).clamp(min=1)).long()
+            width = torch.randint(0, self.cfg.freq_mask_width + 1, (b, 1), device=dev)
+            start = (torch.rand(b, 1, device=dev) * (f - width).clamp(min=1)).long()
             keep &= ~((bins >= start) & (bins < start + width)).unsqueeze(1)
         max_w = (lengths.float() * self.cfg.time_mask_ratio).long().clamp(min=0).unsqueeze(1)  # (B, 1)
         for _ in range(self.cfg.num_time_masks):
-            width = (torch.rand(b, 1).to(dev) * (max_w + 1)).long()
-            start = (torch.rand(b, 1).to(dev) * (lengths.unsqueeze(1) - width).clamp(min=1)).long()
+            width = (torch.rand(b, 1, device=dev) * (max_w + 1)).long()
+            start = (torch.rand(b, 1, device=dev) * (lengths.unsqueeze(1) - width).clamp(min=1)).long()
             keep &= ~((frames >= start) & (frames < start + width)).unsqueeze(2)
         return feats * keep

@@ -15,6 +15,7 @@ from speechkit.config import from_dict, load_yaml, to_dict
 from speechkit.errors import ConfigError
 from speechkit.models.asr.ctc_model import ENCODERS, AsrModelConfig
 from speechkit.models.asr.heads import HEADS
+from speechkit.train.engine import LoopConfig, OptimConfig
 
 
 @dataclass(frozen=True)
@@ -24,25 +25,14 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-3  # peak, reached at the end of warm-up
-    weight_decay: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 1000
-    final_lr_ratio: float = 0.02  # cosine decay to this fraction of lr at the last step
+class TrainConfig(LoopConfig):
+    """The engine's loop fields (``LoopConfig``) with ASR defaults, plus the data's."""
 
-
-@dataclass(frozen=True)
-class TrainConfig:
     max_epochs: int = 20
     batch_seconds: float = 200.0  # padded seconds of audio per batch (per GPU)
     max_utt_seconds: float = 30.0  # longer utterances are left out of training
-    grad_clip: float = 5.0
-    seed: int = 0
-    num_workers: int = 2
-    log_interval: int = 50
-    save_interval_steps: int = 500  # mid-epoch checkpoint for resume
-    amp: str = "auto"  # auto (bf16 on GPU) | bf16 | off
+    num_workers: int = 2  # unused since the engine loads on one thread (kept so older configs load)
+    resident: str = "auto"  # features in GPU memory: auto (when they fit) | on | off
     avg_last: int = 5
     init_checkpoint: str | None = None  # start from these weights (e.g. MWER fine-tuning); its tokenizer is reused
     init_modules: tuple[str, ...] = ()  # with init_checkpoint: only these top-level modules (e.g. [cmvn, encoder, ctc])

@@ -84,7 +84,9 @@ class AsrEncoderModel(nn.Module):
 
         feats (B, T, F) raw fbank, feat_lens (B,) → (B, T', D), (B,). ``att_context`` (left, right)
         picks a streaming encoder's attention context (None: its default / one drawn in training).
+        ``feat_lens`` may be on the host (pinned): it is copied without waiting for the device.
         """
+        feat_lens = feat_lens.to(feats.device, non_blocking=True)
         x = self.cmvn(feats)
         if self.specaug is not None:
             x = self.specaug(x, feat_lens)
@@ -109,10 +111,16 @@ class CtcAsrModel(AsrEncoderModel):
         self.ctc_dropout = nn.Dropout(cfg.head_conf.dropout_rate)
 
     def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, float]]:
-        """tokens (B, U) padded with anything, token_lens (B,) → (loss summed over the batch / B, stats)."""
+        """tokens (B, U) padded with anything, token_lens (B,) → (loss summed over the batch / B, detached stats).
+
+        CTC's CUDA kernel reads the lengths on the host: given host lengths (as the trainer passes
+        them) it gets host lengths and the step needs no device sync.
+        """
         enc, lens = self.encode(feats, feat_lens)
+        if feat_lens.device.type == "cpu":
+            lens = self.encoder.embed.output_lengths(feat_lens)
         loss = self.ctc_loss(enc, lens, tokens, token_lens)
-        return loss, {"ctc": loss.item()}
+        return loss, {"ctc": loss.detach()}
 
     @torch.no_grad()
     def recognize(self, feats: torch.Tensor, feat_lens: torch.Tensor, beam: int = 1, att_context=None) -> list[list[int]]:

@@ -30,8 +30,8 @@ from speechkit.models.codec.discriminator import MultiScaleSTFTDiscriminator
 from speechkit.models.codec.losses import CodecLossWeights, MelL1Loss, MultiResolutionSTFTLoss, generator_loss, hinge_d_loss
 from speechkit.models.codec.model import CODECS, CodecConfig, build_codec, codec_config_from_dict
 from speechkit.train.checkpoint import load_checkpoint, save_atomic
-from speechkit.train.config import OptimConfig
-from speechkit.train.trainer import lr_at
+from speechkit.train.engine import OptimConfig
+from speechkit.train.engine import lr_at
 
 
 @dataclass(frozen=True)

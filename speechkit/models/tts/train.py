@@ -24,8 +24,8 @@ from speechkit.errors import SpeechkitError
 from speechkit.models.tts.clear import ClearConfig, ClearTTS
 from speechkit.models.tts.data import TtsBank, load_prepared
 from speechkit.train.checkpoint import load_checkpoint, save_atomic
-from speechkit.train.config import OptimConfig
-from speechkit.train.trainer import lr_at
+from speechkit.train.engine import OptimConfig
+from speechkit.train.engine import lr_at
 
 
 @dataclass(frozen=True)

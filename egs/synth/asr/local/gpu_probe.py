@@ -14,7 +14,7 @@ import numpy as np
 
 from speechkit.data.kaldi import write_table
 from speechkit.train.config import load_experiment_config
-from speechkit.train.trainer import train
+from speechkit.train.asr import train
 
 
 def fake_dump(out: Path, hours: float, seed: int) -> None:

@@ -45,7 +45,8 @@ def test_a_config_is_benchmarked_with_random_weights(tmp_path, capsys):
 
 def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
     from speechkit.models.tts.clear import ClearTTS
-    from speechkit.models.tts.train import load_tts_experiment, save_tts
+    from speechkit.models.tts.io import save_tts
+    from speechkit.train.tts import load_tts_experiment
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 
     vocab = PhonemeVocab.build(text_to_phonemes(["hello"]))  # "there" has symbols it lacks: <unk>, as in synthesis

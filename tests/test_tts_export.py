@@ -46,7 +46,7 @@ def _experiment(root: Path, name: str, codec: Path, stop_bias: float) -> Path:
     weights (else the velocity is 0 and the flow parity says nothing); ``stop_bias`` ±30 makes
     the stop head never / always fire."""
     from speechkit.models.tts.clear import ClearConfig, ClearTTS, FlowConfig
-    from speechkit.models.tts.train import save_tts
+    from speechkit.models.tts.io import save_tts
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 
     vocab = PhonemeVocab.build(text_to_phonemes(TEXTS))
@@ -176,7 +176,7 @@ def test_positions_frozen_at_trace_time_fail_the_export(built, tmp_path, monkeyp
 def test_runtime_equals_the_torch_loop_on_the_same_noise(built):
     """The runtime's loop (layout, normalisation, noise order, Euler steps, cache) against
     ClearTTS's prefill/step/head.sample fed the runtime's numpy noise."""
-    from speechkit.models.tts.train import load_tts
+    from speechkit.models.tts.io import load_tts
     from speechkit.runtime.tts import Synthesizer, phoneme_ids, prompt_latents
 
     _, exp, out, prompt = built

@@ -148,7 +148,7 @@ def _experiment(root: Path) -> Path:
     """A tiny exported VAE codec (fp32 weights) and a random CLEAR on it, saved like trained ones."""
     from speechkit.export.codec import export_codec
     from speechkit.models.codec.model import CodecConfig, build_codec
-    from speechkit.models.tts.train import save_tts
+    from speechkit.models.tts.io import save_tts
     from speechkit.nn.seanet import SeanetConfig
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 

@@ -23,8 +23,9 @@ import torch
 
 from speechkit.models.tts.clear import ClearTTS
 from speechkit.models.tts.data import TtsBank, Utt
-from speechkit.models.tts.train import load_tts_experiment, to_device
+from speechkit.models.tts.io import to_device
 from speechkit.text.phonemes import PhonemeVocab
+from speechkit.train.tts import load_tts_experiment
 
 
 def synthetic_utts(n_spk: int = 400, per_spk: int = 10, dim: int = 64, seed: int = 0) -> list[Utt]:

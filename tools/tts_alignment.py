@@ -23,7 +23,7 @@ import torch
 
 from speechkit.models.tts.clear import PHONE
 from speechkit.models.tts.data import collate, load_prepared
-from speechkit.models.tts.train import load_tts, to_device
+from speechkit.models.tts.io import load_tts, to_device
 from speechkit.text.phonemes import PhonemeVocab
 
 

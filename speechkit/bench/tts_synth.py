@@ -74,10 +74,11 @@ def load_model(spec: str, codec_dir: str | None, device, text: str = TEXT):
     import torch
 
     from speechkit.models.tts.clear import ClearTTS
+    from speechkit.models.tts.io import load_tts
     from speechkit.models.tts.synth import resolve_codec
-    from speechkit.models.tts.train import load_tts, load_tts_experiment
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
+    from speechkit.train.tts import load_tts_experiment
 
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):

@@ -233,7 +233,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
     against PyTorch on ``check_text`` with a fixed random prompt; with ``int8`` the graphs store
     their MatMul weights as int8 (float32 arithmetic), checked again and reported."""
     from speechkit.models.tts.synth import resolve_codec
-    from speechkit.models.tts.train import load_tts
+    from speechkit.models.tts.io import load_tts
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 

@@ -42,7 +42,7 @@ def _prepare(args) -> None:
 
 
 def _train(args) -> None:
-    from speechkit.models.tts.train import load_tts_experiment, train_tts
+    from speechkit.train.tts import load_tts_experiment, train_tts
 
     info = train_tts(load_tts_experiment(args.config), args.data, args.exp_dir, args.device)
     print(f"trained {info['steps']} steps in {info['minutes']} min ({info['params_m']} M parameters) -> {args.exp_dir}/model.pt")

@@ -47,7 +47,7 @@ class TorchSynthesizer(LatentSynthesizer):
                  fast: bool | None = None):
         """``fast`` (default: on CUDA): the graphed static-cache loop and the codec on the model's
         device; otherwise ``ClearTTS.generate`` and the ONNX codec on the CPU."""
-        from speechkit.models.tts.train import load_tts
+        from speechkit.models.tts.io import load_tts
         from speechkit.text.phonemes import PhonemeVocab
 
         exp_dir = Path(exp_dir)

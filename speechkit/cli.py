@@ -86,7 +86,7 @@ def _average(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
-    from speechkit.models.asr.inference import Recognizer, decode_data_dir
+    from speechkit.inference.asr import Recognizer, decode_data_dir
 
     rec = Recognizer.from_exp_dir(args.exp_dir, args.checkpoint, args.device)
     rec.att_context = _context(args.att_context)

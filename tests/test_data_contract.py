@@ -11,7 +11,7 @@ import soundfile as sf
 
 from conftest import make_tiny_exp_dir
 from speechkit.data.kaldi import read_table
-from speechkit.models.asr.inference import Recognizer, decode_data_dir
+from speechkit.inference.asr import Recognizer, decode_data_dir
 
 
 def _lines(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ from speechkit.audio.augment import SpecAugConfig, SpecAugment
 from speechkit.audio.fbank import FbankConfig
 from speechkit.data.features import FeatureDump, cmvn_from_stats, speed_perturb
 from speechkit.data.sampler import DurationBatchSampler
-from speechkit.models.asr.ctc_decode import BLANK_ID, ctc_greedy, ctc_prefix_beam_search
+from speechkit.decoding.ctc import BLANK_ID, ctc_greedy, ctc_prefix_beam_search
 from speechkit.models.asr.ctc_model import AsrModelConfig, CtcAsrModel
 from speechkit.nn.attention import RelPositionalEncoding, relative_index
 from speechkit.nn.conformer import ConformerConfig, ConformerEncoder

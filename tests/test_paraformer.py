@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from speechkit.decoding.cif_times import fire_frames, token_spans, word_times
 from speechkit.models.asr.cif import cif, cif_weights, quantity_loss, scale_alphas, token_counts
-from speechkit.models.asr.cif_times import fire_frames, token_spans, word_times
 from speechkit.models.asr.paraformer import edit_distance, glancing_sample, mwer_loss, split_words
 
 # ---- CIF -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_export_writes_metadata_and_a_passed_parity_report(exported):
 
 def test_parity_check_refuses_a_graph_that_disagrees(exported, tmp_path):
     from speechkit.export.streaming_asr import check_parity
-    from speechkit.models.asr.inference import Recognizer
+    from speechkit.inference.asr import Recognizer
 
     exp, model_dir, data = exported
     texts = [line.split(" ", 1)[1] for line in (data / "text").read_text().splitlines()]
@@ -139,7 +139,7 @@ def test_endpoint_splits_speech_separated_by_silence(exported):
 
 
 def test_prefix_beam_fed_in_pieces_equals_one_piece():
-    from speechkit.models.asr.ctc_decode import CtcPrefixBeamSearch, ctc_prefix_beam_search
+    from speechkit.decoding.ctc import CtcPrefixBeamSearch, ctc_prefix_beam_search
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(60, 7)) * 3

@@ -18,8 +18,8 @@ import torch
 from onnx import numpy_helper
 
 from conftest import run_without_torch
+from speechkit.decoding.tts_options import SynthOptions, max_frames
 from speechkit.errors import SpeechkitError
-from speechkit.models.tts.options import SynthOptions, max_frames
 
 TEXTS = ["hello world, this is a test.", "the quick brown fox jumps over the lazy dog", "hi"]
 FAST = SynthOptions(steps=3, cfg_scale=1.5, temperature=0.8, chunk_frames=4, prompt_seconds=1.0, seed=0)
@@ -246,7 +246,7 @@ def test_synth_commands_on_the_export(built, tmp_path, run_cli):
 def test_runtime_needs_no_torch(built):
     _, _, out, prompt = built
     got = run_without_torch(f"""
-from speechkit.models.tts.options import SynthOptions
+from speechkit.decoding.tts_options import SynthOptions
 from speechkit.runtime.tts import Synthesizer
 tts = Synthesizer({str(out)!r})
 print(len(tts.synthesize("hi", {str(prompt)!r}, SynthOptions(steps=2))))""")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from speechkit.decoding.tts_options import SynthOptions
 from speechkit.models.tts.clear import ClearConfig, ClearTTS, FlowConfig
 from speechkit.models.tts.fast import FastGenerator, StaticCache, attend_one, static_step
-from speechkit.models.tts.options import SynthOptions
 
 SHIPPED_CODEC = Path(__file__).resolve().parents[1] / "models" / "codec-vae-synth"
 OPTS = SynthOptions(steps=3, cfg_scale=1.5, temperature=0.8, chunk_frames=4, prompt_seconds=1.0, seed=0)

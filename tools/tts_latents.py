@@ -77,8 +77,8 @@ def decoded_wer(codec, latents: list[np.ndarray], texts: list[str], asr_model: s
 def generate(args) -> None:
     import torch
 
+    from speechkit.decoding.tts_options import SynthOptions
     from speechkit.models.tts.fast import FastGenerator
-    from speechkit.models.tts.options import SynthOptions
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, _, utts, ex = load_set(args.exp, args.prep, args.utts, dev)

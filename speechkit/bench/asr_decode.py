@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from speechkit.audio.fbank import FbankConfig, compute_fbank
+from speechkit.audio.fbank import pad_feats
 from speechkit.audio.io import load_audio
+from speechkit.bench import add_output_args, emit
 from speechkit.bench.asr_stream import machine
 from speechkit.data.kaldi import load_data_dir
-from speechkit.audio.fbank import pad_feats
-from speechkit.bench import add_output_args, emit
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.models.asr.inference import Recognizer
+from speechkit.inference.asr import Recognizer
 
 DECODERS = ("paraformer", "ar_greedy", "ar_beam")
 MODES = ("torch_batch1", "torch_batched", "cpu_onnx")

@@ -13,8 +13,8 @@ import numpy as np
 from speechkit.errors import SpeechkitError
 from speechkit.export import paraformer as pf
 from speechkit.export import streaming_asr as sa
+from speechkit.inference.asr import Recognizer
 from speechkit.models.asr.ctc_model import CtcAsrModel
-from speechkit.models.asr.inference import Recognizer
 from speechkit.nn.streaming_conformer import StreamingConformerEncoder
 
 

@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from speechkit.config import to_dict
+from speechkit.decoding.tts_options import STOP_THRESHOLD, SynthOptions
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearTTS
 from speechkit.models.tts.flow import FlowHead
-from speechkit.models.tts.options import STOP_THRESHOLD, SynthOptions
 
 FAMILY = "tts-clear"
 PREFIX_FILE, STEP_FILE, FLOW_FILE = "ar_prefix.onnx", "ar_step.onnx", "flow.onnx"

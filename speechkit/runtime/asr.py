@@ -20,8 +20,8 @@ import kaldi_native_fbank as knf
 import numpy as np
 
 from speechkit.audio.fbank import _options
+from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.models.asr.ctc_decode import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.runtime.session import open_model
 from speechkit.text.tokenizer import load_tokenizer
 

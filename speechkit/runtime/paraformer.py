@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from speechkit.audio.fbank import compute_fbank, pad_feats
+from speechkit.decoding.cif_times import token_spans, word_times
 from speechkit.errors import AudioError
-from speechkit.models.asr.cif_times import token_spans, word_times
 from speechkit.runtime.session import open_model
 from speechkit.text.tokenizer import load_tokenizer
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speechkit.decoding.tts_options import SynthOptions, max_frames, read_prompt
 from speechkit.errors import SpeechkitError
-from speechkit.models.tts.options import SynthOptions, max_frames, read_prompt
 from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.session import cpu_session
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from speechkit.models.asr.ctc_decode import BLANK_ID
+from speechkit.decoding.ctc import BLANK_ID
 from speechkit.nn.attention import MultiHeadAttention, sinusoidal_positions
 
 IGNORE_ID = -1

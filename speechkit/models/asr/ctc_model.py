@@ -15,8 +15,8 @@ from torch import nn
 
 from speechkit.audio.augment import SpecAugConfig, SpecAugment
 from speechkit.audio.fbank import FbankConfig
+from speechkit.decoding.ctc import ctc_greedy, ctc_prefix_beam_search
 from speechkit.errors import ConfigError
-from speechkit.models.asr.ctc_decode import ctc_greedy, ctc_prefix_beam_search
 from speechkit.nn.conformer import ConformerConfig, ConformerEncoder
 from speechkit.nn.streaming_conformer import StreamingConformerConfig, StreamingConformerEncoder
 

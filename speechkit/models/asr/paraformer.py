@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from speechkit.decoding.cif_times import token_spans
 from speechkit.models.asr.cif import CifPredictor, cif, quantity_loss, scale_alphas, token_counts
-from speechkit.models.asr.cif_times import token_spans
 from speechkit.models.asr.ctc_model import AsrEncoderModel, AsrModelConfig
 from speechkit.nn.attention import MultiHeadAttention, sinusoidal_positions
 from speechkit.text.tokenizer import SPACE

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechkit.decoding.tts_options import STOP_THRESHOLD
+from speechkit.decoding.tts_options import max_frames as frame_limit
 from speechkit.models.tts.flow import FlowHead
-from speechkit.models.tts.options import STOP_THRESHOLD
-from speechkit.models.tts.options import max_frames as frame_limit
 
 # input kinds (the kind embedding's rows)
 PAD, PHONE, SEP, PROMPT, BOS, LATENT = range(6)

@@ -16,13 +16,13 @@ ACTIONS = ("prepare", "train", "export", "eval", "synth")
 
 
 def _options(args):
-    from speechkit.models.tts.options import SynthOptions
+    from speechkit.decoding.tts_options import SynthOptions
 
     return SynthOptions(**{f.name: getattr(args, f.name) for f in fields(SynthOptions)})
 
 
 def _add_synth_options(p: argparse.ArgumentParser) -> None:
-    from speechkit.models.tts.options import SynthOptions
+    from speechkit.decoding.tts_options import SynthOptions
 
     d = SynthOptions()
     p.add_argument("--steps", type=int, default=d.steps, help=f"flow-head Euler steps per latent (default {d.steps})")

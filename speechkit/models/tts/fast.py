@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from speechkit.decoding.tts_options import STOP_THRESHOLD
+from speechkit.decoding.tts_options import max_frames as frame_limit
 from speechkit.errors import SpeechkitError
 from speechkit.models.tts.clear import LATENT, Block, Cache, ClearTTS
-from speechkit.models.tts.options import STOP_THRESHOLD
-from speechkit.models.tts.options import max_frames as frame_limit
 
 CUDA_BUCKET = 2048  # smallest CUDA cache (positions): one graph fits prefix + latents of ~250 phoneme symbols
 CPU_ROUND = 64  # the CPU cache is sized per utterance, rounded up to this

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechkit.decoding.tts_options import SynthOptions
 from speechkit.errors import SpeechkitError
-from speechkit.models.tts.options import SynthOptions
 from speechkit.runtime.tts import LatentSynthesizer, phoneme_ids, prompt_latents
 
 log = logging.getLogger(__name__)

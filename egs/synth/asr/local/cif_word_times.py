@@ -23,10 +23,10 @@ from tqdm import tqdm
 from speechkit.audio.fbank import compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import load_data_dir
+from speechkit.decoding.cif_times import word_times
+from speechkit.decoding.ctc import ctc_forced_align
 from speechkit.errors import SpeechkitError
-from speechkit.models.asr.cif_times import word_times
-from speechkit.models.asr.ctc_decode import ctc_forced_align
-from speechkit.models.asr.inference import Recognizer
+from speechkit.inference.asr import Recognizer
 
 
 def ctc_word_starts(rec: Recognizer, feats: np.ndarray, text: str, frame_seconds: float) -> list[float]:

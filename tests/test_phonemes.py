@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
+from speechkit.data.phonemes import phonemize_corpus
 from speechkit.errors import SpeechkitError
 from speechkit.text import phonemes
 from speechkit.text.normalize import normalize_text
-from speechkit.text.phonemes import WORD_BOUNDARY, PhonemeVocab, phonemize_corpus, text_to_phonemes
+from speechkit.text.phonemes import WORD_BOUNDARY, PhonemeVocab, text_to_phonemes
 
 needs_espeak = pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng installed")
 

@@ -8,29 +8,6 @@ import json
 from pathlib import Path
 
 
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident set size of a process now, from /proc; for this process the peak (ru_maxrss)
-    where /proc is missing."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        if pid != "self":
-            raise
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU time of a process so far, from /proc."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")

@@ -20,8 +20,9 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
-from speechkit.bench import add_output_args, emit, rss_mb
+from speechkit.bench import add_output_args, emit
 from speechkit.errors import SpeechkitError
+from speechkit.proc import rss_mb
 from speechkit.runtime.asr import OnlineRecognizer, Stream
 
 TEST_WAVS = Path("egs/synth/asr/data/wav/test")  # relative to the repo that holds models/<name>

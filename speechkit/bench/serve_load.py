@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from speechkit.bench import add_output_args, cpu_seconds, emit, rss_mb
+from speechkit.bench import add_output_args, emit
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
+from speechkit.proc import cpu_seconds, rss_mb
 from speechkit.runtime.console import file_blocks
 from speechkit.serve.client import stream_audio
 

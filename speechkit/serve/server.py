@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from speechkit.bench import rss_mb
+from speechkit.proc import rss_mb
 from speechkit.runtime.asr import OnlineRecognizer
 from speechkit.serve.engine import BatchEngine, Connection
 from speechkit.serve.protocol import PROTOCOL_VERSION, Close, Limits, ProtocolError, decode_audio, parse_control, parse_start

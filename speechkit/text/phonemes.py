@@ -31,9 +31,8 @@ import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from speechkit.data.kaldi import read_table, write_table
-from speechkit.data.synth.engines import espeak_command
 from speechkit.errors import SpeechkitError
+from speechkit.text.espeak import espeak_command
 from speechkit.text.normalize import _ABBREVIATIONS, cardinal, normalize_text
 
 WORD_BOUNDARY = "|"
@@ -232,15 +231,6 @@ def text_to_phonemes(texts: list[str], voice: str = "en-us") -> list[list[str]]:
             tokens.append(".")
         result.append(tokens)
     return result
-
-
-def phonemize_corpus(text_file: str | Path, out_file: str | Path, voice: str = "en-us") -> int:
-    """A Kaldi ``text`` file ("utt_id word word ...") → "utt_id p1 p2 ..." with the same keys
-    (sorted, an empty transcript gives a bare key); returns the number of utterances."""
-    table = read_table(Path(text_file), allow_empty_value=True)
-    phonemes = text_to_phonemes(list(table.values()), voice)
-    write_table(Path(out_file), {key: " ".join(p) for key, p in zip(table, phonemes)})
-    return len(table)
 
 
 class PhonemeVocab:

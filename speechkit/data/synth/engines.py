@@ -11,13 +11,13 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from speechkit.audio.io import resample_audio
 from speechkit.errors import SpeechkitError
+from speechkit.text.espeak import espeak_command
 
 SAMPLE_RATE = 16000
 ENGINES = ("espeak-ng", "flite", "festival")
@@ -42,16 +42,6 @@ class Prosody:
     stretch: float = 1.0  # duration factor; > 1 speaks slower
     pitch: float = 1.0  # f0 factor; festival's HTS voices and flite's rms ignore it
     peak: float = 0.9  # peak amplitude of the returned samples
-
-
-def espeak_command() -> list[str]:
-    """``espeak-ng``, plus ``--path`` when SPEECHKIT_ESPEAK_DATA or ESPEAK_DATA_PATH names an
-    unpacked data dir (either ``espeak-ng-data`` itself or the folder holding it)."""
-    data = os.environ.get("SPEECHKIT_ESPEAK_DATA") or os.environ.get("ESPEAK_DATA_PATH")
-    if not data:
-        return ["espeak-ng"]
-    path = Path(data)
-    return ["espeak-ng", f"--path={path.parent if path.name == 'espeak-ng-data' else path}"]
 
 
 def _festival_setup(voice: str, p: Prosody) -> list[str]:

@@ -13,10 +13,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from speechkit.data.synth.engines import (
-    ENGINE_BINARIES, ENGINES, SAMPLE_RATE, SynthesisError, Voice, espeak_command, synthesize_native,
-)
+from speechkit.data.synth.engines import ENGINE_BINARIES, ENGINES, SAMPLE_RATE, SynthesisError, Voice, synthesize_native
 from speechkit.errors import SpeechkitError
+from speechkit.text.espeak import espeak_command
 
 FESTIVAL_VOICES_DIR = Path("/usr/share/festival/voices")
 # Novelty espeak-ng variants that are not plausible human speech.

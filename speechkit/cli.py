@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tts_commands.add_parser(sub)
 
-    from speechkit.bench import asr_decode, asr_stream, serve_load, tts_synth
+    from speechkit.bench import asr_decode, asr_stream, serve_load, train as train_bench, tts_synth
 
-    for bench_module in (asr_stream, asr_decode, serve_load, tts_synth):
+    for bench_module in (asr_stream, asr_decode, serve_load, tts_synth, train_bench):
         bench_module.add_parser(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")

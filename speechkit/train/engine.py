@@ -161,7 +161,7 @@ class _Prefetcher:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="speechkit-load")
         self.next = self.pool.submit(task.load, keys[0], device) if len(keys) else None
         self.i = 0
-        self.wait_s = 0.0
+        self.wait_s = self.total_wait_s = 0.0
 
     def __iter__(self):
         return self
@@ -173,6 +173,7 @@ class _Prefetcher:
         t = time.perf_counter()
         batch = self.next.result()
         self.wait_s += time.perf_counter() - t
+        self.total_wait_s += time.perf_counter() - t
         self.i += 1
         self.next = self.pool.submit(self.task.load, self.keys[self.i], self.device) if self.i < len(self.keys) else None
         return batch
@@ -195,6 +196,9 @@ class Engine:
         self.progress = progress and self.rank == 0
         self.log_name = log_name
         self.amp = autocast_for(conf.amp, self.device)
+        self.on_step: Callable[["Engine"], None] | None = None  # called after every optimizer step (benchmarks)
+        self.audio_seconds = 0.0  # trained so far in this process
+        self.data_wait_s = 0.0  # waited for batches so far in this process
         if conf.accum_grad < 1:
             raise SpeechkitError(f"train_conf.accum_grad must be >= 1, not {conf.accum_grad}")
 
@@ -253,7 +257,10 @@ class Engine:
         for k, s in ck.get("modules", {}).items():
             self.modules[k].load_state_dict(s)
         for k, s in ck["optimizers"].items():
-            self.optimizers[k].load_state_dict(s)
+            opt = self.optimizers[k]
+            opt.load_state_dict(s)
+            for g in opt.param_groups:  # the saved flags are the writing device's: take this device's
+                g["fused"], g["foreach"] = (True, None) if self.device.type == "cuda" else (None, True)
         if self.ema is not None and "ema" in ck:
             self.ema = [t.to(self.device) for t in ck["ema"]]
         rngs = ck["rng"]
@@ -323,6 +330,7 @@ class Engine:
         log = _LogWindow(start)
         first_step, mark = self.step, (self.step, start)
         stop = False
+        waited = 0.0
         for epoch in range(epoch0, c.max_epochs):
             keys = self.task.plan(epoch, self.rank, self.world)
             first = batch0 if epoch == epoch0 else 0
@@ -346,12 +354,16 @@ class Engine:
                     with self.amp():
                         parts = self.task.step(self.wrapped, batch, self._update)
                 done += 1
+                self.audio_seconds += batch_seconds(batch)
                 log.add(parts, batch_seconds(batch))
                 if not self._boundary:
                     continue
                 log.add_norms(self._norms, self.main)
                 self.step += 1
                 bar.update(1)
+                if self.on_step is not None:
+                    self.data_wait_s = waited + loader.total_wait_s
+                    self.on_step(self)
                 if self.step % c.log_interval == 0 or self.step == self.total:
                     now = time.monotonic()
                     if c.max_minutes and self.step - first_step >= 2 * c.log_interval:
@@ -375,6 +387,7 @@ class Engine:
                 if self.step % c.save_interval_steps == 0 and done < len(keys):
                     self._save(epoch, first + done)
             loader.close()
+            waited += loader.total_wait_s
             bar.close()
             finished = done >= len(keys)
             if finished and hasattr(self.task, "end_epoch"):

@@ -160,7 +160,7 @@ def test_config_errors_are_one_line(tmp_path):
         codec_config_from_dict({"codec": "rvq", "encoder_input": "mel"})
     with pytest.raises(ConfigError, match="frame_hop 160 × strides \\[2, 2\\] = 640, not the decoder's hop 320"):
         codec_config_from_dict({"codec": "vae", "encoder_input": "mel"})
-    from speechkit.models.codec.train import load_codec_experiment
+    from speechkit.train.codec import load_codec_experiment
 
     (tmp_path / "c.yaml").write_text("codec: vae\ntrain_conf:\n  batch_sise: 3\n")
     with pytest.raises(ConfigError, match=r"c.yaml:3: unknown key 'train_conf.batch_sise'"):
@@ -183,7 +183,7 @@ def _experiment(tmp_path, codec: str, steps: int) -> Path:
 
 @pytest.mark.parametrize("codec", ["vae", "rvq"])
 def test_training_resumes_exactly(tmp_path, codec):
-    from speechkit.models.codec.train import load_codec_experiment, train_codec
+    from speechkit.train.codec import load_codec_experiment, train_codec
 
     data = tmp_path / "data"
     make_tiny_data_dir(data, n_utts=4)
@@ -221,7 +221,7 @@ def test_export_and_runtime_stream_equal_torch(trained, codec):
 
     import soundfile as sf
 
-    from speechkit.models.codec.train import load_codec
+    from speechkit.models.codec.io import load_codec
     from speechkit.runtime.codec import CodecRuntime
 
     root, exps = trained
@@ -296,7 +296,7 @@ def test_codec_eval_reports_every_metric(trained, run_cli, tmp_path):
 
 def test_init_checkpoint_starts_from_given_weights(tmp_path):
     from speechkit.errors import SpeechkitError
-    from speechkit.models.codec.train import load_codec_experiment, train_codec
+    from speechkit.train.codec import load_codec_experiment, train_codec
 
     data = tmp_path / "data"
     make_tiny_data_dir(data, n_utts=3)
@@ -313,7 +313,7 @@ def test_init_checkpoint_starts_from_given_weights(tmp_path):
 
 
 def test_a_bad_wav_is_reported_and_left_out(tmp_path, capsys):
-    from speechkit.models.codec.train import WaveBank
+    from speechkit.train.codec import WaveBank
 
     make_tiny_data_dir(tmp_path / "data", n_utts=3)
     scp = tmp_path / "data" / "wav.scp"

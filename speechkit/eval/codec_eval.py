@@ -18,7 +18,7 @@ from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import read_table
 from speechkit.eval.audio_quality import asr_wer, mel_cepstral_distortion, pesq_wb, spectrogram_comparison, stoi
 from speechkit.models.codec.model import RvqCodec, decode_frames, encode_samples
-from speechkit.models.codec.train import load_codec
+from speechkit.models.codec.io import load_codec
 
 
 def _resynth(model, x: np.ndarray, n_q: int | None) -> tuple[np.ndarray, np.ndarray]:

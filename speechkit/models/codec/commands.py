@@ -25,7 +25,7 @@ class _Codec:
             self.rt, self.model = CodecRuntime(p), None
             self.sample_rate, self.hop, self.kind = self.rt.sample_rate, self.rt.hop, self.rt.kind
         else:
-            from speechkit.models.codec.train import load_codec
+            from speechkit.models.codec.io import load_codec
 
             self.rt, self.model = None, load_codec(p, device)
             cfg = self.model.cfg
@@ -55,7 +55,7 @@ def _read(path: str, rate: int) -> np.ndarray:
 
 
 def _train(args) -> None:
-    from speechkit.models.codec.train import load_codec_experiment, train_codec
+    from speechkit.train.codec import load_codec_experiment, train_codec
 
     exp = load_codec_experiment(args.config)
     info = train_codec(exp, args.data, args.exp_dir, args.device)
@@ -65,7 +65,7 @@ def _train(args) -> None:
 def _export(args) -> None:
     from speechkit.data.kaldi import read_table
     from speechkit.export.codec import export_codec
-    from speechkit.models.codec.train import load_codec
+    from speechkit.models.codec.io import load_codec
 
     model = load_codec(args.exp_dir)
     paths = list(read_table(Path(args.check_data) / "wav.scp").values())[: args.check_utts]

@@ -164,6 +164,11 @@ def step_flops(engine, batch) -> float:
     """FLOPs of one training step (forward + backward) on ``batch``, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    import torch
+
+    if isinstance(batch, dict):  # host lengths on the device: the counter's dispatch wants one device (same FLOPs)
+        dev = next(iter(engine.modules.values())).parameters().__next__().device
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
     counter = FlopCounterMode(display=False)
     saved = engine._boundary
     engine._boundary = False  # backward only: no optimizer step while counting

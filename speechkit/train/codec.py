@@ -209,19 +209,6 @@ def _regroup(legacy: dict, module: torch.nn.Module, oc: OptimConfig, device: tor
     return state
 
 
-class _StepLimitedEngine(Engine):
-    """The engine, resuming as a run bounded by ``max_steps`` should (for ``Engine._resume`` to
-    adopt): without a time budget the schedule is the configured ``max_steps``, not the saved one,
-    so a run given more steps carries on; a run that has reached its last step trains no more."""
-
-    def _resume(self) -> tuple[int, int]:
-        planned = self.total
-        epoch, batch = super()._resume()
-        if not self.conf.max_minutes:
-            self.total = planned
-        return (self.conf.max_epochs, 0) if self.step >= self.total else (epoch, batch)
-
-
 def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str | Path, device: str | None = None) -> dict:
     """Train (or resume) in ``exp_dir``; writes checkpoint.pt, model.pt and metrics.jsonl and returns
     {steps, minutes, params_m}."""
@@ -240,7 +227,7 @@ def train_codec(exp: CodecExperiment, data_dirs: list[str | Path], exp_dir: str 
               f"{task.bank.seconds / 3600:.2f} h of audio, {task.samples / cfg.sample_rate:.2f} s crops x {tc.batch_size}", flush=True)
     info, state = {"steps": 0, "minutes": 0.0, "params_m": params_m}, task.model.state_dict()
     if tc.max_steps > 0:
-        engine = _StepLimitedEngine(task, tc, exp.optim_conf, exp_dir, device)
+        engine = Engine(task, tc, exp.optim_conf, exp_dir, device)
         info, state = engine.fit(), engine.model_state()
     if rank == 0:
         save_codec(state, cfg, exp_dir / "model.pt")

@@ -268,9 +268,12 @@ class Engine:
             raise SpeechkitError(f"{path}: written by {len(rngs)} processes, resumed with {self.world}")
         set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
         self.step = int(ck["step"])
-        self.total = int(ck.get("total") or self.total)
+        if self.conf.max_minutes:  # a refitted schedule carries on; otherwise the config's (a run may be given more steps)
+            self.total = int(ck.get("total") or self.total)
         if self.rank == 0:
             print(f"resuming from {path}: epoch {int(ck['epoch']) + 1}, batch {int(ck['batch'])}, step {self.step}", file=sys.stderr)
+        if (self.conf.max_steps or self.conf.max_minutes) and self.step >= self.total:
+            return self.conf.max_epochs, 0  # a finished run trains no more
         return int(ck["epoch"]), int(ck["batch"])
 
     def ema_state(self) -> dict[str, torch.Tensor]:
@@ -336,7 +339,8 @@ class Engine:
             first = batch0 if epoch == epoch0 else 0
             keys = keys[first : first + (len(keys) - first) // c.accum_grad * c.accum_grad]
             desc = f"{self.task.family} epoch {epoch + 1}/{c.max_epochs}" if c.max_epochs > 1 else self.task.family
-            bar = tqdm(total=len(keys) // c.accum_grad, desc=desc, disable=not self.progress,
+            limited = c.max_steps or c.max_minutes
+            bar = tqdm(total=min(len(keys) // c.accum_grad, self.total - self.step) if limited else len(keys) // c.accum_grad, desc=desc, disable=not self.progress,
                        file=sys.stderr, dynamic_ncols=True, mininterval=2, unit="step")
             loader = _Prefetcher(self.task, keys, self.device)
             done = 0  # micro-batches of this epoch consumed

@@ -15,11 +15,12 @@ old=
 stage=0
 bench_steps=200
 bench_warmup=30
+bench_b1600=1
 more_minutes=0
 more_config=conf/train_gpu_more.yaml
 WORK=${WORK:-/tmp/engine_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours old stage bench_steps bench_warmup more_minutes more_config"
+_speechkit_opts="hours old stage bench_steps bench_warmup bench_b1600 more_minutes more_config"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$WORK/src"
@@ -39,7 +40,7 @@ if [ "$stage" -le 1 ]; then
   cd "$recipe"
   speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps "$bench_steps" --warmup "$bench_warmup" \
     ${old:+--compare "$old"} --out "$REPORT/bench_asr.json"
-  speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps 100 --warmup 20 --no-ceiling \
+  [ "$bench_b1600" = 0 ] || speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps 100 --warmup 20 --no-ceiling \
     --set train_conf.batch_seconds=1600 --out "$REPORT/bench_asr_b1600.json"
   cd - >/dev/null
 fi

@@ -68,7 +68,7 @@ def _average(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from speechkit.train.checkpoint import average_checkpoints, load_checkpoint, save_atomic, select_for_average
+    from speechkit.checkpoint import average_checkpoints, load_checkpoint, save_atomic, select_for_average
 
     last = args.last
     if last is None and not args.best:

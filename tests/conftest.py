@@ -103,7 +103,7 @@ def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, chec
     initialised tiny model saved as ``checkpoint`` with its config."""
     from speechkit.models.asr.ctc_model import CtcAsrModel
     from speechkit.text.tokenizer import train_tokenizer
-    from speechkit.train.checkpoint import save_atomic
+    from speechkit.checkpoint import save_atomic
 
     exp_dir = Path(exp_dir)
     tok = train_tokenizer("char", texts, exp_dir)

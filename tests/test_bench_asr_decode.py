@@ -38,7 +38,7 @@ def _config(head: str, num_mel_bins: int = 80):
 def _exp_dir(path: Path, head: str, texts: list[str], seed: int) -> Path:
     from speechkit.models.asr.heads import build_asr_model
     from speechkit.text.tokenizer import train_tokenizer
-    from speechkit.train.checkpoint import save_atomic
+    from speechkit.checkpoint import save_atomic
 
     path.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer("char", texts, path)

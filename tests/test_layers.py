@@ -10,7 +10,8 @@ The order, lowest first, is what the code needs:
                                CLEAR's decode options), shared by the torch models and the runtime
    4  runtime                  ONNX Runtime engines; torch-free, so it sits below every torch layer:
                                export's parity checks, the torch synthesiser and codec reuse it
-   5  nn                       torch blocks shared by the families
+   5  nn, checkpoint           torch blocks shared by the families; checkpoint files (atomic save,
+                               weights_only load, averaging) for models, train, inference, export
    6  models                   one package per family
    7  train                    the training engine and its tasks
    8  inference                trained experiments run in torch (loads train's checkpoints)
@@ -37,7 +38,7 @@ LAYERS = {
     "data": 2,
     "decoding": 3,
     "runtime": 4,
-    "nn": 5,
+    "nn": 5, "checkpoint": 5,
     "models": 6,
     "train": 7,
     "inference": 8,
@@ -52,10 +53,8 @@ LAYERS = {
 # layer. This list must shrink to empty; an entry that no longer imports upward fails the test.
 KNOWN = {
     "speechkit/models/codec/commands.py": "command-line code (bench, export, eval): belongs with the CLI",
-    "speechkit/models/codec/io.py": "model.pt through train.checkpoint: until checkpoint.py moves below models",
     "speechkit/models/tts/commands.py": "command-line code (bench, export): belongs with the CLI",
     "speechkit/models/tts/evaluate.py": "TTS evaluation through the eval judges: belongs in eval/",
-    "speechkit/models/tts/io.py": "model.pt through train.checkpoint: until checkpoint.py moves below models",
 }
 
 

@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_ENCODER_CONF
 from speechkit.audio.augment import SpecAugConfig, SpecAugment
 from speechkit.audio.fbank import FbankConfig
+from speechkit.checkpoint import average_checkpoints, load_checkpoint, save_atomic
 from speechkit.data.features import FeatureDump, cmvn_from_stats, speed_perturb
 from speechkit.data.sampler import DurationBatchSampler
 from speechkit.decoding.ctc import BLANK_ID, ctc_greedy, ctc_prefix_beam_search
@@ -20,7 +21,6 @@ from speechkit.models.asr.ctc_model import AsrModelConfig, CtcAsrModel
 from speechkit.nn.attention import RelPositionalEncoding, relative_index
 from speechkit.nn.conformer import ConformerConfig, ConformerEncoder
 from speechkit.nn.subsampling import Conv2dSubsampling4
-from speechkit.train.checkpoint import average_checkpoints, load_checkpoint, save_atomic
 
 F = 20  # mel bins for the encoder tests
 

@@ -262,7 +262,7 @@ def test_paraformer_starts_from_another_heads_encoder(tmp_path):
     from conftest import TINY_ENCODER_CONF
     from speechkit.errors import SpeechkitError
     from speechkit.models.asr.heads import build_asr_model
-    from speechkit.train.checkpoint import save_atomic
+    from speechkit.checkpoint import save_atomic
     from speechkit.train.config import experiment_config_from_dict
     from speechkit.train.asr import load_init
 

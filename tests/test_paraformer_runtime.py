@@ -19,7 +19,7 @@ def exported(tmp_path_factory):
     from speechkit.cli import main
     from speechkit.models.asr.heads import build_asr_model
     from speechkit.text.tokenizer import train_tokenizer
-    from speechkit.train.checkpoint import save_atomic
+    from speechkit.checkpoint import save_atomic
     from speechkit.train.config import experiment_config_from_dict
 
     root = tmp_path_factory.mktemp("para")

@@ -15,12 +15,12 @@ from tqdm import tqdm
 
 from speechkit.audio.fbank import compute_fbank, pad_feats
 from speechkit.audio.io import load_audio
+from speechkit.checkpoint import load_checkpoint
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.models.asr.ctc_model import AsrEncoderModel
 from speechkit.models.asr.heads import build_asr_model
 from speechkit.text.tokenizer import load_tokenizer
-from speechkit.train.checkpoint import load_checkpoint
 from speechkit.train.config import experiment_config_from_dict
 
 

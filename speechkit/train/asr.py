@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechkit.checkpoint import load_checkpoint, save_atomic
 from speechkit.data.batches import DumpBatcher
 from speechkit.data.features import FeatureDump, cmvn_from_stats
 from speechkit.data.sampler import DurationBatchSampler
@@ -18,7 +19,6 @@ from speechkit.errors import SpeechkitError
 from speechkit.models.asr.ctc_model import AsrEncoderModel
 from speechkit.models.asr.heads import build_asr_model
 from speechkit.text.tokenizer import load_tokenizer, train_tokenizer
-from speechkit.train.checkpoint import load_checkpoint, save_atomic
 from speechkit.train.config import ExperimentConfig, save_experiment_config
 from speechkit.train.engine import Engine, setup_distributed
 

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from speechkit.checkpoint import load_checkpoint, save_atomic
 from speechkit.errors import SpeechkitError
-from speechkit.train.checkpoint import load_checkpoint, save_atomic
 
 CHECKPOINT_VERSION = 2
 

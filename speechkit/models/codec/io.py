@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
+from speechkit.checkpoint import load_checkpoint, save_atomic
 from speechkit.config import to_dict
 from speechkit.errors import SpeechkitError
 from speechkit.models.codec.model import CODECS, CodecConfig, RvqCodec, VaeCodec, build_codec, codec_config_from_dict
-# models/ importing train/ only until checkpoint.py moves below both
-from speechkit.train.checkpoint import load_checkpoint, save_atomic
 
 
 def save_codec(state: dict[str, torch.Tensor], cfg: CodecConfig, path: str | Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from speechkit.checkpoint import load_checkpoint, save_atomic
 from speechkit.config import from_dict, to_dict
 from speechkit.errors import SpeechkitError
 from speechkit.models.tts.clear import ClearConfig, ClearTTS
-from speechkit.train.checkpoint import load_checkpoint, save_atomic
 
 FAMILY = "tts-clear"
 

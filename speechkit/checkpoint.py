@@ -1,5 +1,6 @@
-"""Checkpoints: written atomically (temp file + rename), loaded with ``weights_only=True``, and
-averaged (last N epochs, or best N by dev loss).
+"""Checkpoint files: written atomically (temp file + rename), loaded with ``weights_only=True``, and
+averaged (last N epochs, or best N by dev loss). Below models, so their ``model.pt`` I/O, training,
+inference and export share it; torch, so the runtime never imports it.
 """
 
 from __future__ import annotations

@@ -334,10 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     bench = sub.add_parser("bench", help="benchmarks: print figures and a last-line JSON").add_subparsers(dest="bench", metavar="BENCH", required=True)
-    from speechkit.models.codec import commands as codec_commands
+    from speechkit.commands import codec as codec_commands
 
     codec_commands.add_parser(sub)
-    from speechkit.models.tts import commands as tts_commands
+    from speechkit.commands import tts as tts_commands
 
     tts_commands.add_parser(sub)
 

@@ -58,7 +58,7 @@ def _export(args) -> None:
 
 def _eval(args) -> None:
     from speechkit.bench import emit
-    from speechkit.models.tts.evaluate import evaluate_tts, summary_lines
+    from speechkit.eval.tts_eval import evaluate_tts, summary_lines
 
     judges = [] if args.judges == "none" else [j.strip() for j in args.judges.split(",") if j.strip()]
     r = evaluate_tts(args.model, args.data, args.out_dir, _options(args), judges=judges, asr_model=args.asr_model,
@@ -69,7 +69,7 @@ def _eval(args) -> None:
 def _synth(args) -> None:
     import soundfile as sf
 
-    from speechkit.models.tts.evaluate import load_synthesizer
+    from speechkit.eval.tts_eval import load_synthesizer
 
     if not args.text.strip():
         raise SpeechkitError("--text is empty")

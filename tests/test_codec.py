@@ -242,7 +242,7 @@ def test_export_and_runtime_stream_equal_torch(trained, codec):
 
 @pytest.mark.parametrize("codec", ["vae", "vae_mel"])
 def test_torch_codec_loads_the_export_and_matches_onnx_runtime(trained, codec):
-    from speechkit.models.codec.torch_runtime import TorchCodec
+    from speechkit.inference.codec import TorchCodec
     from speechkit.runtime.codec import CodecRuntime
 
     root, _ = trained

@@ -14,7 +14,8 @@ The order, lowest first, is what the code needs:
                                weights_only load, averaging) for models, train, inference, export
    6  models                   one package per family
    7  train                    the training engine and its tasks
-   8  inference                trained experiments run in torch (loads train's checkpoints)
+   8  inference                trained experiments run in torch (ASR recognition, TTS synthesis
+                               with the codec on the same device); reads train's configs
    9  export                   ONNX export, checked against torch and the runtime
   10  serve                    the WebSocket server over the runtime
   11  eval, bench              above what they measure (models, runtime, serve)

@@ -286,7 +286,7 @@ def test_python_api_loads_the_export_and_torch_stream_equals_offline(built):
     """speechkit.load gives the torch-free synthesiser; the torch experiment's streamed chunks
     joined are its offline output (one decoder call over every latent)."""
     import speechkit
-    from speechkit.models.tts.synth import TorchSynthesizer
+    from speechkit.inference.tts import TorchSynthesizer
     from speechkit.runtime.tts import Synthesizer
 
     _, exp, onnx_dir, prompt = built

@@ -125,7 +125,7 @@ def test_generator_is_reused_and_one_utterance_at_a_time():
 def test_torch_codec_equals_onnx_runtime():
     """The shipped fp16 ONNX codec read into PyTorch: its config off the graphs, encode and a
     chunked streaming decode as ONNX Runtime's."""
-    from speechkit.models.codec.torch_runtime import TorchCodec
+    from speechkit.inference.codec import TorchCodec
     from speechkit.runtime.codec import CodecRuntime
 
     ours, ref = TorchCodec(SHIPPED_CODEC, check=False), CodecRuntime(SHIPPED_CODEC)
@@ -165,8 +165,8 @@ def _experiment(root: Path) -> Path:
 
 
 def test_fast_synthesizer_streams_what_the_plain_one_synthesises(tmp_path):
-    from speechkit.models.codec.torch_runtime import TorchCodec
-    from speechkit.models.tts.synth import TorchSynthesizer
+    from speechkit.inference.codec import TorchCodec
+    from speechkit.inference.tts import TorchSynthesizer
     from speechkit.runtime.codec import CodecRuntime
 
     exp = _experiment(tmp_path)

@@ -132,7 +132,7 @@ def judge(args) -> None:
 def probe(args) -> None:
     import torch
 
-    from speechkit.models.tts.synth import resolve_codec
+    from speechkit.inference.tts import resolve_codec
     from speechkit.runtime.codec import CodecRuntime
 
     torch.manual_seed(args.seed)

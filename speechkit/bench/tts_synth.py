@@ -13,7 +13,7 @@ weights of its architecture) measures the same as the trained experiment. For ea
 - the codec's streaming decode alone at that chunk size: ms per latent.
 
 On CUDA the loop is the graphed :class:`~speechkit.models.tts.fast.FastGenerator` and the codec
-runs in PyTorch on the GPU, as in :class:`~speechkit.models.tts.synth.TorchSynthesizer`; on the CPU,
+runs in PyTorch on the GPU, as in :class:`~speechkit.inference.tts.TorchSynthesizer`; on the CPU,
 or on CUDA with ``--eager`` (the path before the fast one, for comparison), ``ClearTTS.generate``
 and the ONNX codec on ``--threads`` CPU threads.
 """
@@ -75,7 +75,7 @@ def load_model(spec: str, codec_dir: str | None, device, text: str = TEXT):
 
     from speechkit.models.tts.clear import ClearTTS
     from speechkit.models.tts.io import load_tts
-    from speechkit.models.tts.synth import resolve_codec
+    from speechkit.inference.tts import resolve_codec
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
     from speechkit.train.tts import load_tts_experiment
@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, vocab, codec_dir, what = load_model(args.model, args.codec, device, args.text)
     if cuda and not args.eager:
-        from speechkit.models.codec.torch_runtime import TorchCodec
+        from speechkit.inference.codec import TorchCodec
         from speechkit.models.tts.fast import FastGenerator
 
         codec = TorchCodec(codec_dir, device)

@@ -62,7 +62,7 @@ def load_synthesizer(model: str | Path, device: str | None = None, threads: int 
     if (model / "model.pt").is_file():
         import torch
 
-        from speechkit.models.tts.synth import TorchSynthesizer
+        from speechkit.inference.tts import TorchSynthesizer
 
         if device == "cpu" or (device is None and not torch.cuda.is_available()):
             torch.set_num_threads(threads)

@@ -232,7 +232,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
     """A CLEAR experiment → ``out_dir`` (the three graphs, phones.txt, codec/, export.json), checked
     against PyTorch on ``check_text`` with a fixed random prompt; with ``int8`` the graphs store
     their MatMul weights as int8 (float32 arithmetic), checked again and reported."""
-    from speechkit.models.tts.synth import resolve_codec
+    from speechkit.inference.tts import resolve_codec
     from speechkit.models.tts.io import load_tts
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes

@@ -5,7 +5,7 @@ exactly the whole-utterance output.
 
 On CUDA (``fast``, the default there) the loop is :class:`speechkit.models.tts.fast.FastGenerator`
 (a static KV cache, one CUDA graph replay per latent) and the codec runs in PyTorch on the same
-GPU (:class:`speechkit.models.codec.torch_runtime.TorchCodec`); elsewhere ``ClearTTS.generate`` and
+GPU (:class:`speechkit.inference.codec.TorchCodec`); elsewhere ``ClearTTS.generate`` and
 the ONNX codec on the CPU. Both give the same latents for a seed (torch's noise), within float
 rounding. Call :meth:`TorchSynthesizer.warmup` before timing: graph capture and lazy CUDA set-up
 happen there, not in the first utterance.
@@ -71,7 +71,7 @@ class TorchSynthesizer(LatentSynthesizer):
         from speechkit.runtime.codec import CodecRuntime
 
         if self.fast:
-            from speechkit.models.codec.torch_runtime import TorchCodec
+            from speechkit.inference.codec import TorchCodec
 
             try:
                 return TorchCodec(codec_dir, self.device)

@@ -27,7 +27,6 @@ Modules of one layer may import each other.
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +47,6 @@ LAYERS = {
     "eval": 11, "bench": 11,
     "api": 12,
     "cli": 13, "commands": 13, "__init__": 13,
-}
-
-# Files whose imports still point up, tolerated (and reported) while they are moved to their
-# layer. This list must shrink to empty; an entry that no longer imports upward fails the test.
-KNOWN = {
 }
 
 
@@ -153,14 +147,8 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_point_down():
-    new, known = [], []
-    for path, source in package_files().items():
-        (known if path in KNOWN else new).extend(upward_imports(path, source))
-    stale = sorted(p for p in KNOWN if not any(v.startswith(p + ":") for v in known))
-    if known:
-        warnings.warn("upward imports tolerated for now (KNOWN in tests/test_layers.py):\n" + "\n".join(known))
-    assert not new, "imports into a higher layer (see tests/test_layers.py for the order):\n" + "\n".join(new)
-    assert not stale, "these KNOWN files no longer import upward (or are gone): delete their entries\n" + "\n".join(stale)
+    found = [v for path, source in package_files().items() for v in upward_imports(path, source)]
+    assert not found, "imports into a higher layer (see tests/test_layers.py for the order):\n" + "\n".join(found)
 
 
 def test_runtime_imports_neither_torch_nor_models():

@@ -30,3 +30,73 @@ def test_torchrun_two_cpu_processes(tmp_path):
     state = torch.load(tmp_path / "exp" / "epoch_1.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+RESUME_CONFIG = """\
+encoder: conformer
+encoder_conf: {output_size: 16, attention_heads: 2, linear_units: 32, num_blocks: 1, cnn_module_kernel: 5, dropout_rate: 0.2}
+specaug_conf: {num_freq_masks: 1, freq_mask_width: 8, num_time_masks: 2, time_mask_ratio: 0.05}
+tokenizer_conf: {type: char}
+optim_conf: {lr: 0.002, warmup_steps: 2}
+train_conf: {max_epochs: 3, batch_seconds: 2, num_workers: 0, log_interval: 1, save_interval_steps: 2, avg_last: 1}
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def test_torchrun_sigkill_resume_matches_uninterrupted(tmp_path):
+    """Two gloo ranks killed mid-epoch resume to exactly the uninterrupted weights: each rank's
+    own RNG (dropout, SpecAugment) is saved and restored, not only rank 0's."""
+    import signal
+    import time
+
+    make_train_dev_dumps(tmp_path, n_train=24, seed=5)
+    (tmp_path / "conf.yaml").write_text(RESUME_CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(exp):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "speechkit.cli",
+                "train", "--config", str(tmp_path / "conf.yaml"), "--train-dump", str(tmp_path / "dump_train"),
+                "--dev-dump", str(tmp_path / "dump_dev"), "--exp-dir", str(tmp_path / exp)]
+
+    done = subprocess.run(cmd("full"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher and both ranks at once (ranks have their own sessions)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    time.sleep(0.5)
+    state = torch.load(ckpt, weights_only=True)
+    assert len(state["rng"]) == 2, "each rank's RNG state is in the checkpoint"
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"]), "the two ranks drew differently"
+    assert state["epoch"] == 0 and state["batch"] > 0, "the kill should land mid-epoch"
+    resumed = subprocess.run(cmd("killed"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "epoch 1, batch" in resumed.stderr, resumed.stderr[-2000:]
+    full = torch.load(tmp_path / "full" / "epoch_3.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "killed" / "epoch_3.pt", weights_only=True)["model"]
+    for k in full:
+        assert torch.equal(full[k], again[k]), f"{k} differs after resume"

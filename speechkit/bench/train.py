@@ -309,8 +309,9 @@ def legacy_rate(rev_dir: Path, family: str, config: str, overrides: dict, data: 
     if len(after) < 2:
         raise SpeechkitError(f"the run at the other revision logged too few steps: {err.strip().splitlines()[-1:] or 'no error'}")
     (s0, t0), (s1, t1) = after[0], after[-1]
+    grain = "0.1 s" if "elapsed_s" in rows[0] else "0.6 s (0.01 min)"
     out = {"steps": s1 - s0, "seconds": round(t1 - t0, 2), "steps_per_s": round((s1 - s0) / (t1 - t0), 3),
-           "note": "timed from the revision's metrics.jsonl (elapsed times rounded to 0.1 s)"}
+           "note": f"timed from the revision's metrics.jsonl (its clock rounded to {grain})"}
     if family == "asr":  # its batches are the same sampler's: add up their audio
         from speechkit.data.features import FeatureDump
         from speechkit.data.sampler import DurationBatchSampler

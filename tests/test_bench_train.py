@@ -1,0 +1,73 @@
+"""`speechkit bench train`: a tiny ASR config trained for a few timed steps through the engine on
+the CPU reports consistent figures, and `--compare` runs another source tree side by side."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import bench_args, run_bench
+from speechkit.bench import train as train_bench
+from speechkit.errors import SpeechkitError
+
+CONFIG = """\
+encoder: conformer
+encoder_conf: {output_size: 16, attention_heads: 2, linear_units: 32, num_blocks: 1, cnn_module_kernel: 5}
+tokenizer_conf: {type: char}
+optim_conf: {lr: 0.002, warmup_steps: 2}
+train_conf: {max_epochs: 1, batch_seconds: 20, num_workers: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_train")
+    (root / "conf.yaml").write_text(CONFIG)
+    train_bench.random_dump(root / "dump", hours=0.05, seed=1)
+    return root
+
+
+def test_asr_figures_are_consistent(setup, capsys, tmp_path):
+    args = bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump", "--steps", 6, "--warmup", 2,
+                                               "--device", "cpu", "--json", "--out", tmp_path / "r.json"])
+    lines, r = run_bench(args, capsys)
+    assert r["family"] == "asr" and r["steps"] == 6 and r["device"] == "cpu"
+    assert r["steps_per_s"] > 0 and abs(r["seconds"] * r["steps_per_s"] - 6) < 0.05
+    # audio seconds per step: the timed batches are the sampler's, 20 s of padded frames at most each
+    assert 0 < r["audio_s_per_s"] / r["steps_per_s"] <= 20.0
+    assert r["tflops_per_step"] > 0 and r["achieved_tflops"] >= 0 and 0 <= r["data_wait"] < 1
+    assert r["ceiling"]["steps_per_s"] > 0
+    assert "asr" in lines[0] and "ceiling" in lines[1]
+
+
+def test_overrides_reach_the_config(setup, capsys):
+    small = bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump", "--steps", 3, "--warmup", 1,
+                                                "--device", "cpu", "--json", "--no-ceiling", "--set", "train_conf.batch_seconds=5",
+                                                "--set", "train_conf.max_utt_seconds=5"])
+    _, r = run_bench(small, capsys)
+    assert r["overrides"] == {"train_conf": {"batch_seconds": 5, "max_utt_seconds": 5}}
+    assert r["audio_s_per_s"] / r["steps_per_s"] <= 5.0
+
+
+def test_compare_runs_another_tree(setup, capsys, tmp_path):
+    """--compare DIR runs that tree's own bench in a subprocess: this tree against a copy of itself."""
+    repo = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "src"
+    shutil.copytree(repo / "speechkit", copy / "speechkit", ignore=shutil.ignore_patterns("__pycache__"))
+    args = bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump", "--steps", 4, "--warmup", 1,
+                                               "--device", "cpu", "--json", "--no-ceiling", "--compare", copy])
+    lines, r = run_bench(args, capsys)
+    c = r["compare"]
+    assert c["steps"] == 4 and c["steps_per_s"] > 0 and c["steps_per_s_ratio"] > 0
+    assert "ratio" in lines[-1]
+
+
+def test_errors_are_one_line(setup, tmp_path):
+    with pytest.raises(SpeechkitError, match="no such config"):
+        train_bench.run(bench_args(train_bench.add_parser, ["train", tmp_path / "missing.yaml"]))
+    with pytest.raises(SpeechkitError, match="SECTION.FIELD=VALUE"):
+        train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--set", "batch_seconds=3"]))
+    with pytest.raises(SpeechkitError, match="fewer than"):
+        train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump",
+                                                            "--steps", 10000, "--device", "cpu", "--no-ceiling"]))

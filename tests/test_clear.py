@@ -240,3 +240,24 @@ def test_stop_head_ends_generation():
 def test_vocab_size_must_be_set():
     with pytest.raises(ValueError, match="vocab_size"):
         ClearTTS(ClearConfig())
+
+
+def test_losses_gather_by_host_index_as_by_mask():
+    """The collated flat indices pick the same positions as the masks (the training path gathers by
+    index: no device sync); the losses and gradients are the same either way."""
+    rng = np.random.default_rng(2)
+    data = [(np.arange(1, 6), rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((7, 4)).astype(np.float32)),
+            (np.arange(2, 5), rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((4, 4)).astype(np.float32))]
+    batch = collate(data)
+    for name in ("flow", "stop"):
+        assert batch[f"{name}_index"].tolist() == batch[f"{name}_mask"].flatten().nonzero().flatten().tolist()
+    m = tiny(reg_weight=0.5, align_layers=(0,), align_weight=0.1).train()
+    torch.manual_seed(3)
+    loss_i, parts_i = m(batch)
+    grads_i = torch.autograd.grad(loss_i, m.blocks[0].qkv.weight)
+    torch.manual_seed(3)
+    loss_m, parts_m = m({k: v for k, v in batch.items() if not k.endswith("_index")})
+    grads_m = torch.autograd.grad(loss_m, m.blocks[0].qkv.weight)
+    torch.testing.assert_close(loss_i, loss_m)
+    torch.testing.assert_close(grads_i, grads_m)
+    assert parts_i.keys() == parts_m.keys()

@@ -164,6 +164,11 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+def _at(x: Tensor, mask: Tensor, index: Tensor | None) -> Tensor:
+    """``x[mask]`` for x [B, T, ...]: by the flat ``index`` where the batch has one (no device sync)."""
+    return x[mask] if index is None else x.flatten(0, 1).index_select(0, index.to(x.device, non_blocking=True))
+
+
 class ClearTTS(nn.Module):
     def __init__(self, cfg: ClearConfig):
         super().__init__()
@@ -245,10 +250,11 @@ class ClearTTS(nn.Module):
             for block in aligned:
                 block.keep_attn = False
         fm, sm = batch["flow_mask"], batch["stop_mask"]
-        c = self.head.drop_condition(h[fm], self.cfg.flow.cfg_dropout if self.training else 0.0)
-        flow = self.head.loss(batch["targets"][fm].float(), c, self.cfg.flow.noise_samples if self.training else 1)
-        logits = self.stop(h[sm]).squeeze(-1).float()
-        labels = batch["stop"][sm].float()
+        h_flow, targets = _at(h, fm, batch.get("flow_index")), _at(batch["targets"], fm, batch.get("flow_index"))
+        c = self.head.drop_condition(h_flow, self.cfg.flow.cfg_dropout if self.training else 0.0)
+        flow = self.head.loss(targets.float(), c, self.cfg.flow.noise_samples if self.training else 1)
+        logits = self.stop(_at(h, sm, batch.get("stop_index"))).squeeze(-1).float()
+        labels = _at(batch["stop"], sm, batch.get("stop_index")).float()
         # one positive per utterance: weight it like all the negatives of its utterance together
         pos_weight = (labels.numel() - labels.sum()).clamp(min=1) / labels.sum().clamp(min=1)
         stop = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
@@ -257,7 +263,7 @@ class ClearTTS(nn.Module):
             acc = ((logits > 0) == (labels > 0.5)).float().mean()
         parts = {"flow": flow.detach(), "stop": stop.detach(), "stop_acc": acc}
         if self.reg is not None:
-            reg = F.mse_loss(self.reg(h[fm]).float(), batch["targets"][fm].float())
+            reg = F.mse_loss(self.reg(h_flow).float(), targets.float())
             loss = loss + self.cfg.reg_weight * reg
             parts["reg"] = reg.detach()
         if aligned:

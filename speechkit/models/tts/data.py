@@ -164,8 +164,8 @@ class TtsBank:
 
 def collate(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
     """(phoneme ids [Tp], prompt [P, D], target latents [N, D]) per example → padded numpy
-    arrays: kinds, phones [B, T]; latents, targets [B, T, D]; flow_mask, stop, stop_mask [B, T]; and
-    ``phone_span``, the longest phoneme string (an int: the model needs it without a device sync)."""
+    arrays: kinds, phones [B, T]; latents, targets [B, T, D]; flow_mask, stop, stop_mask [B, T];
+    flow_index, stop_index (the masks' flat positions in B*T); and ``phone_span``, the longest phoneme string (an int: the model needs it without a device sync)."""
     import torch
 
     lens = [len(ph) + len(pr) + len(z) + 2 for ph, pr, z in examples]
@@ -189,5 +189,7 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
         flow_mask[i, b0 : b0 + n] = True
         stop_mask[i, b0 : b0 + n + 1] = True
         stop[i, b0 + n] = 1.0  # after the last latent: done
-    arrays = {"kinds": kinds, "phones": phones, "latents": lat, "targets": tgt, "flow_mask": flow_mask, "stop": stop, "stop_mask": stop_mask}
+    # the masked positions as flat indices too: a gather by index needs no device sync, a boolean mask does
+    arrays = {"kinds": kinds, "phones": phones, "latents": lat, "targets": tgt, "flow_mask": flow_mask, "stop": stop, "stop_mask": stop_mask,
+              "flow_index": np.flatnonzero(flow_mask), "stop_index": np.flatnonzero(stop_mask)}
     return {**{k: torch.from_numpy(v) for k, v in arrays.items()}, "phone_span": max(len(ph) for ph, _, _ in examples)}

@@ -28,11 +28,9 @@ class DumpBatcher:
         self.dump, self.tokens, self.device, self.fps = dump, tokens, device, frames_per_second
         self.dim = dump.frames.shape[1]
         self.frames: torch.Tensor | None = None
-        if device.type == "cuda" and resident != "off":
-            need = dump.frames.size * 2
-            free, _ = torch.cuda.mem_get_info(device)
-            if resident == "on" or need <= RESIDENT_SHARE * free:
-                self.frames = self._upload(dump.frames)
+        if resident == "on" or (resident == "auto" and device.type == "cuda"
+                                and dump.frames.size * 2 <= RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]):
+            self.frames = self._upload(dump.frames)
         self.offsets = torch.from_numpy(np.asarray(dump.offsets, dtype=np.int64))
         self.lengths = torch.from_numpy(np.asarray(dump.lengths, dtype=np.int64))
 
@@ -43,7 +41,7 @@ class DumpBatcher:
     def _upload(self, frames: np.ndarray, block: int = 1 << 20) -> torch.Tensor:
         out = torch.empty((len(frames), self.dim), dtype=torch.float16, device=self.device)
         for at in range(0, len(frames), block):
-            out[at : at + block] = torch.from_numpy(np.ascontiguousarray(frames[at : at + block])).to(self.device)
+            out[at : at + block] = torch.from_numpy(np.array(frames[at : at + block])).to(self.device)
         return out
 
     def batch(self, idx: list[int]) -> dict:

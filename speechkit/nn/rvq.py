@@ -95,6 +95,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(codebook_size))  # EMA of vectors per entry
         self.register_buffer("embed_sum", torch.zeros(codebook_size, dim))  # EMA of their sum
         self.register_buffer("initialized", torch.tensor(False))
+        self._seen_initialized = False  # the buffer read once on the host, not at every training step
 
     def encode(self, x: Tensor) -> Tensor:
         """x [N, D] float32 → codes [N] int64."""
@@ -110,13 +111,19 @@ class VectorQuantizer(nn.Module):
         In training, k-means initialises the codebook on the first batch; the batch is quantized
         with the codebook as it was, then the EMA update and dead-entry restarts follow.
         """
-        if self.training and not self.initialized:
-            self._init(x.detach())
+        if self.training and not self._seen_initialized:
+            if not bool(self.initialized):
+                self._init(x.detach())
+            self._seen_initialized = True
         codes = self.encode(x)
         quantized = self.decode(codes)
         if self.training:
             self._update(x.detach(), codes)
         return codes, quantized
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._seen_initialized = False  # the loaded buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def _init(self, x: Tensor) -> None:
@@ -129,7 +136,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, x: Tensor, codes: Tensor) -> None:
-        sizes = torch.bincount(codes, minlength=self.codebook_size).to(x.dtype)
+        sizes = torch.zeros_like(self.cluster_size).index_add_(0, codes, torch.ones_like(codes, dtype=x.dtype))  # bincount would sync
         sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, x)
         _all_reduce(sizes, sums)
         self.cluster_size.lerp_(sizes, 1 - self.decay)

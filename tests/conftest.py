@@ -189,3 +189,46 @@ def run_without_torch(body: str) -> str:
     assert out.returncode == 0, out.stderr
     return out.stdout
 
+
+
+def kill_after_first_checkpoint(cmd: list[str], ckpt: Path, env: dict, process_tree: bool = False) -> dict:
+    """Start a training command, SIGKILL it as soon as ``ckpt`` appears (with ``process_tree``:
+    the launcher and every process under it, as torchrun's ranks are), return the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    for pid in [proc.pid, *(_descendants(proc.pid) if process_tree else [])]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    time.sleep(0.2 if process_tree else 0)
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    return torch.load(ckpt, weights_only=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out

@@ -5,16 +5,14 @@ the generator's loss; a finished run re-run trains no more; an old trainer's che
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_tiny_data_dir
+from conftest import kill_after_first_checkpoint, make_tiny_data_dir
 from speechkit.errors import SpeechkitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,15 +54,8 @@ def test_sigkill_then_resume_matches_uninterrupted(setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(conf, data, tmp_path / "full"), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(conf, data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
-    assert 0 < torch.load(ckpt, weights_only=True)["step"] < 12 and not (tmp_path / "killed" / "model.pt").exists(), \
+    state = kill_after_first_checkpoint(_train_cmd(conf, data, tmp_path / "killed"), tmp_path / "killed" / "checkpoint.pt", env)
+    assert 0 < state["step"] < 12 and not (tmp_path / "killed" / "model.pt").exists(), \
         "the kill should land mid-run, after the first checkpoint"
 
     resumed = subprocess.run(_train_cmd(conf, data, tmp_path / "killed"), check=True, env=env, capture_output=True, text=True)

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from conftest import make_train_dev_dumps
+from conftest import kill_after_first_checkpoint, make_train_dev_dumps
 
 CONFIG = """\
 encoder: conformer
@@ -42,30 +42,9 @@ train_conf: {max_epochs: 3, batch_seconds: 2, num_workers: 0, log_interval: 1, s
 """
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def test_torchrun_sigkill_resume_matches_uninterrupted(tmp_path):
     """Two gloo ranks killed mid-epoch resume to exactly the uninterrupted weights: each rank's
     own RNG (dropout, SpecAugment) is saved and restored, not only rank 0's."""
-    import signal
-    import time
-
     make_train_dev_dumps(tmp_path, n_train=24, seed=5)
     (tmp_path / "conf.yaml").write_text(RESUME_CONFIG)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -77,19 +56,7 @@ def test_torchrun_sigkill_resume_matches_uninterrupted(tmp_path):
 
     done = subprocess.run(cmd("full"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher and both ranks at once (ranks have their own sessions)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    time.sleep(0.5)
-    state = torch.load(ckpt, weights_only=True)
+    state = kill_after_first_checkpoint(cmd("killed"), tmp_path / "killed" / "checkpoint.pt", env, process_tree=True)
     assert len(state["rng"]) == 2, "each rank's RNG state is in the checkpoint"
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"]), "the two ranks drew differently"
     assert state["epoch"] == 0 and state["batch"] > 0, "the kill should land mid-epoch"

@@ -2,14 +2,12 @@
 and ends with exactly the weights of an uninterrupted run."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 
-from conftest import make_train_dev_dumps
+from conftest import kill_after_first_checkpoint, make_train_dev_dumps
 
 CONFIG = """\
 encoder: conformer
@@ -36,15 +34,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
     subprocess.run(_train_cmd(tmp_path, "exp_full"), check=True, env=_env(), capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(tmp_path, "exp_killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "exp_killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
-    state = torch.load(ckpt, weights_only=True)
+    state = kill_after_first_checkpoint(_train_cmd(tmp_path, "exp_killed"), tmp_path / "exp_killed" / "checkpoint.pt", _env())
     assert state["epoch"] == 0 and state["batch"] > 0, "the kill should land mid-epoch, after the first checkpoint"
     assert not (tmp_path / "exp_killed" / "epoch_3.pt").exists(), "the run finished before it was killed"
 

@@ -4,14 +4,14 @@ resumes; the embeddings, biases and norms get no weight decay."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from conftest import kill_after_first_checkpoint
 
 CONFIG = """\
 model: {d_model: 16, layers: 2, heads: 2, ff: 32, dropout: 0.1, text_layers: 1, align_layers: [1], align_weight: 0.2,
@@ -59,15 +59,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     rows = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30, 35, 40] and {"flow", "stop", "align", "grad_norm"} <= rows[-1].keys()
 
-    proc = subprocess.Popen(_train_cmd(tmp_path, "exp_killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "exp_killed" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
-    state = torch.load(ckpt, weights_only=True)
+    state = kill_after_first_checkpoint(_train_cmd(tmp_path, "exp_killed"), tmp_path / "exp_killed" / "checkpoint.pt", _env())
     assert state["version"] == 2 and 0 < state["step"] < 40, "the kill should land mid-run, after the first checkpoint"
     assert not (tmp_path / "exp_killed" / "model.pt").exists(), "the run finished before it was killed"
 

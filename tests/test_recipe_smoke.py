@@ -1,6 +1,6 @@
 """CI smoke run of the whole synth ASR recipe: corpus → validate → features → tokenizer → train →
-average → decode → score → ONNX export → streaming decode → RESULTS.md, on a couple of minutes of
-audio and a tiny model."""
+average → decode → score → ONNX export → streaming decode → RESULTS.md → the shipped model on the
+same test sets, on a couple of minutes of audio and a tiny model."""
 
 import json
 import os
@@ -29,6 +29,12 @@ def test_synth_asr_recipe_end_to_end(tmp_path):
     results = (exp / "RESULTS.md").read_text()
     assert "| greedy | test |" in results and "| greedy | test_unseen |" in results
     assert "git revision" in results and "run.sh" in results
+    # stage 10: the shipped model of the recipe on the same test sets, printed beside this run
+    assert "== what you just trained vs the shipped GPU model" in done.stdout
+    assert "this run (CPU, conf/train_smoke.yaml)" in done.stdout and "models/asr-stream-synth (GPU)" in done.stdout
+    for split in ("test", "test_unseen"):
+        assert json.loads((exp / "shipped" / f"decode_{split}" / "wer.json").read_text())["missing"] == 0
+    assert "| models/asr-stream-synth (GPU) | 45.5 h |" in results
 
     # a second run finds every stage done (or resumable) and still succeeds
     again = subprocess.run(cmd + ["--stage", "1", "--stop_stage", "3"], env=env, capture_output=True, text=True, timeout=300)

@@ -71,3 +71,24 @@ def test_errors_are_one_line(setup, tmp_path):
     with pytest.raises(SpeechkitError, match="fewer than"):
         train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump",
                                                             "--steps", 10000, "--device", "cpu", "--no-ceiling"]))
+
+
+def test_codec_and_clear_configs_bench_too(tmp_path, capsys):
+    """The bench builds every family's task from its config: an RVQ codec on wav dirs, CLEAR on prepared dirs."""
+    from conftest import make_tiny_data_dir
+    from test_codec_engine import CONFIG as CODEC_CONFIG
+    from test_tts_engine import CONFIG as TTS_CONFIG, make_prepared
+
+    make_tiny_data_dir(tmp_path / "wavs", n_utts=4)
+    (tmp_path / "codec.yaml").write_text(CODEC_CONFIG)
+    args = bench_args(train_bench.add_parser, ["train", tmp_path / "codec.yaml", "--data", tmp_path / "wavs", "--steps", 3,
+                                               "--warmup", 1, "--device", "cpu", "--json", "--no-ceiling"])
+    _, r = run_bench(args, capsys)
+    assert r["family"] == "codec" and r["steps"] == 3 and r["audio_s_per_s"] > 0 and r["tflops_per_step"] > 0
+
+    make_prepared(tmp_path / "prep")
+    (tmp_path / "tts.yaml").write_text(TTS_CONFIG)
+    args = bench_args(train_bench.add_parser, ["train", tmp_path / "tts.yaml", "--data", tmp_path / "prep", "--steps", 3,
+                                               "--warmup", 1, "--device", "cpu", "--json", "--no-ceiling"])
+    _, r = run_bench(args, capsys)
+    assert r["family"] == "tts" and r["steps"] == 3 and r["steps_per_s"] > 0 and r["tflops_per_step"] > 0

@@ -236,7 +236,7 @@ def measure(family: str, config: str, overrides: dict, data: list[str], device_n
             flops.append(step_flops(engine, b))
             secs.append(float(b.get("seconds", 0.0)) if isinstance(b, dict) else 0.0)
         per_step = statistics.mean(flops)
-        result["tflops_per_step"] = round(per_step / 1e12, 4)
+        result["tflops_per_step"] = round(per_step / 1e12, 6)
         result["achieved_tflops"] = round(per_step * steps / span / 1e12, 2)
         if device.type == "cuda":
             name = torch.cuda.get_device_name(device)

@@ -311,7 +311,7 @@ class Engine:
         lr = lr_at(self.step, oc.lr, oc.warmup_steps, self.total, oc.final_lr_ratio)
         for opt in self.optimizers.values():
             for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
+                g["lr"] = lr
         return lr
 
     def fit(self) -> dict:
@@ -365,8 +365,8 @@ class Engine:
                 log.add_norms(self._norms, self.main)
                 self.step += 1
                 bar.update(1)
+                self.data_wait_s = waited + loader.total_wait_s
                 if self.on_step is not None:
-                    self.data_wait_s = waited + loader.total_wait_s
                     self.on_step(self)
                 if self.step % c.log_interval == 0 or self.step == self.total:
                     now = time.monotonic()

@@ -193,7 +193,9 @@ def measure(family: str, config: str, overrides: dict, data: list[str], device_n
         exp = Path(tmp) / "exp"
         exp.mkdir()
         torch.manual_seed(0)
-        task, loop, optim = build_task(family, config, overrides, data, exp, device)
+        # the step-based families plan as many steps as max_steps says: exactly the ones timed here
+        limited = {**overrides, "train_conf": {**overrides.get("train_conf", {}), "max_steps": warmup + steps}}
+        task, loop, optim = build_task(family, config, limited, data, exp, device)
         loop = dataclasses.replace(loop, max_epochs=max(1, loop.max_epochs), max_steps=warmup + steps, max_minutes=0.0,
                                    log_interval=10**9, save_interval_steps=10**9)
         if hasattr(task, "end_epoch"):  # one pass, no dev loss, no epoch checkpoints

@@ -2,7 +2,6 @@
 the CPU reports consistent figures, and `--compare` runs another source tree side by side."""
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -92,3 +91,8 @@ def test_codec_and_clear_configs_bench_too(tmp_path, capsys):
                                                "--warmup", 1, "--device", "cpu", "--json", "--no-ceiling"])
     _, r = run_bench(args, capsys)
     assert r["family"] == "tts" and r["steps"] == 3 and r["steps_per_s"] > 0 and r["tflops_per_step"] > 0
+    # any section of the config can change, the model's too: no text encoder, fewer FLOPs on the same batches
+    args = bench_args(train_bench.add_parser, ["train", tmp_path / "tts.yaml", "--data", tmp_path / "prep", "--steps", 3,
+                                               "--warmup", 1, "--device", "cpu", "--json", "--no-ceiling", "--set", "model.text_layers=0"])
+    _, plain = run_bench(args, capsys)
+    assert plain["overrides"] == {"model": {"text_layers": 0}} and plain["tflops_per_step"] < r["tflops_per_step"]

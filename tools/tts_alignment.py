@@ -23,7 +23,8 @@ import torch
 
 from speechkit.models.tts.clear import PHONE
 from speechkit.models.tts.data import collate, load_prepared
-from speechkit.models.tts.io import load_tts, to_device
+from speechkit.data.batches import to_device
+from speechkit.models.tts.io import load_tts
 from speechkit.text.phonemes import PhonemeVocab
 
 

@@ -59,7 +59,7 @@ def load_set(exp, prep, utts: int, dev):
 def teacher_forced_states(model, example, dev):
     """(hidden states at the latent positions, the latents they must predict) with the true past."""
     from speechkit.models.tts.data import collate
-    from speechkit.models.tts.io import to_device
+    from speechkit.data.batches import to_device
 
     b = to_device(collate([example]), dev)
     h, _ = model.run(model.embed(b["kinds"], b["phones"], b["latents"]))

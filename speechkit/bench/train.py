@@ -42,7 +42,8 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--steps", type=int, default=100, help="timed optimizer steps (default 100)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a train_conf/optim_conf field, e.g. --set train_conf.batch_seconds=1600 (repeatable)")
+                   help="override a config field, e.g. --set train_conf.batch_seconds=1600, --set encoder_conf.num_blocks=6, "
+                        "--set model.text_layers=0 (CLEAR) (repeatable)")
     p.add_argument("--compare", default=None, metavar="REV",
                    help="also run git revision REV, or the source tree in directory REV (same config, data, steps), and print the ratio")
     p.add_argument("--no-ceiling", action="store_true", help="skip the repeated-batch ceiling")
@@ -129,35 +130,35 @@ class SmSampler:
 
 
 def build_task(family: str, config_path: str, overrides: dict, data: list[str], exp_dir: Path, device):
-    """(task, loop config, optim config) for a config file."""
-    import dataclasses
+    """(task, loop config, optim config) for a config file with ``overrides`` ({section: {field: value}})
+    written into its YAML first, so any section can change (``train_conf``, ``encoder_conf``, CLEAR's ``model``)
+    and the family's own loader checks the result."""
+    import yaml
 
+    from speechkit.config import load_yaml
+
+    raw, _ = load_yaml(config_path)
+    for section, fields in overrides.items():
+        raw.setdefault(section, {}).update(fields)
+    config = exp_dir / "config.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
     if family == "asr":
-        from speechkit.train.asr import AsrTask, prepare_tokenizer
-        from speechkit.train.config import experiment_config_from_dict
-        from speechkit.config import load_yaml
         from speechkit.data.features import FeatureDump
+        from speechkit.train.asr import AsrTask, prepare_tokenizer
+        from speechkit.train.config import load_experiment_config
 
-        raw, lines = load_yaml(config_path)
-        for section, fields in overrides.items():
-            raw.setdefault(section, {}).update(fields)
-        cfg = experiment_config_from_dict(raw, config_path, lines)
+        cfg = load_experiment_config(config)
         prepare_tokenizer(cfg, exp_dir, FeatureDump.open(data[0], cfg.model.frontend_conf.num_mel_bins).texts)
-        task = AsrTask(cfg, exp_dir, data[0], None, device)
-        return task, cfg.train_conf, cfg.optim_conf
+        return AsrTask(cfg, exp_dir, data[0], None, device), cfg.train_conf, cfg.optim_conf
     if family == "codec":
         from speechkit.train.codec import CodecTask, load_codec_experiment
 
-        exp = load_codec_experiment(config_path)
-        exp = dataclasses.replace(exp, train_conf=dataclasses.replace(exp.train_conf, **overrides.get("train_conf", {})),
-                                  optim_conf=dataclasses.replace(exp.optim_conf, **overrides.get("optim_conf", {})))
+        exp = load_codec_experiment(config)
         return CodecTask(exp, data, exp_dir, device), exp.train_conf, exp.optim_conf
     from speechkit.train.tts import TtsTask, load_tts_experiment
 
-    exp = load_tts_experiment(config_path)
-    exp = dataclasses.replace(exp, train_conf=dataclasses.replace(exp.train_conf, **overrides.get("train_conf", {})),
-                              optim_conf=dataclasses.replace(exp.optim_conf, **overrides.get("optim_conf", {})))
-    return TtsTask(exp, data, exp_dir, device), exp.train_conf, exp.optim_conf
+    task = TtsTask(load_tts_experiment(config), data, exp_dir)
+    return task, task.exp.train_conf, task.exp.optim_conf
 
 
 def step_flops(engine, batch) -> float:
@@ -167,8 +168,7 @@ def step_flops(engine, batch) -> float:
     import torch
 
     if isinstance(batch, dict):  # host lengths on the device: the counter's dispatch wants one device (same FLOPs)
-        dev = next(iter(engine.modules.values())).parameters().__next__().device
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     counter = FlopCounterMode(display=False)
     saved = engine._boundary
     engine._boundary = False  # backward only: no optimizer step while counting

@@ -18,6 +18,15 @@ def _pinned(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory() if device.type == "cuda" else t
 
 
+def to_device(x, device: torch.device | str):
+    """A host tensor, or a batch dict's tensors (its other values stay), on ``device``; to a GPU
+    through pinned memory, so the copy does not wait for the device."""
+    device = torch.device(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) if torch.is_tensor(v) else v for k, v in x.items()}
+    return _pinned(x, device).to(device, non_blocking=True)
+
+
 class DumpBatcher:
     """Batches of a dump's utterances (by index) with their token ids."""
 
@@ -57,8 +66,8 @@ class DumpBatcher:
             y[r, : len(t)] = torch.from_numpy(t)
         dev = self.device
         if self.frames is not None:
-            off = _pinned(self.offsets[ids], dev).to(dev, non_blocking=True)
-            lens_d = _pinned(lens.clone(), dev).to(dev, non_blocking=True)
+            off = to_device(self.offsets[ids], dev)
+            lens_d = to_device(lens.clone(), dev)
             t = torch.arange(longest, device=dev)
             valid = t[None, :] < lens_d[:, None]
             rows = torch.where(valid, off[:, None] + t[None, :], 0)
@@ -67,6 +76,6 @@ class DumpBatcher:
             x = torch.zeros(len(idx), longest, self.dim)
             for r, i in enumerate(idx):
                 x[r, : int(lens[r])] = torch.from_numpy(self.dump.feats(i))
-            feats = _pinned(x, dev).to(dev, non_blocking=True)
-        return {"feats": feats, "feat_lens": _pinned(lens, dev), "tokens": _pinned(y, dev).to(dev, non_blocking=True),
+            feats = to_device(x, dev)
+        return {"feats": feats, "feat_lens": _pinned(lens, dev), "tokens": to_device(y, dev),
                 "token_lens": tok_lens, "seconds": float(lens.sum()) / self.fps}

@@ -20,13 +20,14 @@ import yaml
 
 from speechkit.audio.io import load_audio
 from speechkit.config import from_dict, load_yaml, to_dict
+from speechkit.data.batches import to_device
 from speechkit.data.kaldi import read_table
 from speechkit.errors import AudioError, ConfigError, SpeechkitError
 from speechkit.models.codec.discriminator import MultiScaleSTFTDiscriminator
 from speechkit.models.codec.io import load_codec, save_codec
 from speechkit.models.codec.losses import CodecLossWeights, MelL1Loss, MultiResolutionSTFTLoss, generator_loss, hinge_d_loss
 from speechkit.models.codec.model import CodecConfig, build_codec, codec_config_from_dict
-from speechkit.train.engine import Engine, LoopConfig, OptimConfig, decay_groups, make_optimizer, rng_state, setup_distributed
+from speechkit.train.engine import Engine, LoopConfig, OptimConfig, decay_groups, legacy_rng, make_optimizer, setup_distributed
 
 FAMILY = "codec"
 
@@ -155,8 +156,7 @@ class CodecTask:
         """wav [B, 1, T] on the device, the optimizer step it belongs to, and its audio seconds."""
         tc = self.exp.train_conf
         wav = self.bank.batch(tc.batch_size, self.samples, tc.seed, key)
-        wav = wav.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else wav.to(device)
-        return {"wav": wav, "step": key // self.micro_per_step, "seconds": self.seconds}
+        return {"wav": to_device(wav, device), "step": key // self.micro_per_step, "seconds": self.seconds}
 
     def step(self, modules, b: dict, update) -> dict[str, torch.Tensor]:
         """The discriminator's update (from ``adv_start_step`` on), then the generator's against it."""
@@ -192,7 +192,7 @@ class CodecTask:
         if self.disc is not None and "disc" in ck:
             optimizers["disc"] = _regroup(ck["opt_d"], self.disc, self.exp.optim_conf, self.device)
             modules["disc"] = ck["disc"]
-        rng = {**rng_state(), "torch": ck["rng"], **({"cuda": ck["cuda_rng"]} if "cuda_rng" in ck else {})}
+        rng = legacy_rng(ck["rng"], ck.get("cuda_rng"))
         step = int(ck["step"])
         return {"model": ck["model"], "modules": modules, "optimizers": optimizers, "epoch": 0,
                 "batch": step * self.exp.train_conf.accum_grad, "step": step, "rng": [rng]}

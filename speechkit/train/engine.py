@@ -118,6 +118,16 @@ def rng_state() -> dict:
     return state
 
 
+def legacy_rng(torch_state: torch.Tensor, cuda_state: torch.Tensor | None = None) -> dict:
+    """An RNG entry for an older trainer's checkpoint that kept torch's (and CUDA's) states only;
+    Python's and NumPy's are this process's as they stand."""
+    state = {k: v for k, v in rng_state().items() if k != "cuda"}
+    state["torch"] = torch_state
+    if cuda_state is not None:
+        state["cuda"] = cuda_state
+    return state
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

@@ -20,9 +20,10 @@ from speechkit.config import from_dict, load_yaml, to_dict
 from speechkit.errors import SpeechkitError
 from speechkit.models.tts.clear import ClearConfig, ClearTTS
 from speechkit.models.tts.data import TtsBank, Utt, load_prepared
-from speechkit.models.tts.io import FAMILY, save_tts, to_device
+from speechkit.data.batches import to_device
+from speechkit.models.tts.io import FAMILY, save_tts
 from speechkit.text.phonemes import PhonemeVocab
-from speechkit.train.engine import CHECKPOINT_VERSION, Engine, LoopConfig, OptimConfig, decay_groups, rng_state
+from speechkit.train.engine import CHECKPOINT_VERSION, Engine, LoopConfig, OptimConfig, decay_groups, legacy_rng
 
 NO_DECAY = ("phone.", "kind.")  # the embeddings: no weight decay (nor on biases and norms)
 
@@ -77,11 +78,8 @@ class TtsTask:
 
     family = FAMILY
 
-    def __init__(self, exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Path,
-                 device: torch.device | str | None = None):
-        """``exp`` as read from YAML: the vocabulary size and the latents' size and rate come from
-        the data. ``device`` is not needed (the engine places the model and the batches); it keeps
-        the constructor the shape of the other families' tasks."""
+    def __init__(self, exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Path):
+        """``exp`` as read from YAML: the vocabulary size and the latents' size and rate come from the data."""
         utts, self.info = load_corpus(prep_dirs)
         if exp.train_conf.max_steps <= 0:
             raise SpeechkitError("train_conf.max_steps must be > 0: it is the length of CLEAR's one epoch")
@@ -126,11 +124,7 @@ class TtsTask:
         step, the torch RNG states only (Python's and NumPy's, which CLEAR does not draw, start afresh)."""
         if "opt" not in ck:
             raise SpeechkitError("checkpoint.pt: neither an engine nor an older CLEAR trainer checkpoint")
-        rng = rng_state()
-        rng["torch"] = ck["rng"]
-        rng.pop("cuda", None)
-        if "cuda_rng" in ck:
-            rng["cuda"] = ck["cuda_rng"]
+        rng = legacy_rng(ck["rng"], ck.get("cuda_rng"))
         step = int(ck["step"])
         return {"version": CHECKPOINT_VERSION, "family": FAMILY, "config": self.config, "model": ck["model"], "modules": {},
                 "optimizers": {"model": ck["opt"]}, "epoch": 0, "batch": step * self.exp.train_conf.accum_grad,
@@ -142,7 +136,7 @@ def train_tts(exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Pa
     phones.txt, metrics.jsonl and config.yaml. Returns {steps, minutes, params_m}."""
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    task = TtsTask(exp, prep_dirs, exp_dir, device)
+    task = TtsTask(exp, prep_dirs, exp_dir)
     exp, model, info = task.exp, task.model, task.info
     engine = Engine(task, exp.train_conf, exp.optim_conf, exp_dir, device)
     if engine.rank == 0:

@@ -1,6 +1,5 @@
 """A trained CLEAR on disk: ``model.pt`` (weights, config, phoneme vocabulary, the codec it was
-trained on) written and read back, and a collated batch moved to a device. Used by training,
-export, synthesis and the benches alike.
+trained on) written and read back. Used by training, export, synthesis and the benches alike.
 """
 
 from __future__ import annotations
@@ -37,12 +36,3 @@ def load_tts(path: str | Path, device: str | torch.device = "cpu") -> tuple[Clea
     model = ClearTTS(clear_config_from_dict(ck["config"]))
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), list(ck["phones"]), ck["codec"]
-
-
-def to_device(batch: dict, device: torch.device | str) -> dict:
-    """A collated batch's tensors on ``device`` (its ints stay); on CUDA through pinned memory, so
-    the copies do not wait for the device."""
-    device = torch.device(device)
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
 
 def test_asr_figures_are_consistent(setup, capsys, tmp_path):
     args = bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump", "--steps", 6, "--warmup", 2,
-                                               "--device", "cpu", "--json", "--out", tmp_path / "r.json"])
+                                               "--device", "cpu", "--json", "--out", tmp_path / "r.json", "--profile", tmp_path / "p.txt"])
     lines, r = run_bench(args, capsys)
     assert r["family"] == "asr" and r["steps"] == 6 and r["device"] == "cpu"
     assert r["steps_per_s"] > 0 and abs(r["seconds"] * r["steps_per_s"] - 6) < 0.05
@@ -38,6 +38,7 @@ def test_asr_figures_are_consistent(setup, capsys, tmp_path):
     assert r["tflops_per_step"] > 0 and r["achieved_tflops"] >= 0 and 0 <= r["data_wait"] < 1
     assert r["ceiling"]["steps_per_s"] > 0
     assert "asr" in lines[0] and "ceiling" in lines[1]
+    assert "aten::" in (tmp_path / "p.txt").read_text(), "the profile names the operators"
 
 
 def test_overrides_reach_the_config(setup, capsys):

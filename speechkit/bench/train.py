@@ -6,7 +6,8 @@ shape seen first), MFU against the device's bf16 peak, SM-busy % (NVML, sampled 
 the share of the time spent waiting for data, peak memory; and the ceiling: the same model's
 steps repeated on one batch already on the device (no data cost at all). ``--compare REV`` runs
 the code at git revision REV on the same config and data in a subprocess (its own ``bench train``
-where it has one, else its training command, timed from its metrics log) and prints the ratio.
+where it has one, else its training command, timed from its metrics log) and prints the ratio;
+``--profile FILE`` writes where a step's time goes (host syncs, the profiler's top operators).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--compare", default=None, metavar="REV",
                    help="also run git revision REV, or the source tree in directory REV (same config, data, steps), and print the ratio")
     p.add_argument("--no-ceiling", action="store_true", help="skip the repeated-batch ceiling")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="also write where 5 steps on one timed batch spend their time: host syncs (CUDA) and the torch "
+                        "profiler's top operators by host and by device time")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: from its name)")
     add_output_args(p)
     p.set_defaults(func=run)
@@ -181,7 +185,7 @@ def step_flops(engine, batch) -> float:
 
 
 def measure(family: str, config: str, overrides: dict, data: list[str], device_name: str | None, steps: int, warmup: int,
-            ceiling: bool, peak: float | None) -> dict:
+            ceiling: bool, peak: float | None, profile: str | None = None) -> dict:
     import dataclasses
 
     import torch
@@ -245,22 +249,59 @@ def measure(family: str, config: str, overrides: dict, data: list[str], device_n
             peak = peak or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
             result["peak_tflops"] = peak
             result["mfu_pct"] = round(100 * result["achieved_tflops"] / peak, 2) if peak else None
-        if ceiling:
-            b = task.load(sample[len(sample) // 2], device)
-            n = max(10, steps // 2)
-            engine._boundary = True
-            for i in range(n + 5):
-                if i == 5:
-                    sync()
-                    t = time.perf_counter()
+        b = task.load(sample[len(sample) // 2], device)
+        engine._boundary = True
+
+        def repeat(n: int) -> None:
+            for _ in range(n):
                 with engine.amp():
                     engine.task.step(engine.wrapped, b, engine._update)
+
+        if profile:
+            write_profile(profile, repeat, device, sync)
+        if ceiling:
+            n = max(10, steps // 2)
+            repeat(5)
+            sync()
+            t = time.perf_counter()
+            repeat(n)
             sync()
             dt = (time.perf_counter() - t) / n
             result["ceiling"] = {"steps_per_s": round(1 / dt, 3), "tflops": round(step_flops(engine, b) / dt / 1e12, 2),
                                  "audio_s_per_s": round(float(b.get("seconds", 0.0)) / dt, 1) if isinstance(b, dict) and b.get("seconds") else None,
                                  "note": "one batch of the timed ones repeated, already on the device"}
         return result
+
+
+def write_profile(path: str, repeat, device, sync) -> None:
+    """Host syncs in one step (CUDA sync debug mode) and the profiler's tables over five steps, to ``path``."""
+    import warnings
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    repeat(3)
+    sync()
+    lines = []
+    if device.type == "cuda":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            repeat(1)
+            torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        lines.append(f"host syncs in one step: {len(syncs)}")
+        lines += [f"  {w.filename}:{w.lineno}" for w in syncs]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        repeat(5)
+        sync()
+    table = prof.key_averages()
+    lines.append(table.table(sort_by="self_cpu_time_total", row_limit=25))
+    if device.type == "cuda":
+        lines.append(table.table(sort_by="self_cuda_time_total", row_limit=20))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def _env_with(src: Path) -> dict:
@@ -363,7 +404,8 @@ def run(args: argparse.Namespace) -> None:
             if family != "asr":
                 raise SpeechkitError(f"a {family} config needs --data (codec: data dirs; CLEAR: prepared dirs)")
             data = [str(random_dump(work / "dump", args.hours))]
-        result = measure(family, args.config, overrides, data, args.device, args.steps, args.warmup, not args.no_ceiling, args.peak_tflops)
+        result = measure(family, args.config, overrides, data, args.device, args.steps, args.warmup, not args.no_ceiling, args.peak_tflops,
+                         args.profile)
         if args.compare:
             ref = compare(args.compare, args, family, overrides, data, work)
             result["compare"] = {"rev": args.compare, **ref}

@@ -9,7 +9,7 @@
 # forced alignment; `speechkit bench asr-decode`. Work goes to $WORK (default /tmp/para_gpu);
 # $REPORT gets report.tgz, the int8 Paraformer and the fp16 weights of both models.
 #   bash egs/synth/asr/local/gpu_paraformer_run.sh [--hours 50] [--epochs N] [--stage N]
-# On the lent GPU machine first `source .device/env.sh`; start it detached:
+# Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_paraformer_run.sh > /tmp/gpu_para.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

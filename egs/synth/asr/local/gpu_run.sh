@@ -4,8 +4,8 @@
 # prefix beam) and scored on test and test_unseen. Work goes to $WORK (default /tmp/synth_gpu);
 # a compact report (RESULTS.md, metrics, configs, WER json, hypotheses) is copied to $REPORT.
 #   bash egs/synth/asr/local/gpu_run.sh [--hours 50] [--epochs N] [--stage N]
-# On the lent GPU machine first run `source .device/env.sh` (engines and wheels it lacks). Its
-# calls last at most 10 minutes, so start it detached and watch the log from later calls:
+# Run it after the README's set-up on a GPU machine; it takes long, so start it detached and
+# watch the log:
 #   (setsid nohup bash egs/synth/asr/local/gpu_run.sh > /tmp/gpu_run.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

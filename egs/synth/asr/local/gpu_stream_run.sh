@@ -6,7 +6,7 @@
 # (default /tmp/stream_gpu); $REPORT gets report.tgz (summary, metrics, hyps, export check),
 # the int8 model.onnx and the fp16 weights in two parts.
 #   bash egs/synth/asr/local/gpu_stream_run.sh [--hours 50] [--epochs N] [--stage N]
-# On the lent GPU machine first `source .device/env.sh`; start it detached:
+# Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_stream_run.sh > /tmp/gpu_stream.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

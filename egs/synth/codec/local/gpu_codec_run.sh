@@ -9,7 +9,7 @@
 # (python tools/state_parts.py join REPORT exp/vae_gpu/model.pt --stem vae).
 #   bash egs/synth/codec/local/gpu_codec_run.sh [--hours 6] [--minutes 15] [--codecs "vae rvq"]
 #        [--vae_init model.pt] [--rvq_init model.pt] [--stage N] [--stop_stage N]
-# On the lent GPU machine first `source .device/env.sh`; start it detached:
+# Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/codec/local/gpu_codec_run.sh > /tmp/gpu_codec.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

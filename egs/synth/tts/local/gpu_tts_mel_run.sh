@@ -8,7 +8,7 @@
 # (python tools/state_parts.py join REPORT exp/model.pt --stem vaemel32), and extra.tgz with the
 # eval JSONs, the probe's and the codec's logs.
 #   bash egs/synth/tts/local/gpu_tts_mel_run.sh [--codec_minutes 7] [--minutes 10] [--hours 12] [--variant vaemel32]
-# On the lent GPU machine first `source .device/env.sh`; start it detached (and niced: the
+# Run it after the README's set-up on a GPU machine; start it detached (and niced: the
 # corpus, prepare and probe steps load all cores).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

@@ -7,7 +7,7 @@
 # prep.tgz (the prepared subset and test_unseen), for `tools/tts_latents.py probe` on the training
 # utterances themselves and on held-out ones:
 #   bash egs/synth/tts/local/gpu_tts_overfit.sh --parts DIR [--stem vaemel32] [--utts 300] [--minutes 9] [--hours 1]
-# On the lent GPU machine first `source .device/env.sh`; start it detached.
+# Run it after the README's set-up on a GPU machine; start it detached.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")

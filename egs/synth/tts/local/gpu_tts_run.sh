@@ -9,8 +9,8 @@
 #   bash egs/synth/tts/local/gpu_tts_run.sh [--hours 12] [--minutes 15] [--eval_utts 60] [--stage N]
 #        [--config conf/train_clear_gpu.yaml] [--prep DIR]
 # --prep DIR trains on a dir made elsewhere by `speechkit tts prepare` (no corpus, no codec, no
-# speech engines needed on the GPU machine: only the wheels of .device/whl) and skips the eval.
-# On the lent GPU machine first `source .device/env.sh`; start it detached:
+# speech engines needed on the GPU machine) and skips the eval.
+# Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/tts/local/gpu_tts_run.sh > /tmp/gpu_tts.log 2>&1 < /dev/null &)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)

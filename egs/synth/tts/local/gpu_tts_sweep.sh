@@ -9,7 +9,7 @@
 # 1 corpus, 2 prepare, 3 train (all variants at once, in the background; 4 waits for them),
 # 4 latents + report ($REPORT/VARIANT.tgz: metrics, config, the latents npz).
 # Best variant's weights afterwards: python3 tools/state_parts.py split $WORK/exp/NAME/model.pt $REPORT --max-mb 15 --half
-# On the lent GPU machine first `source .device/env.sh`; start it detached.
+# Run it after the README's set-up on a GPU machine; start it detached.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")

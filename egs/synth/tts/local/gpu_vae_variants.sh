@@ -10,7 +10,7 @@
 # tools/codec_latent_probe.py's figures on 40 test_unseen utterances (ASR judge
 # models/asr-stream-synth) and the logs.
 #   bash egs/synth/tts/local/gpu_vae_variants.sh [--minutes 13] [--hours 12] [--variants "vaemel64 vaemel32 vae32"]
-# On the lent GPU machine first `source .device/env.sh`; start it detached.
+# Run it after the README's set-up on a GPU machine; start it detached.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")

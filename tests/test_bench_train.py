@@ -68,6 +68,9 @@ def test_errors_are_one_line(setup, tmp_path):
         train_bench.run(bench_args(train_bench.add_parser, ["train", tmp_path / "missing.yaml"]))
     with pytest.raises(SpeechkitError, match="SECTION.FIELD=VALUE"):
         train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--set", "batch_seconds=3"]))
+    with pytest.raises(SpeechkitError, match=r"conf.yaml with --set.*unknown key 'train_conf.no_such_field'"):
+        train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump",
+                                                            "--set", "train_conf.no_such_field=1", "--device", "cpu"]))
     with pytest.raises(SpeechkitError, match="fewer than"):
         train_bench.run(bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump",
                                                             "--steps", 10000, "--device", "cpu", "--no-ceiling"]))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from speechkit.bench import add_output_args, emit
-from speechkit.errors import SpeechkitError
+from speechkit.errors import ConfigError, SpeechkitError
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
@@ -146,6 +146,13 @@ def build_task(family: str, config_path: str, overrides: dict, data: list[str], 
         raw.setdefault(section, {}).update(fields)
     config = exp_dir / "config.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        return _build(family, config, data, exp_dir, device)
+    except ConfigError as e:  # name the user's file, not the temporary copy (its line numbers are the copy's)
+        raise ConfigError(str(e).replace(str(config), f"{config_path} with --set")) from None
+
+
+def _build(family: str, config: Path, data: list[str], exp_dir: Path, device):
     if family == "asr":
         from speechkit.data.features import FeatureDump
         from speechkit.train.asr import AsrTask, prepare_tokenizer

@@ -5,6 +5,7 @@
 # training stage with the engine, timed, with `nvidia-smi dmon` beside it, averaged, decoded and
 # scored; optionally a second, longer run on the time saved (--more_minutes).
 #   bash egs/synth/asr/local/gpu_engine_run.sh --old REV_OR_DIR [--hours 50] [--more_minutes 0]
+#     [--bench 1] [--train_config conf/train_gpu.yaml]  (--bench 0: no bench stage)
 # Work goes to $WORK (default /tmp/engine_gpu); a compact report to $REPORT. Start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_engine_run.sh --old d231589 > /tmp/engine.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -18,9 +19,11 @@ bench_warmup=30
 bench_b1600=1
 more_minutes=0
 more_config=conf/train_gpu_more.yaml
+bench=1
+train_config=conf/train_gpu.yaml
 WORK=${WORK:-/tmp/engine_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours old stage bench_steps bench_warmup bench_b1600 more_minutes more_config"
+_speechkit_opts="hours old stage bench_steps bench_warmup bench_b1600 more_minutes more_config bench train_config"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$WORK/src"
@@ -32,11 +35,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 
 if [ "$stage" -le 0 ]; then
   t=$(date +%s)
-  run --stage 0 --stop_stage 2 --config conf/train_gpu.yaml --exp "$WORK/exp_engine"
+  run --stage 0 --stop_stage 2 --config "$train_config" --exp "$WORK/exp_engine"
   echo "corpus + validation + features: $(( $(date +%s) - t )) s" | tee -a "$REPORT/timing.txt"
 fi
 
-if [ "$stage" -le 1 ]; then
+if [ "$stage" -le 1 ] && [ "$bench" != 0 ]; then
   cd "$recipe"
   speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps "$bench_steps" --warmup "$bench_warmup" \
     ${old:+--compare "$old"} --out "$REPORT/bench_asr.json"
@@ -60,7 +63,7 @@ train_and_score() {  # CONFIG EXP: the recipe's training (timed, SM sampled) and
 }
 
 if [ "$stage" -le 2 ]; then
-  train_and_score conf/train_gpu.yaml "$WORK/exp_engine"
+  train_and_score "$train_config" "$WORK/exp_engine"
 fi
 
 if [ "$stage" -le 3 ] && [ "$more_minutes" != 0 ]; then

@@ -145,6 +145,11 @@ def _export_onnx(args: argparse.Namespace) -> None:
     kind = "chained-chunk" if info["model_family"] == "ctc-streaming-conformer" else "whole-utterance and batched"
     print(f"exported {args.out_dir}/model.onnx ({info['size_mb']} MB{', int8' if args.int8 else ''}); "
           f"ONNX Runtime = PyTorch on {n} {kind} checks (same tokens, max |Δ log-prob| {worst:.1e})")
+    if "int8_check" in info:
+        c = info["int8_check"]
+        agree = (f"same tokens on {c['same_token_chunks']:.1%} of {c['chunks']} chunks" if "chunks" in c
+                 else f"token error rate {c['token_error_rate']:.1%} on {c['utterances']} utterances")
+        print(f"int8 against float32: {agree} ({c['tolerance']})")
 
 
 def _decode_stream(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """run.sh's last stage: a tiny experiment and the shipped model decoded on the same tiny test sets,
 printed side by side by egs/synth/asr/local/compare_shipped.py and added to RESULTS.md."""
 
+import itertools
 import json
 import os
 import re
@@ -68,3 +69,34 @@ def test_training_time_and_sentences_seen(tmp_path):
     # the corpus trained on the first 3 sentences of its stream
     assert sentences_in_training(["c d", "g h", "x"], seed=0, train_utterances=3, sentences=iter(stream)) == 1
     assert sentences_in_training(["a b", "e f"], seed=0, train_utterances=3, sentences=iter(stream)) == 2
+
+
+def test_sentence_parts_are_disjoint_and_reproducible():
+    from speechkit.text.sentences import is_eval_sentence, iter_sentences
+
+    train = list(itertools.islice(iter_sentences(5, "train"), 400))
+    evals = list(itertools.islice(iter_sentences(5, "eval"), 100))
+    assert not set(train) & set(evals)
+    assert all(is_eval_sentence(t) for t in evals) and not any(is_eval_sentence(t) for t in train)
+    assert evals == list(itertools.islice(iter_sentences(5, "eval"), 100))
+    # the train part is the v1 stream without eval sentences, in the same order
+    assert train == [t for t in itertools.islice(iter_sentences(5), 600) if not is_eval_sentence(t)][:400]
+
+
+def test_held_out_drops_the_judges_training_sentences(tmp_path):
+    from speechkit.eval.heldout import held_out
+    from speechkit.text.sentences import iter_sentences, training_sentences
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    keep, record = held_out(["a b c"], judge)
+    assert keep == [True] and "unknown" in record["how"]
+    (judge / "card.json").write_text(json.dumps({"corpus": {"seed": 7, "train_utterances": 300}}))
+    trained = list(training_sentences(7, 300, "v1"))
+    fresh = [t for t in itertools.islice(iter_sentences(8, "eval"), 50) if t not in set(trained)][:5]
+    keep, record = held_out([trained[0], fresh[0], trained[299], fresh[1]], judge)
+    assert keep == [False, True, False, True] and record["dropped"] == 2
+    (judge / "card.json").write_text(json.dumps({"corpus": {"seed": 7, "train_utterances": 300, "sentences": "v2"}}))
+    v2 = list(training_sentences(7, 300, "v2"))
+    keep, record = held_out([v2[5], fresh[2]], judge)
+    assert keep == [False, True] and "scheme v2" in record["how"]

@@ -290,3 +290,29 @@ def test_paraformer_starts_from_another_heads_encoder(tmp_path):
     save_atomic({"model": ctc_only, "config": ar_cfg.to_yaml_dict()}, tmp_path / "enc.pt")
     with pytest.raises(SpeechkitError, match="does not fit"):
         load_init(para, tmp_path / "enc.pt")  # all modules asked for, the head's are missing
+
+
+def test_paraformer_int8_check_accepts_int8_and_refuses_a_broken_graph(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from speechkit.errors import SpeechkitError
+    from speechkit.export.paraformer import check_int8, export_paraformer, metadata
+    from speechkit.export.quantize import quantize_weights_int8
+
+    model, tok = _tiny_paraformer()
+    model.eval()
+    export_paraformer(model, tmp_path / "fp32.onnx", metadata(model, tok))
+    q = quantize_weights_int8(onnx.load(str(tmp_path / "fp32.onnx")), min_elements=100)
+    onnx.save(q, str(tmp_path / "int8.onnx"))
+    g = np.random.default_rng(0)
+    utts = [g.standard_normal((n, 20)).astype(np.float32) for n in (90, 57, 130)]
+    report = check_int8(model, tmp_path / "fp32.onnx", tmp_path / "int8.onnx", utts)
+    assert report["utterances"] == 3 and report["token_error_rate"] <= 0.05
+    for init in q.graph.initializer:  # a broken quantiser: every int8 weight negated
+        if init.name.endswith("_int8"):
+            init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+    onnx.save(q, str(tmp_path / "bad.onnx"))
+    with pytest.raises(SpeechkitError, match="int8 model disagrees"):
+        check_int8(model, tmp_path / "fp32.onnx", tmp_path / "bad.onnx", utts)

@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
 from speechkit.data.kaldi import read_table
+from speechkit.errors import SpeechkitError
 from speechkit.eval.audio_quality import asr_wer, mel_cepstral_distortion, pesq_wb, spectrogram_comparison, stoi
+from speechkit.eval.heldout import held_out
 from speechkit.models.codec.model import RvqCodec, decode_frames, encode_samples
 from speechkit.models.codec.io import load_codec
 
@@ -82,11 +84,15 @@ def evaluate_codec(model_path: str | Path, data_dirs: list[str], *, asr_model: s
     for data in data_dirs:
         name = Path(data).name
         wav_scp, text = read_table(Path(data) / "wav.scp"), read_table(Path(data) / "text")
-        keys = sorted(wav_scp)[:max_utts]
+        keys = sorted(wav_scp)
+        keep, heldout = held_out([text[k] for k in keys], asr_model)
+        keys = [k for k, kept in zip(keys, keep) if kept][:max_utts]
+        if not keys:
+            raise SpeechkitError(f"{data}: every utterance is in the ASR judge's training text ({heldout['how']})")
         originals = [load_audio(wav_scp[k], cfg.sample_rate, resample=True, downmix=True)[0] for k in keys]
         refs = [text[k] for k in keys]
         rtf_wavs += originals[: max(0, rtf_utts - len(rtf_wavs))]
-        split = {"utterances": len(keys), "seconds": round(sum(len(x) for x in originals) / cfg.sample_rate, 1),
+        split = {"judge_heldout": heldout, "utterances": len(keys), "seconds": round(sum(len(x) for x in originals) / cfg.sample_rate, 1),
                  "asr_original": {k: v for k, v in asr_wer(originals, refs, asr_model).items() if k != "hyps"}}
         for n_q in settings:
             label = f"n_q={n_q} ({model.bitrate(n_q) / 1000:g} kbps)" if is_rvq else "vae"
@@ -137,7 +143,10 @@ def _write_samples(out: Path, split: str, label: str, keys, originals, outs, rat
 def summary_lines(r: dict) -> list[str]:
     lines = [f"{r['codec']} codec: {r['params_m']} M parameters, hop {r['hop']} = {r['frame_rate']:g} frames/s, latent dim {r['latent_dim']}"]
     for name, split in r["splits"].items():
-        lines.append(f"{name} ({split['utterances']} utts, {split['seconds']} s): ASR WER on the originals {split['asr_original']['wer']:.2f}")
+        dropped = split.get("judge_heldout", {}).get("dropped", 0)
+        left_out = f", {dropped} left out as in the ASR judge's training text" if dropped else ""
+        lines.append(f"{name} ({split['utterances']} utts, {split['seconds']} s{left_out}): "
+                     f"ASR WER on the originals {split['asr_original']['wer']:.2f}")
         for label, row in split.items():
             if not isinstance(row, dict) or "stoi" not in row:
                 continue

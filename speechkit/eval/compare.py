@@ -45,17 +45,16 @@ def training_seconds(metrics_jsonl: str | Path) -> float:
     return total + last
 
 
-def sentences_in_training(texts: Iterable[str], seed: int, train_utterances: int,
+def sentences_in_training(texts: Iterable[str], seed: int, train_utterances: int, scheme: str = "v1",
                           sentences: Iterable[str] | None = None) -> int:
-    """How many of ``texts`` a synth corpus of ``seed`` trained on: its train split is the first
-    ``train_utterances`` sentences of that seed's stream (``plan_corpus`` fills train first).
-    ``sentences`` replaces the stream (tests)."""
+    """How many of ``texts`` a synth corpus of ``seed`` trained on (``training_sentences``).
+    ``sentences`` replaces the corpus's training text, in order (tests)."""
     texts = list(texts)
     wanted, found = set(texts), set()
     if sentences is None:
-        from speechkit.text.sentences import iter_sentences
+        from speechkit.text.sentences import training_sentences
 
-        sentences = iter_sentences(seed)
+        sentences = training_sentences(seed, train_utterances, scheme)
     for sentence in itertools.islice(sentences, train_utterances):
         if sentence in wanted:
             found.add(sentence)
@@ -123,7 +122,8 @@ def compare(exp_dir: str | Path, data_dir: str | Path, model_dir: str | Path, de
     if (data_dir / "voices.json").is_file():
         corpus = card["corpus"]
         seen = {s: sentences_in_training(read_table(data_dir / s / "text", allow_empty_value=True).values(),
-                                         corpus["seed"], corpus["train_utterances"]) for s in splits}
+                                         corpus["seed"], corpus["train_utterances"],
+                                         corpus.get("sentences", "v1")) for s in splits}
         if any(seen.values()):
             own = card["results"]
             notes.append(f"Careful: {', '.join(f'{seen[s]} of {utts[s]} {s}' for s in splits)} sentences are in the "

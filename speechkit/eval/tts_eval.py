@@ -119,14 +119,23 @@ def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: st
         return load_audio(str(p), 16000, resample=True, downmix=True)[0]
 
     have = [p for p in pairs if (out_dir / "wav" / f"{p['utt']}.wav").is_file()]
+    heldout = None
+    if "asr" in judges and asr_model is not None:
+        from speechkit.eval.heldout import held_out
+
+        keep, heldout = held_out([p["text"] for p in have], asr_model)
+        have = [p for p, k in zip(have, keep) if k]
     if not have:
-        raise SpeechkitError(f"{out_dir}/wav: no synthesised utterance to judge")
+        raise SpeechkitError(f"{out_dir}/wav: no synthesised utterance to judge"
+                             + (" outside the ASR judge's training text" if heldout and heldout["dropped"] else ""))
     # a model that stopped at once wrote no samples: judged as half a second of silence
     empty = {p["utt"] for p in have if sf.info(str(out_dir / "wav" / f"{p['utt']}.wav")).frames == 0}
     synth = {p["utt"]: np.zeros(8000, np.float32) if p["utt"] in empty else read(out_dir / "wav" / f"{p['utt']}.wav") for p in have}
     real = {p["utt"]: read(p["wav"]) for p in have}
     refs = [p["text"] for p in have]
     out: dict = {"utterances": len(have), "empty": len(empty)}
+    if heldout is not None:
+        out["judge_heldout"] = heldout
     if "asr" in judges:
         from speechkit.eval.audio_quality import asr_wer
 

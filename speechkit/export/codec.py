@@ -9,6 +9,8 @@ chunks.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +62,23 @@ def metadata(model: VaeCodec | RvqCodec) -> dict:
 
 def export_codec(model: VaeCodec | RvqCodec, out_dir: str | Path, check_wavs: list[np.ndarray], chunk_frames: int = 1) -> dict:
     """Write encoder.onnx, decoder.onnx (and codebooks.npy for RVQ) with the parity report in
-    export.json; ``check_wavs`` are float32 waveforms of at least 3 decoder chunks."""
+    export.json; ``check_wavs`` are float32 waveforms of at least 3 decoder chunks. The files are
+    written to a staging folder and moved into ``out_dir`` only after the parity check passes, so a
+    failed export leaves no graph behind."""
     model = model.float().eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        info = _write_and_check(model, staging, check_wavs, chunk_frames)
+        for f in sorted(staging.iterdir()):
+            f.replace(out_dir / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def _write_and_check(model: VaeCodec | RvqCodec, out_dir: Path, check_wavs: list[np.ndarray], chunk_frames: int) -> dict:
     meta = metadata(model)
     hop = model.cfg.hop
     write_onnx(EncoderGraph(model), (torch.zeros(1, 1, 4 * hop),), out_dir / "encoder.onnx", ["wav"], ["codes" if isinstance(model, RvqCodec) else "latents"],

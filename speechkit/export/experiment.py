@@ -23,15 +23,16 @@ def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np
     """Export an experiment to ``out_dir`` (model.onnx, tokenizer, export.json): a streaming CTC
     model as the chunk graph, a Paraformer as one offline graph. The fp32 graph is checked against
     PyTorch on ``utterances`` (fbank arrays) before anything is kept; with ``int8`` the shipped
-    model.onnx stores its weights as int8 (float32 arithmetic: export/quantize.py)."""
+    model.onnx stores its weights as int8 (float32 arithmetic: export/quantize.py), kept only when
+    it gives the float32 graph's tokens within the family's stated tolerance (``check_int8``)."""
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
     model = rec.model.float().eval()
     if len(utterances) < 1:
         raise SpeechkitError("export needs at least one test utterance for the parity check")
     if isinstance(model, pf.ParaformerModel):
-        export, check, meta = pf.export_paraformer, pf.check_parity, pf.metadata(model, rec.tokenizer)
+        export, check, check_int8, meta = pf.export_paraformer, pf.check_parity, pf.check_int8, pf.metadata(model, rec.tokenizer)
     elif isinstance(model, CtcAsrModel) and isinstance(model.encoder, StreamingConformerEncoder):
-        export, check, meta = sa.export_streaming_ctc, sa.check_parity, sa.metadata(model, rec.tokenizer)
+        export, check, check_int8, meta = sa.export_streaming_ctc, sa.check_parity, sa.check_int8, sa.metadata(model, rec.tokenizer)
     else:
         raise SpeechkitError(f"{exp_dir}: ONNX export covers streaming_conformer + ctc and paraformer models, "
                              f"not encoder '{model.cfg.encoder}' with head '{model.cfg.head}'")
@@ -52,13 +53,20 @@ def export_exp_dir(exp_dir: str | Path, out_dir: str | Path, utterances: list[np
 
         from speechkit.export.quantize import quantize_weights_int8
 
-        tmp = out_dir / "model.onnx.tmp"
+        tmp = out_dir / "model.int8.onnx"
         onnx.save(quantize_weights_int8(onnx.load(str(fp32))), str(tmp))
+        try:
+            int8_report = check_int8(model, fp32, tmp, utterances)
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            fp32.unlink(missing_ok=True)
+            raise
         tmp.replace(out_dir / "model.onnx")
         fp32.unlink()
     else:
         fp32.replace(out_dir / "model.onnx")
     info = {"exp_dir": str(exp_dir), "checkpoint": checkpoint, "model_family": meta["model_family"], "int8": int8,
-            "parity": report, "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
+            "parity": report, **({"int8_check": int8_report} if int8 else {}),
+            "size_mb": round((out_dir / "model.onnx").stat().st_size / 1e6, 2)}
     (out_dir / "export.json").write_text(json.dumps(info, indent=1) + "\n")
     return info

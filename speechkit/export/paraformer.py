@@ -26,6 +26,7 @@ from speechkit.models.asr.paraformer import ParaformerModel
 # 50 h model's export measured 1.7e-3 with identical tokens (streaming CTC, 12 layers: 3e-5).
 LOGPROB_TOL = 5e-3
 ALPHA_TOL = 1e-4  # the CIF weights, where token counts and times come from
+INT8_TOKEN_ERROR = 0.05  # int8 weights vs the float32 graph
 OUTPUTS = ["tokens", "token_lens", "log_probs", "alphas", "alphas_len"]
 
 
@@ -97,4 +98,27 @@ def check_parity(model: ParaformerModel, onnx_path: str | Path, utterances: list
         if not same or diff > LOGPROB_TOL or alpha_diff > ALPHA_TOL:
             raise SpeechkitError(f"ONNX Runtime and PyTorch disagree on utterances {group}: same tokens {same}, "
                                  f"max |Δ log-prob| {diff:.2e} (tolerance {LOGPROB_TOL}), max |Δ α| {alpha_diff:.1e} (tolerance {ALPHA_TOL})")
+    return report
+
+
+def check_int8(model: ParaformerModel, fp32_path: str | Path, int8_path: str | Path, utterances: list[np.ndarray]) -> dict:
+    """The int8 graph against the float32 one it came from, each utterance alone: raise unless the
+    token error rate between their outputs is at most INT8_TOKEN_ERROR."""
+    import onnxruntime as ort
+
+    from speechkit.models.asr.paraformer import edit_distance
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
+    errors = tokens = same = 0
+    for feats in utterances:
+        x, lens = pad_feats([feats])
+        (a, na), (b, nb) = (s.run(OUTPUTS[:2], {"x": x, "x_lens": lens}) for s in sessions)
+        ref, hyp = a[0, : int(na[0])].tolist(), b[0, : int(nb[0])].tolist()
+        errors, tokens, same = errors + edit_distance(ref, hyp), tokens + len(ref), same + (ref == hyp)
+    rate = errors / max(tokens, 1)
+    report = {"utterances": len(utterances), "same_tokens": same, "token_error_rate": round(rate, 4),
+              "tolerance": f"token error rate against float32 at most {INT8_TOKEN_ERROR:.0%}"}
+    if rate > INT8_TOKEN_ERROR:
+        raise SpeechkitError(f"the int8 model disagrees with float32: token error rate {rate:.1%} on {len(utterances)} "
+                             f"utterances (at most {INT8_TOKEN_ERROR:.0%}); export without --int8")
     return report

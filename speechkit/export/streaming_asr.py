@@ -19,6 +19,8 @@ from speechkit.nn.streaming_conformer import StreamingConformerEncoder
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
 LOGPROB_TOL = 1e-3  # float32 log-probabilities, ONNX Runtime vs PyTorch
+# int8 weights vs the float32 graph: the share of chunks whose greedy tokens must be identical
+INT8_CHUNK_AGREEMENT = 0.9
 
 
 class StreamingCtcGraph(nn.Module):
@@ -119,4 +121,41 @@ def check_parity(model: CtcAsrModel, onnx_path: str | Path, utterances: list[np.
             if not same or diff > LOGPROB_TOL:
                 raise SpeechkitError(f"ONNX Runtime and PyTorch disagree on utterance {i} at att_context ({left}, {right}): "
                                      f"same tokens {same}, max |Δ log-prob| {diff:.2e} (tolerance {LOGPROB_TOL})")
+    return report
+
+
+def check_int8(model: CtcAsrModel, fp32_path: str | Path, int8_path: str | Path, utterances: list[np.ndarray]) -> dict:
+    """The int8 graph against the float32 one it came from, chunk by chunk at every look-ahead the
+    model was trained for: raise unless at least INT8_CHUNK_AGREEMENT of the chunks give the same
+    greedy tokens."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
+    chunks = same = frames = same_frames = 0
+    diff = 0.0
+    for left, right in model.encoder.cfg.streamable():
+        chunk_feats = 4 * (right + 1)
+        ctx = np.array([left, right], dtype=np.int64)
+        for feats in utterances:
+            out = []
+            for session in sessions:
+                def run(x, x_lens, state, session=session):
+                    o = session.run(None, {"x": x.astype(np.float32), "x_lens": x_lens, "att_context": ctx, **dict(zip(STATE_NAMES, state))})
+                    return o[0], o[1], o[2:]
+
+                out.append(_chain(run, feats, chunk_feats, [t.numpy() for t in model.encoder.init_state(1)]))
+            a, b = out
+            diff = max(diff, float(np.abs(a - b).max()))
+            ta, tb = a.argmax(-1), b.argmax(-1)
+            frames, same_frames = frames + len(ta), same_frames + int((ta == tb).sum())
+            per_chunk = right + 1
+            for at in range(0, len(ta), per_chunk):
+                chunks += 1
+                same += bool(np.array_equal(ta[at : at + per_chunk], tb[at : at + per_chunk]))
+    report = {"chunks": chunks, "same_token_chunks": round(same / max(chunks, 1), 4),
+              "same_token_frames": round(same_frames / max(frames, 1), 4), "max_abs_diff": round(diff, 4),
+              "tolerance": f"same greedy tokens on at least {INT8_CHUNK_AGREEMENT:.0%} of chunks"}
+    if same < INT8_CHUNK_AGREEMENT * chunks:
+        raise SpeechkitError(f"the int8 model disagrees with float32: same tokens on {same} of {chunks} chunks "
+                             f"(needs {INT8_CHUNK_AGREEMENT:.0%}); export without --int8")
     return report

@@ -4,11 +4,20 @@ Sentences are random walks over the word-trigram Markov chain that the ``essenti
 package ships (built from Wikipedia text): each walk starts after a sentence end in that text and
 stops at the next one. Walks are normalised (``speechkit.text.normalize``) into exactly the words
 an engine will say; rejected, too short, too long and repeated ones are skipped.
+
+Two disjoint parts of every seed's sentences, so that no test sentence is ever trained on, by any
+corpus of any size (``SENTENCE_SCHEME`` "v2"): a sentence belongs to the *eval* part when a hash of
+its text says so (about 1 in ``EVAL_ONE_IN``), whichever stream produced it. The *train* part is the
+seed's stream without eval sentences; the eval part comes from a second stream of the seed and
+keeps only eval sentences. A corpus fills ``train`` from the train part and its dev and test splits
+from the eval part. Corpora made before the split ("v1") took every split from one stream, in
+order: ``training_sentences`` rebuilds either scheme's training text from a model card.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import itertools
 import json
@@ -18,6 +27,9 @@ from collections.abc import Iterator
 from speechkit.text.normalize import normalize_text
 
 MIN_WORDS = 5
+EVAL_ONE_IN = 8
+SENTENCE_SCHEME = "v2"
+PARTS = ("all", "train", "eval")
 MAX_WORDS = 20
 _MAX_WALK = 40  # raw tokens; longer walks rarely normalise to MAX_WORDS or fewer
 
@@ -61,11 +73,19 @@ def _walk(chain: Chain, starts: tuple[str, ...], rng: random.Random) -> str | No
     return " ".join(words)
 
 
-def iter_sentences(seed: int) -> Iterator[str]:
-    """Distinct normalised sentences of MIN_WORDS to MAX_WORDS words; the same seed gives the
-    same sequence."""
+def is_eval_sentence(text: str) -> bool:
+    """Whether a normalised sentence belongs to the eval part (a fixed hash of its text)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()[0] % EVAL_ONE_IN == 0
+
+
+def iter_sentences(seed: int, part: str = "all") -> Iterator[str]:
+    """Distinct normalised sentences of MIN_WORDS to MAX_WORDS words; the same seed and part give
+    the same sequence. ``part``: "all" (one stream, every sentence: scheme v1), "train" (that
+    stream without eval sentences) or "eval" (eval sentences of a second stream of the seed)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
     chain, starts = markov_chain()
-    rng = random.Random(seed)
+    rng = random.Random(f"eval-{seed}" if part == "eval" else seed)
     seen: set[str] = set()
     while True:
         raw = _walk(chain, starts, rng)
@@ -73,4 +93,13 @@ def iter_sentences(seed: int) -> Iterator[str]:
         if text is None or text in seen or not MIN_WORDS <= text.count(" ") + 1 <= MAX_WORDS:
             continue
         seen.add(text)
-        yield text
+        if part == "all" or is_eval_sentence(text) == (part == "eval"):
+            yield text
+
+
+def training_sentences(seed: int, train_utterances: int, scheme: str = "v1") -> Iterator[str]:
+    """The text of a synth corpus's train split, in order: the first ``train_utterances`` sentences
+    of the seed's stream ("v1") or of its train part ("v2"); ``plan_corpus`` fills train first."""
+    if scheme not in ("v1", "v2"):
+        raise ValueError(f"unknown sentence scheme {scheme!r} (v1 or v2)")
+    return itertools.islice(iter_sentences(seed, "all" if scheme == "v1" else "train"), train_utterances)

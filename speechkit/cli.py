@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.commands import tts as tts_commands
 
     tts_commands.add_parser(sub)
+    from speechkit.commands import augment as augment_commands
+
+    augment_commands.add_parser(sub)
 
     from speechkit.bench import asr_decode, asr_stream, serve_load, train as train_bench, tts_synth
 

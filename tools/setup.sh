@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=()
-for bin in espeak-ng flite festival sox; do command -v "$bin" >/dev/null 2>&1 || apt_pkgs+=("$bin"); done
+for bin in espeak-ng flite festival sox ffmpeg; do command -v "$bin" >/dev/null 2>&1 || apt_pkgs+=("$bin"); done
 [ -d /usr/share/festival/voices/english/kal_diphone ] || apt_pkgs+=(festvox-kallpc16k)
 [ -d /usr/share/festival/voices/english/kd_diphone ] || apt_pkgs+=(festvox-kdlpc16k)
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
@@ -33,4 +33,9 @@ $pip install -q --disable-pip-version-check -e '.[onnx,test,eval,tts-eval]'
 # `webrtcvad` (imports pkg_resources, gone from setuptools) and add the `typing` backport; the
 # tts-eval extra brings webrtcvad-wheels instead, and the installed torch stays.
 $pip install -q --disable-pip-version-check --no-deps 'resemblyzer==0.1.4'
+# acoustic augmentation (`speechkit augment`), also without declared deps: audiomentations pins
+# soxr<1.0 and would downgrade the soxr the package resamples with; pyroomacoustics lists Cython,
+# which it does not need at run time. Their real dependencies (numpy, scipy) are already here.
+$pip install -q --disable-pip-version-check --no-deps 'pyroomacoustics==0.10.1' 'audiomentations==0.43.1' \
+  'colorednoise==2.2.0' 'numpy-minmax==0.6.0' 'numpy-rms==0.7.0' 'python-stretch==0.3.1'
 .venv/bin/python -c 'import speechkit, torch; print(f"setup: speechkit {speechkit.__version__}, torch {torch.__version__}")'

@@ -16,6 +16,8 @@ train_set=train
 dev_set=dev
 test_sets="test test_unseen"
 speed_perturb=""
+augment=""  # a `speechkit augment` config: train on the clean set plus augment_copies augmented copies
+augment_copies=1
 nj=$(nproc)
 ngpu=0
 decode_modes="greedy"
@@ -23,7 +25,7 @@ beam=10
 results=RESULTS.md
 results_title="conformer-CTC"
 command_line="$0 $*"
-_speechkit_opts="command_line stage stop_stage config data dump exp train_set dev_set test_sets speed_perturb nj ngpu decode_modes beam results results_title"
+_speechkit_opts="command_line stage stop_stage config data dump exp train_set dev_set test_sets speed_perturb augment augment_copies nj ngpu decode_modes beam results results_title"
 . "$(dirname "$0")/../tools/parse_options.sh"
 
 [ -n "$config" ] || { echo "$0: --config is required" >&2; exit 2; }
@@ -37,6 +39,17 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     speechkit data validate "$data/$s" --nj "$nj" --allow-bad-audio
     touch "$data/$s/.validated"
   done
+fi
+
+if [ -n "$augment" ]; then  # the augmented set replaces the training set from stage 2 on
+  aug_set=${train_set}_aug
+  if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && [ ! -f "$data/$aug_set/.done" ]; then
+    log "stage 2: acoustic augmentation of $train_set ($augment, $augment_copies copies beside the clean one)"
+    rm -rf "$data/$aug_set"
+    speechkit augment "$data/$train_set" "$data/$aug_set" --config "$augment" --copies "$augment_copies" --keep-clean --nj "$nj"
+    touch "$data/$aug_set/.done"
+  fi
+  train_set=$aug_set
 fi
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then

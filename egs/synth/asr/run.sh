@@ -19,9 +19,11 @@ data=data
 dump=dump
 exp=
 speed_perturb=""
+augment=""
+augment_copies=1
 decode_modes="greedy"
 shipped=../../../models/asr-stream-synth
-_speechkit_opts="stage stop_stage config hours seed nj ngpu data dump exp speed_perturb decode_modes shipped"
+_speechkit_opts="stage stop_stage config hours seed nj ngpu data dump exp speed_perturb augment augment_copies decode_modes shipped"
 command_line="egs/synth/asr/run.sh $*"
 . ../../../tools/parse_options.sh
 [ -n "$exp" ] || exp=exp/$(basename "${config%.*}")
@@ -32,7 +34,7 @@ fi
 
 ../../../recipes/asr.sh --stage "$((stage > 1 ? stage : 1))" --stop_stage "$stop_stage" --config "$config" \
   --data "$data" --dump "$dump" --exp "$exp" --nj "$nj" --ngpu "$ngpu" --speed_perturb "$speed_perturb" \
-  --decode_modes "$decode_modes" --results "$exp/RESULTS.md" --results_title "conformer-CTC, synth $hours h ($(basename "$config"))" \
+  --augment "$augment" --augment_copies "$augment_copies" --decode_modes "$decode_modes" --results "$exp/RESULTS.md" --results_title "conformer-CTC, synth $hours h ($(basename "$config"))" \
   --command_line "$command_line"
 
 if [ $stop_stage -ge 9 ]; then

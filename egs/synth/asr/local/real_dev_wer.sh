@@ -30,7 +30,7 @@ for d in $sets; do
   [ -f "$out/wer.json" ] || { python3 local/pocketsphinx_decode.py "$d" "$out" --nj "$nj" && speechkit score "$d/text" "$out/hyp" --out "$out/wer.json" >/dev/null; }
 done
 table="| model | $(for d in $sets; do echo -n "$(basename "$d") | "; done)"
-table="$table"$'\n'"|---|$(for d in $sets; do echo -n -- '---|'; done)"
+table="$table"$'\n'"|---|$(for d in $sets; do printf '%s' '---|'; done)"
 table="$table"$'\n'"$(row "pocketsphinx (en-us, bundled)" "$work/pocketsphinx")"
 for m in "$@"; do
   name=$(basename "$m")

@@ -14,15 +14,15 @@ sessions that report partial and final results as audio arrives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import OnlineRecognizer, Stream
-from speechkit.runtime.console import model_family, read_mono
+from speechkit.errors import AudioError, SpeechkitError
+from speechkit.runtime.asr import OnlineRecognizer, Stream, array_blocks
+from speechkit.runtime.console import file_blocks, model_family
 from speechkit.runtime.events import Result, ResultTracker
 
 
@@ -40,11 +40,18 @@ class Transcript:
         return self.text
 
 
-def _read(audio, sample_rate: int | None) -> tuple[np.ndarray, int | None]:
-    """A path → (mono float32, its rate); an array → (float32, the caller's rate or None)."""
+def _inputs(audio) -> tuple[list, bool]:
+    """``transcribe``'s argument → (the inputs, whether it was a list of them)."""
+    many = isinstance(audio, Sequence) and not isinstance(audio, (str, Path, np.ndarray))
+    return (list(audio) if many else [audio]), many
+
+
+def _source(audio, sample_rate: int) -> Iterable[tuple[np.ndarray, int]]:
+    """A path → its blocks, read as they are decoded (a file is never held whole); an array → views
+    of it at ``sample_rate``."""
     if isinstance(audio, (str, Path)):
-        return read_mono(audio, float("inf"))
-    return np.asarray(audio, dtype=np.float32), sample_rate
+        return file_blocks(audio)
+    return array_blocks(audio, sample_rate)
 
 
 class StreamSession:
@@ -96,32 +103,19 @@ class StreamSession:
 class StreamingAsr:
     """A cache-aware streaming CTC model (``model_family: ctc-streaming-conformer``)."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1, att_context: tuple[int, int] | None = None, beam: int = 1):
-        self.recognizer = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam)
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, att_context: tuple[int, int] | None = None, beam: int = 1,
+                 **options):
+        self.recognizer = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam, **options)
         self.sample_rate = self.recognizer.sample_rate
 
     def transcribe(self, audio, sample_rate: int | None = None):
         """A path or a float32 mono array → :class:`Transcript`; a list of them → a list,
-        decoded as parallel streams in one batch per chunk."""
-        if isinstance(audio, Sequence) and not isinstance(audio, (str, Path, np.ndarray)):
-            return self._batch(audio, sample_rate)
-        with self.stream(sample_rate) as s:
-            x, rate = _read(audio, sample_rate)
-            s.feed(x, rate)
-        return self._transcript(s.stream)
-
-    def _batch(self, audios, sample_rate):
-        rec = self.recognizer
-        streams = []
-        for a in audios:
-            x, rate = _read(a, sample_rate)
-            st = rec.create_stream()
-            st.accept_waveform(x, rate)
-            st.input_finished()
-            streams.append(st)
-        while any(rec.is_ready(st) for st in streams):
-            rec.decode_streams(streams)
-        return [self._transcript(st) for st in streams]
+        decoded as parallel streams in one batch per chunk. Files are read a block at a time as
+        the model needs them, so a file of any length is fine."""
+        items, many = _inputs(audio)
+        streams = self.recognizer.run_streams([_source(a, sample_rate or self.sample_rate) for a in items])
+        out = [self._transcript(st) for st in streams]
+        return out if many else out[0]
 
     def _transcript(self, st: Stream) -> Transcript:
         return Transcript(self.recognizer.text(st), [(seg.text, seg.start, seg.end) for seg in st.finals])
@@ -134,25 +128,28 @@ class StreamingAsr:
 class OfflineAsr:
     """A Paraformer (``model_family: paraformer``): whole inputs, batched, word times."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, **options):
         from speechkit.runtime.paraformer import OfflineRecognizer
 
-        self.recognizer = OfflineRecognizer(model_dir, num_threads=num_threads)
+        self.recognizer = OfflineRecognizer(model_dir, num_threads=num_threads, **options)
         self.sample_rate = self.recognizer.sample_rate
 
     def transcribe(self, audio, sample_rate: int | None = None):
         """A path or a float32 mono array → :class:`Transcript`; a list → a list (one padded batch
-        per ~60 s of audio). Inputs longer than 30 s are cut at quiet points."""
-        many = isinstance(audio, Sequence) and not isinstance(audio, (str, Path, np.ndarray))
-        rec = self.recognizer
-        xs = [rec.prepare(*_read(a, sample_rate)) for a in (audio if many else [audio])]
-        out: list[Transcript | None] = [None] * len(xs)
-        short = [i for i, x in enumerate(xs) if len(x) <= rec.max_segment * rec.sample_rate]
-        for i, r in zip(short, rec.recognize([xs[i] for i in short])):
-            out[i] = Transcript(r.text, [(r.text, 0.0, round(len(xs[i]) / rec.sample_rate, 3))], r.words)
-        for i in (i for i, t in enumerate(out) if t is None):
-            r = rec.transcribe_long(xs[i])
-            out[i] = Transcript(r.text, [], r.words)
+        per ~60 s of audio). Inputs longer than 30 s are cut at quiet points; files that long are
+        read a block at a time. ``segments``: (text, start s, end s) per piece decoded."""
+        from speechkit.runtime.paraformer import recognize_paths
+
+        items, many = _inputs(audio)
+        results: dict[int, object] = {}
+        paths = [i for i, a in enumerate(items) if isinstance(a, (str, Path))]
+        for i, (_, r) in zip(paths, recognize_paths(self.recognizer, [items[i] for i in paths])):
+            if isinstance(r, AudioError):
+                raise r
+            results[i] = r
+        arrays = [i for i in range(len(items)) if i not in results]
+        results.update(zip(arrays, self.recognizer.recognize([items[i] for i in arrays], sample_rate)))
+        out = [Transcript(r.text, r.segments, r.words) for r in (results[i] for i in range(len(items)))]
         return out if many else out[0]
 
     def stream(self, sample_rate: int | None = None):
@@ -165,7 +162,8 @@ def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
     CLEAR TTS model (``ar_step.onnx`` ...) :class:`speechkit.runtime.tts.Synthesizer`
     (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks).
-    ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``)."""
+    ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``; both families:
+    ``gate=None`` keeps tokens the speech-activity gate would drop as silence or noise)."""
     model_dir = Path(model_dir)
     if (model_dir / "ar_step.onnx").is_file() and model_family(model_dir) == "tts-clear":
         from speechkit.runtime.tts import Synthesizer

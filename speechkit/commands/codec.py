@@ -1,28 +1,39 @@
 """`speechkit codec train|export|encode|decode|resynth|eval`. MODEL is an experiment dir (its
-model.pt, run with torch) or an exported dir (encoder.onnx + decoder.onnx, run without torch)."""
+model.pt, run with torch) or an exported dir (encoder.onnx + decoder.onnx, run without torch).
+
+encode, decode and resynth read their input a block at a time, encode it block by block, decode
+through the decoder's streaming state and write audio as it comes, so memory does not grow with
+the input's length (only the latents of ``encode``, 1/10 of the audio's size, are kept whole)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from speechkit.bench import add_output_args
 from speechkit.errors import SpeechkitError
 
+READ_SECONDS = 1.0  # file blocks
+
 
 class _Codec:
-    """One interface over a torch experiment and an exported model: encode → (D|n_q, F) array,
-    decode → samples."""
+    """One interface over a torch experiment and an exported model: ``encode_blocks`` → (D|n_q, K)
+    frames a block at a time, ``stream()`` → a decoder that carries its state across calls."""
 
-    def __init__(self, path: str, device: str = "cpu"):
+    def __init__(self, path: str, device: str = "cpu", threads: int = 1):
         p = Path(path)
         if (p / "encoder.onnx").is_file():
             from speechkit.runtime.codec import CodecRuntime
 
-            self.rt, self.model = CodecRuntime(p), None
+            self.rt, self.model = CodecRuntime(p, threads), None
             self.sample_rate, self.hop, self.kind = self.rt.sample_rate, self.rt.hop, self.rt.kind
         else:
             from speechkit.models.codec.io import load_codec
@@ -31,27 +42,76 @@ class _Codec:
             cfg = self.model.cfg
             self.sample_rate, self.hop, self.kind = cfg.sample_rate, cfg.hop, cfg.codec
 
-    def encode(self, x: np.ndarray, n_q: int | None = None) -> np.ndarray:
-        if self.rt is None:
-            from speechkit.models.codec.model import encode_samples
-
-            return encode_samples(self.model, x, n_q)
-        if n_q and self.kind != "rvq":
-            raise SpeechkitError("--n-q (a number of RVQ stages) does not apply to a VAE codec")
-        return self.rt.encode(x)[:n_q]
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
+    def encode_blocks(self, blocks: Iterable[np.ndarray], n_q: int | None = None) -> Iterator[np.ndarray]:
+        """Consecutive blocks of one waveform → its (D|n_q, K) frames, a block at a time."""
         if self.rt is not None:
-            return self.rt.decode(z)
-        from speechkit.models.codec.model import decode_frames
+            if n_q and self.kind != "rvq":
+                raise SpeechkitError("--n-q (a number of RVQ stages) does not apply to a VAE codec")
+            return (z[:n_q] for z in self.rt.encode_blocks(blocks))
+        from speechkit.models.codec.model import encode_samples
+        from speechkit.runtime.codec import ENCODE_BLOCK_SECONDS, encode_blocks, receptive_frames
 
-        return decode_frames(self.model, z)
+        def encode(x):
+            return encode_samples(self.model, x, n_q)
+
+        block_frames = int(ENCODE_BLOCK_SECONDS * self.sample_rate) // self.hop
+        return encode_blocks(encode, blocks, self.hop, receptive_frames(encode, self.hop) + 2, block_frames)
+
+    def stream(self):
+        """A decoder stream: ``decode(frames (D|n_q, K)) → K × hop samples``, state carried."""
+        return self.rt.stream() if self.rt is not None else _TorchDecoderStream(self.model)
+
+
+class _TorchDecoderStream:
+    """The torch codec's streaming decoder with the runtime's ``DecoderStream`` interface."""
+
+    def __init__(self, model):
+        self.model, self.device = model, next(model.parameters()).device
+        self.state = model.decoder.init_state(1, self.device)
+
+    def decode(self, frames: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            z = torch.from_numpy(np.ascontiguousarray(frames))[None].to(self.device)
+            y, self.state = self.model.decode_chunk(z, self.state)
+        return y[0, 0].float().cpu().numpy()
 
 
 def _read(path: str, rate: int) -> np.ndarray:
     from speechkit.audio.io import load_audio
 
     return load_audio(path, rate, resample=True, downmix=True)[0]
+
+
+def _blocks(path: str, rate: int, bar: tqdm | None = None) -> Iterator[np.ndarray]:
+    """The file's samples at ``rate``, mono, a block at a time (counted on ``bar`` in seconds)."""
+    from speechkit.audio.io import read_blocks
+
+    for x, _ in read_blocks(path, READ_SECONDS, rate, resample=True, downmix=True):
+        if bar is not None:  # resampled blocks may add up to a hair over the file's duration
+            bar.update(min(len(x) / rate, bar.total - bar.n))
+        yield x
+
+
+def _seconds(path: str) -> float:
+    from speechkit.audio.io import audio_duration
+
+    return audio_duration(path)
+
+
+@contextmanager
+def _writer(path: str, rate: int):
+    """A mono sound file written as blocks come, under a temporary name renamed at the end (a
+    failed run leaves no truncated file under ``path``)."""
+    out = Path(path)
+    part = out.with_name(f"{out.stem}.part{out.suffix}")
+    try:
+        with sf.SoundFile(str(part), "w", rate, 1) as f:
+            yield f
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _train(args) -> None:
@@ -76,27 +136,50 @@ def _export(args) -> None:
 
 
 def _encode(args) -> None:
-    codec = _Codec(args.model, args.device)
-    z = codec.encode(_read(args.wav, codec.sample_rate), args.n_q)
+    codec = _Codec(args.model, args.device, args.threads)
+    with tqdm(total=_seconds(args.wav), unit="s", desc=f"encode {Path(args.wav).name}", file=sys.stderr) as bar:
+        z = np.concatenate(list(codec.encode_blocks(_blocks(args.wav, codec.sample_rate, bar), args.n_q)), axis=1)
     np.save(args.out, z)
     print(f"{args.out}: {'codes' if codec.kind == 'rvq' else 'latents'} {z.shape} ({z.shape[1] * codec.hop / codec.sample_rate:.2f} s)")
 
 
 def _decode(args) -> None:
-    codec = _Codec(args.model, args.device)
-    z = np.load(args.npy)
+    from speechkit.runtime.codec import decode_blocks
+
+    codec = _Codec(args.model, args.device, args.threads)
+    try:
+        z = np.load(args.npy, mmap_mode="r")  # frames are read as they are decoded
+    except ValueError as e:
+        raise SpeechkitError(f"{args.npy}: not a .npy array ({e})") from None
     if z.ndim != 2:
         raise SpeechkitError(f"{args.npy}: expected a 2-D array (D, F) or (n_q, F), got shape {z.shape}")
-    sf.write(args.out, codec.decode(z), codec.sample_rate)
+    with _writer(args.out, codec.sample_rate) as f, tqdm(total=z.shape[1], unit="frame", desc="decode", file=sys.stderr) as bar:
+        for y in decode_blocks(codec.stream(), [z]):
+            f.write(y)
+            bar.update(len(y) // codec.hop)
     print(f"{args.out}: {z.shape[1] * codec.hop / codec.sample_rate:.2f} s")
 
 
 def _resynth(args) -> None:
-    codec = _Codec(args.model, args.device)
-    x = _read(args.wav, codec.sample_rate)
-    y = codec.decode(codec.encode(x, args.n_q))[: len(x)]
-    sf.write(args.out, y, codec.sample_rate)
-    print(f"{args.out}: {len(y) / codec.sample_rate:.2f} s resynthesised")
+    from speechkit.runtime.codec import decode_blocks
+
+    codec = _Codec(args.model, args.device, args.threads)
+    read = written = 0
+
+    def counted(blocks):
+        nonlocal read
+        for x in blocks:
+            read += len(x)
+            yield x
+
+    with tqdm(total=_seconds(args.wav), unit="s", desc=f"resynth {Path(args.wav).name}", file=sys.stderr) as bar, \
+            _writer(args.out, codec.sample_rate) as f:
+        frames = codec.encode_blocks(counted(_blocks(args.wav, codec.sample_rate, bar)), args.n_q)
+        for y in decode_blocks(codec.stream(), frames):
+            y = y[: read - written]  # the encoder padded the end to a whole frame
+            f.write(y)
+            written += len(y)
+    print(f"{args.out}: {written / codec.sample_rate:.2f} s resynthesised")
 
 
 def _eval(args) -> None:
@@ -132,6 +215,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         c.add_argument("npy" if name == "decode" else "wav")
         c.add_argument("out")
         c.add_argument("--device", default="cpu")
+        c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
         if name != "decode":
             c.add_argument("--n-q", type=int, default=None, help="RVQ: stages to keep (a lower bitrate)")
         c.set_defaults(func={"encode": _encode, "decode": _decode, "resynth": _resynth}[name])

@@ -26,6 +26,8 @@ from torch import Tensor
 from speechkit.errors import SpeechkitError
 from speechkit.models.codec.model import CodecConfig, VaeCodec, codec_config_from_dict, encode_samples
 from speechkit.nn.seanet import SeanetConfig, State
+from speechkit.runtime.codec import (ENCODE_BLOCK_SECONDS, WHOLE_DECODE_FRAMES, decode_blocks, encode_blocks,
+                                     receptive_frames)
 
 LATENT_TOL = 1e-3  # the export's own tolerances (speechkit.export.codec)
 AUDIO_TOL = 1e-4
@@ -151,6 +153,7 @@ class TorchCodec:
         self.model = model.to(self.device).eval()
         self.sample_rate, self.hop, self.latent_dim = cfg.sample_rate, cfg.hop, cfg.encoder_conf.latent_dim
         self.stream_ = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._context = None  # frames of audio a block needs before it (measured on first long input)
         if check:
             self.check(model_dir)
 
@@ -168,9 +171,19 @@ class TorchCodec:
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Mono float32 at the codec's rate → (D, F) latents; the end is padded with zeros to a
-        whole frame."""
+        whole frame. Inputs longer than ``ENCODE_BLOCK_SECONDS`` go by blocks, as in the runtime."""
+        x = np.asarray(samples, dtype=np.float32)
+        size = int(ENCODE_BLOCK_SECONDS * self.sample_rate)
+        if len(x) <= size:
+            return self._encode(x)
+        if self._context is None:
+            self._context = receptive_frames(self._encode, self.hop) + 2
+        blocks = (x[at : at + size] for at in range(0, len(x), size))
+        return np.concatenate(list(encode_blocks(self._encode, blocks, self.hop, self._context, size // self.hop)), axis=1)
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
         with self.context():
-            return encode_samples(self.model, samples)
+            return encode_samples(self.model, x)
 
     def latents(self, frames: np.ndarray) -> np.ndarray:
         return np.asarray(frames, dtype=np.float32)
@@ -179,8 +192,11 @@ class TorchCodec:
         return TorchDecoderStream(self)
 
     def decode(self, frames: np.ndarray) -> np.ndarray:
-        """Latents of a whole utterance (D, F) → mono float32 samples (F × hop)."""
-        return self.stream().decode(frames)
+        """Latents of a whole utterance (D, F) → mono float32 samples (F × hop); more than
+        ``WHOLE_DECODE_FRAMES`` go through the streaming state by blocks."""
+        if frames.shape[1] <= WHOLE_DECODE_FRAMES:
+            return self.stream().decode(frames)
+        return np.concatenate(list(decode_blocks(self.stream(), [frames])))
 
     def check(self, model_dir: Path, frames: int = 6) -> dict:
         """Encode a fixed noise signal and decode its latents in 2-frame chunks, here and with ONNX

@@ -1,7 +1,8 @@
 """Streaming speech recognition on an exported cache-aware CTC model, with no torch: online
 kaldi-native-fbank features, ONNX Runtime for the encoder chunk, incremental greedy CTC or
 prefix beam search with token times, and endpointing on trailing silence. Many streams are
-decoded as one batch.
+decoded as one batch. A speech-activity gate (speechkit.audio.vad) drops tokens that have no
+speech around them, so silence, steady noise and tones give no text.
 
     rec = OnlineRecognizer("models/asr-stream-synth")
     s = rec.create_stream()
@@ -13,6 +14,7 @@ decoded as one batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import kaldi_native_fbank as knf
 import numpy as np
 
 from speechkit.audio.fbank import _options
+from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.session import open_model
@@ -27,6 +30,17 @@ from speechkit.text.tokenizer import load_tokenizer
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
 STATE_BATCH_AXIS = [0, 0, 1, 1, 0]
+TOKEN_SPEECH_WINDOW = (1.0, 0.5)  # seconds before and after a token's frame where the gate looks for speech
+FEED_SECONDS = 1.0  # whole waveforms are fed in pieces this long, so their fbank never sits whole in memory
+
+
+def decoding_error(path, e: Exception) -> AudioError:
+    """The one-line error that reports a file whose decoding failed; batch jobs list it and go on
+    with the other files (ONNX Runtime's errors have no common base class to catch instead)."""
+    if isinstance(e, AudioError):
+        return e
+    detail = str(e).splitlines()[0] if str(e) else ""
+    return AudioError(f"{path}: decoding failed ({type(e).__name__}{': ' + detail if detail else ''})")
 
 
 @dataclass(frozen=True)
@@ -64,10 +78,17 @@ class Stream:
     segment_start: int = 0  # encoder frame where the current segment began
     last_token_frame: int = -1
     finals: list[Segment] = field(default_factory=list)
-    partial: str = ""
     samples_in: int = 0
     search: CtcPrefixBeamSearch | None = None  # set when the recognizer decodes with a beam
     resampler: tuple | None = None  # (input rate, soxr.ResampleStream) once audio at another rate came in
+    gate: SpeechGate | None = None  # set when the recognizer gates tokens by speech activity
+    pending: list[tuple[int, int]] = field(default_factory=list)  # greedy (token, frame)s the gate has not decided yet
+    tokenizer: object = None  # spells ``partial``
+
+    @property
+    def partial(self) -> str:
+        """The open segment's text so far (spelt when asked: a long segment is not re-spelt every chunk)."""
+        return self.tokenizer.decode(self.ids) if self.ids else ""
 
     def accept_waveform(self, samples, sample_rate: int | None = None) -> None:
         x = np.asarray(samples, dtype=np.float32)
@@ -82,8 +103,13 @@ class Stream:
         rate = sample_rate or self.sample_rate
         if rate != self.sample_rate:
             x = self._resample(x, rate)
+        self._accept(x)
+
+    def _accept(self, x: np.ndarray) -> None:
         self.samples_in += x.size
         self.fbank.accept_waveform(self.sample_rate, x * 32768.0)
+        if self.gate is not None:
+            self.gate.accept(x)
 
     def _resample(self, x: np.ndarray, rate: int, last: bool = False) -> np.ndarray:
         # one resampler per stream, so block edges leave no clicks and no samples are lost
@@ -98,8 +124,7 @@ class Stream:
             if self.resampler is not None:
                 tail = self._resample(np.zeros(0, np.float32), self.resampler[0], last=True)
                 if tail.size:
-                    self.samples_in += tail.size
-                    self.fbank.accept_waveform(self.sample_rate, tail * 32768.0)
+                    self._accept(tail)
             self.fbank.input_finished()
             self.finished = True
 
@@ -109,7 +134,7 @@ class OnlineRecognizer:
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
-                 beam: int = 1, memory_arena: bool = True):
+                 beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig()):
         model_dir = Path(model_dir)
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
                                                              num_threads, memory_arena)
@@ -129,6 +154,7 @@ class OnlineRecognizer:
         self.tokenizer = load_tokenizer(model_dir)
         self.endpoint = endpoint
         self.beam = beam  # 1: greedy; > 1: CTC prefix beam search carried across chunks
+        self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
 
     def create_stream(self) -> Stream:
@@ -137,7 +163,9 @@ class OnlineRecognizer:
             shape = [1 if not isinstance(d, int) else d for d in self._state_shapes[name]]
             state.append(np.zeros(shape, dtype=np.int64 if name == "cached_len" else np.float32))
         search = CtcPrefixBeamSearch(self.beam) if self.beam > 1 else None
-        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate, search=search)
+        gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
+        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate, search=search, gate=gate,
+                      tokenizer=self.tokenizer)
 
     def is_ready(self, s: Stream) -> bool:
         pending = s.fbank.num_frames_ready - s.frames_done
@@ -169,23 +197,48 @@ class OnlineRecognizer:
         if s.search is not None:
             s.search.accept(log_probs)
             ids, frames = s.search.best()
-            s.ids, s.id_frames = ids, [s.segment_start + f for f in frames]
-            s.last_token_frame = s.id_frames[-1] if frames else s.last_token_frame
+            kept = [(i, s.segment_start + f) for i, f in zip(ids, frames) if self._speech_near(s, s.segment_start + f)]
+            s.ids, s.id_frames = [i for i, _ in kept], [f for _, f in kept]
+            s.last_token_frame = s.id_frames[-1] if s.id_frames else s.last_token_frame
         else:
             for t, tok in enumerate(log_probs.argmax(-1).tolist()):
-                frame = s.enc_frames + t
                 if tok != BLANK_ID and tok != s.prev:
-                    s.ids.append(tok)
-                    s.id_frames.append(frame)
-                    s.last_token_frame = frame
+                    s.pending.append((tok, s.enc_frames + t))
                 s.prev = tok
         s.enc_frames += len(log_probs)
-        s.partial = self.tokenizer.decode(s.ids)
-        if self._endpoint(s) or (s.finished and s.frames_done >= s.fbank.num_frames_ready):
+        last = s.finished and s.frames_done >= s.fbank.num_frames_ready
+        self._settle(s, last)
+        if self._endpoint(s) or last:
             self._finalize(s)
 
+    def _speech_near(self, s: Stream, frame: int) -> bool:
+        """Whether the gate heard speech around encoder frame ``frame``, looking no further than
+        the audio decoded so far (so the answer does not depend on how the audio was fed)."""
+        if s.gate is None:
+            return True
+        t = frame * self.frame_seconds
+        decoded = s.frames_done * self.fbank_cfg.frame_shift_ms / 1000.0
+        before, after = TOKEN_SPEECH_WINDOW
+        return s.gate.is_speech(t - before, min(t + after, decoded))
+
+    def _settle(self, s: Stream, last: bool) -> None:
+        """Greedy: move pending tokens, in order, into the segment once the gate has decided them
+        — kept as soon as enough speech lies around, dropped once their window's audio is all
+        decoded (or the input has ended) without it. The outcome is the whole window's, however
+        the audio was chunked; a token waits at most ``TOKEN_SPEECH_WINDOW[1]`` for it."""
+        decoded = s.frames_done * self.fbank_cfg.frame_shift_ms / 1000.0
+        while s.pending:
+            tok, frame = s.pending[0]
+            if self._speech_near(s, frame):
+                s.ids.append(tok)
+                s.id_frames.append(frame)
+                s.last_token_frame = frame
+            elif not last and decoded < frame * self.frame_seconds + TOKEN_SPEECH_WINDOW[1]:
+                break
+            s.pending.pop(0)
+
     def _endpoint(self, s: Stream) -> bool:
-        if self.endpoint is None:
+        if self.endpoint is None or s.pending:
             return False
         sec = self.frame_seconds
         since = s.last_token_frame if s.ids else s.segment_start
@@ -199,7 +252,7 @@ class OnlineRecognizer:
             sec = self.frame_seconds
             s.finals.append(Segment(self.tokenizer.decode(s.ids), [self.tokenizer.id_to_piece(i) for i in s.ids],
                                     [round(f * sec, 3) for f in s.id_frames], round(s.segment_start * sec, 3), round(s.enc_frames * sec, 3)))
-        s.ids, s.id_frames, s.partial = [], [], ""
+        s.ids, s.id_frames = [], []
         s.segment_start = s.enc_frames
         s.prev = BLANK_ID
         if s.search is not None:
@@ -210,29 +263,64 @@ class OnlineRecognizer:
         segment (it stays open when the input ended exactly at a chunk boundary)."""
         if not s.finished or self.is_ready(s):
             return False
+        self._settle(s, last=True)
         if s.ids:
             self._finalize(s)
         return True
 
     def text(self, s: Stream) -> str:
         """Everything recognised so far: final segments then the partial one."""
-        return " ".join([seg.text for seg in s.finals] + ([s.partial] if s.partial else []))
+        partial = s.partial
+        return " ".join([seg.text for seg in s.finals] + ([partial] if partial else []))
 
     def transcribe(self, samples: np.ndarray, sample_rate: int | None = None) -> str:
         """A whole waveform through one stream, chunk by chunk."""
-        s = self.create_stream()
-        s.accept_waveform(samples, sample_rate)
-        s.input_finished()
-        while self.is_ready(s):
-            self.decode_streams([s])
-        return self.text(s)
+        return self.text(self.run_streams([array_blocks(samples, sample_rate or self.sample_rate)])[0])
 
     def transcribe_batch(self, waveforms: list[np.ndarray]) -> list[str]:
         """Several whole waveforms as parallel streams, decoded as one batch per chunk."""
-        streams = [self.create_stream() for _ in waveforms]
-        for s, w in zip(streams, waveforms):
-            s.accept_waveform(w)
-            s.input_finished()
-        while any(self.is_ready(s) for s in streams):
-            self.decode_streams(streams)
-        return [self.text(s) for s in streams]
+        return [self.text(s) for s in self.run_streams([array_blocks(w, self.sample_rate) for w in waveforms])]
+
+    def run_streams(self, sources: list[Iterable[tuple[np.ndarray, int]]], errors: list | None = None) -> list[Stream | None]:
+        """Decode several inputs as parallel streams, one encoder call per chunk for all of them.
+        Each source yields (mono float32 block, rate) and is read only when its stream needs more
+        audio, so memory holds a block and a chunk per stream whatever the inputs' lengths (see
+        ``speechkit.audio.io.read_blocks``). A source that raises ``AudioError`` stops only its own
+        stream: with ``errors`` given, its slot is None and the error is appended there as
+        (index, error); without, the error propagates."""
+        streams: list[Stream | None] = [self.create_stream() for _ in sources]
+        feeds: list[Iterator | None] = [iter(src) for src in sources]
+        while True:
+            for i, s in enumerate(streams):
+                while s is not None and feeds[i] is not None and not self.is_ready(s):
+                    try:
+                        block = next(feeds[i], None)
+                    except AudioError as e:
+                        if errors is None:
+                            raise
+                        errors.append((i, e))
+                        streams[i] = s = feeds[i] = None
+                        break
+                    if block is None:
+                        s.input_finished()
+                        feeds[i] = None
+                    else:
+                        s.accept_waveform(*block)
+            live = [s for s in streams if s is not None]
+            if not any(self.is_ready(s) for s in live):
+                break
+            self.decode_streams(live)
+        for s in streams:
+            if s is not None:
+                self.is_done(s)  # closes the last segment
+        return streams
+
+
+def array_blocks(samples: np.ndarray, sample_rate: int, seconds: float = FEED_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
+    """A whole waveform as (view, rate) blocks for :meth:`OnlineRecognizer.run_streams`."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise AudioError(f"audio must be mono (N,), got shape {x.shape}")
+    step = max(1, int(seconds * sample_rate))
+    for at in range(0, len(x), step):
+        yield x[at : at + step], sample_rate

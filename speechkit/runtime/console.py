@@ -9,31 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
+from speechkit.audio.io import read_blocks
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.runtime.asr import OnlineRecognizer, Stream
+from speechkit.runtime.asr import OnlineRecognizer, Stream, decoding_error
 from speechkit.runtime.events import ResultTracker
 
 BLOCK_SECONDS = 1.0  # files are read in blocks so a two-hour file never sits in memory
 
 
 def file_blocks(path: str | Path, block_seconds: float = BLOCK_SECONDS):
-    """Yield (float32 mono block, rate); mono downmix of multichannel files; one-line errors."""
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception as e:  # soundfile raises several types for unreadable input
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(f"{path}: unreadable audio ({reason})") from None
-    with f:
-        if f.frames == 0:
-            raise AudioError(f"{path}: empty audio (0 samples)")
-        for block in f.blocks(blocksize=max(1, int(block_seconds * f.samplerate)), dtype="float32", always_2d=True):
-            x = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-            if not np.all(np.isfinite(x)):
-                raise AudioError(f"{path}: contains NaN or infinite samples")
-            yield x, f.samplerate
+    """Yield (float32 mono block, the file's rate); mono downmix of multichannel files; one-line errors."""
+    return read_blocks(path, block_seconds, downmix=True)
 
 
 def _drain(rec: OnlineRecognizer, s: Stream) -> None:
@@ -60,18 +46,6 @@ def model_family(model_dir: str | Path) -> str:
     return "ctc-streaming-conformer"
 
 
-def read_mono(path: str | Path, max_seconds: float) -> tuple[np.ndarray, int] | None:
-    """The whole file when it is at most ``max_seconds`` long, else None (read it in blocks)."""
-    try:
-        info = sf.info(str(path))
-    except Exception:
-        info = None
-    if info is not None and info.frames > max_seconds * info.samplerate:
-        return None
-    blocks = list(file_blocks(path))
-    return np.concatenate([b for b, _ in blocks]), blocks[0][1]
-
-
 def _skipped(path: str, e: AudioError) -> None:
     msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
     print(f"speechkit: skipped: {msg}", file=sys.stderr)
@@ -79,41 +53,23 @@ def _skipped(path: str, e: AudioError) -> None:
 
 def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1, batch_files: int = 16) -> int:
     """Paraformer: short files recognised ``batch_files`` at a time in one padded batch; long ones
-    in 10-minute blocks cut at quiet points. Prints ``<path> <text>`` in the order given."""
-    from speechkit.runtime.paraformer import OfflineRecognizer
+    a block at a time, cut at quiet points. Prints ``<path> <text>`` in the order given."""
+    from speechkit.runtime.paraformer import OfflineRecognizer, recognize_paths
 
     rec = OfflineRecognizer(model_dir, num_threads=threads)
     failed = 0
-    for at in range(0, len(files), batch_files):
-        group = files[at : at + batch_files]
-        short: dict[str, np.ndarray] = {}
-        long: set[str] = set()
-        for path in group:
-            try:
-                whole = read_mono(path, rec.max_segment)
-                if whole is None:
-                    long.add(path)
-                else:
-                    short[path] = rec.prepare(*whole)
-            except AudioError as e:
-                _skipped(path, e)
-                failed += 1
-        texts = dict(zip(short, (r.text for r in rec.recognize(list(short.values())))))
-        for path in group:
-            if path in long:
-                try:
-                    texts[path] = " ".join(t for t in (rec.transcribe_long(b, r).text for b, r in file_blocks(path, 600.0)) if t)
-                except AudioError as e:
-                    _skipped(path, e)
-                    failed += 1
-            if path in texts:
-                print(f"{path} {texts[path]}", flush=True)
+    for path, r in recognize_paths(rec, files, batch_files):
+        if isinstance(r, AudioError):
+            _skipped(path, r)
+            failed += 1
+        else:
+            print(f"{path} {r.text}", flush=True)
     return failed
 
 
 def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1) -> int:
-    """Print ``<path> <text>`` per file; a bad file is reported on stderr and skipped.
-    Returns the number of files that failed."""
+    """Print ``<path> <text>`` per file; a file that cannot be read or decoded is reported on
+    stderr and skipped. Returns the number of files that failed."""
     if model_family(model_dir) == "paraformer":
         return transcribe_files_offline(model_dir, files, threads)
     rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
@@ -121,8 +77,8 @@ def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_con
     for path in files:
         try:
             print(f"{path} {transcribe_file(rec, path)}", flush=True)
-        except AudioError as e:
-            print(f"speechkit: skipped: {e}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - one file's failure, in reading or in the model, must not stop the others
+            _skipped(path, decoding_error(path, e))
             failed += 1
     return failed
 

@@ -1,6 +1,10 @@
 """Decode a whole Kaldi data dir through an exported model with ONNX Runtime, utterances batched
 and spread over processes: a streaming CTC model chunk by chunk, a Paraformer in one pass per
-padded batch. No torch."""
+padded batch. No torch.
+
+Files are read a block at a time (a Paraformer's short files whole), so memory does not grow with
+a file's length, and a file that cannot be read or decoded is reported, listed in
+``skipped.txt`` and costs no other file its output."""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from speechkit.audio.io import load_audio
+from speechkit.audio.io import read_blocks
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError
-from speechkit.runtime.asr import OnlineRecognizer
+from speechkit.runtime.asr import OnlineRecognizer, decoding_error
 from speechkit.runtime.console import model_family
 
 _rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
@@ -30,16 +34,37 @@ def _init(model_dir: str, att_context, threads: int, beam: int = 1) -> None:
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
-    waves, keys, skipped = [], [], []
-    for key, wav in items:
-        try:
-            samples, _ = load_audio(wav, _rec.sample_rate)
-        except AudioError as e:
-            skipped.append(str(e))
-            continue
-        waves.append(samples)
-        keys.append(key)
-    return dict(zip(keys, _rec.transcribe_batch(waves))), skipped
+    """(key, wav) pairs → (key → text, one line per file skipped)."""
+    if isinstance(_rec, OnlineRecognizer):
+        return _stream_batch(items)
+    from speechkit.runtime.paraformer import recognize_paths
+
+    hyps, skipped = {}, []
+    for (key, _), (_, r) in zip(items, recognize_paths(_rec, [wav for _, wav in items], len(items), convert=False)):
+        if isinstance(r, AudioError):
+            skipped.append(str(r))
+        else:
+            hyps[key] = r.text
+    return hyps, skipped
+
+
+def _stream_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """Parallel streams fed a block at a time; a model failure is retried file by file to find
+    the file at fault."""
+    errors: list = []
+    try:
+        streams = _rec.run_streams([read_blocks(wav, 1.0, _rec.sample_rate) for _, wav in items], errors)
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime failures have no common base class
+        if len(items) == 1:
+            return {}, [str(decoding_error(items[0][1], e))]
+        hyps, skipped = {}, []
+        for item in items:
+            h, s = _stream_batch([item])
+            hyps.update(h)
+            skipped += s
+        return hyps, skipped
+    hyps = {key: _rec.text(s) for (key, _), s in zip(items, streams) if s is not None}
+    return hyps, [str(e) for _, e in errors]
 
 
 def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None, nj: int = 1, batch: int = 16, threads: int = 1,

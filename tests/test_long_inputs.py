@@ -74,18 +74,40 @@ def audio(tmp_path_factory):
     return files
 
 
+# Runs ``python ARGS...`` inside a process that writes its own VmHWM (peak resident memory of the
+# image after exec) at exit. The kernel's ru_maxrss of a child would not do: it keeps the high-water
+# mark of the forked copy of this test process, which a long pytest run has grown past the bounds.
+_RUNNER = """
+import atexit, os, runpy, sys
+
+def _report():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["SPEECHKIT_TEST_PEAK_FILE"], "w") as f:
+        f.write(kb)
+
+atexit.register(_report)
+flag, what, *rest = sys.argv[1:]
+sys.argv = [what if flag == "-m" else "-c", *rest]
+if flag == "-m":
+    runpy.run_module(what, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(what, "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def peak_rss(*args) -> tuple[float, str, str]:
-    """Run ``python ARGS...`` in a fresh process → (its peak RSS in MB, stdout, stderr); fails on
-    a non-zero exit."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, *map(str, args)], stdout=out, stderr=err, cwd=ROOT, env=env)
-        _, status, usage = os.wait4(p.pid, 0)  # the rusage of this child alone
-        p.returncode = os.waitstatus_to_exitcode(status)
+    """Run ``python -m MODULE ARGS...`` or ``python -c CODE ARGS...`` in a fresh process → (its peak
+    RSS in MB, stdout, stderr); fails on a non-zero exit."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        runner, peak = Path(tmp) / "runner.py", Path(tmp) / "peak"
+        runner.write_text(_RUNNER)
+        env = dict(os.environ, OMP_NUM_THREADS="1", SPEECHKIT_TEST_PEAK_FILE=str(peak))
+        p = subprocess.run([sys.executable, str(runner), *map(str, args)], stdout=out, stderr=err, cwd=ROOT, env=env)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
-    assert p.returncode == 0, stderr[-2000:]
-    return usage.ru_maxrss / 1024.0, stdout, stderr
+        assert p.returncode == 0, stderr[-2000:]
+        return int(peak.read_text()) / 1024.0, stdout, stderr
 
 
 def assert_bounded(short_mb: float, long_mb: float, cap_mb: float) -> None:

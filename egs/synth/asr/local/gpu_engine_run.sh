@@ -5,7 +5,10 @@
 # training stage with the engine, timed, with `nvidia-smi dmon` beside it, averaged, decoded and
 # scored; optionally a second, longer run on the time saved (--more_minutes).
 #   bash egs/synth/asr/local/gpu_engine_run.sh --old REV_OR_DIR [--hours 50] [--more_minutes 0]
-#     [--bench 1] [--train_config conf/train_gpu.yaml]  (--bench 0: no bench stage)
+#     [--bench 1] [--bench_batches "1600 3200"] [--train_config conf/train_gpu.yaml] [--corpus_src DIR]
+#   --bench 0: no bench stage; --corpus_src: build the corpus with the source tree in DIR (a revision
+#   before the corpus gained the neural voice and the v2 sentence split, to rerun on the corpus of
+#   earlier runs; features, training and scoring stay this checkout's)
 # Work goes to $WORK (default /tmp/engine_gpu); a compact report to $REPORT. Start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_engine_run.sh --old d231589 > /tmp/engine.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -16,14 +19,15 @@ old=
 stage=0
 bench_steps=200
 bench_warmup=30
-bench_b1600=1
+bench_batches=1600
+corpus_src=
 more_minutes=0
 more_config=conf/train_gpu_more.yaml
 bench=1
 train_config=conf/train_gpu.yaml
 WORK=${WORK:-/tmp/engine_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours old stage bench_steps bench_warmup bench_b1600 more_minutes more_config bench train_config"
+_speechkit_opts="hours old stage bench_steps bench_warmup bench_batches corpus_src more_minutes more_config bench train_config"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$WORK/src"
@@ -35,6 +39,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 
 if [ "$stage" -le 0 ]; then
   t=$(date +%s)
+  if [ -n "$corpus_src" ] && [ ! -f "$WORK/data/.done" ]; then
+    PYTHONPATH="$corpus_src${PYTHONPATH:+:$PYTHONPATH}" python3 -m speechkit.cli corpus synth --out "$WORK/data" --hours "$hours" --seed 0 --nj "$(nproc)"
+    touch "$WORK/data/.done"
+  fi
   run --stage 0 --stop_stage 2 --config "$train_config" --exp "$WORK/exp_engine"
   echo "corpus + validation + features: $(( $(date +%s) - t )) s" | tee -a "$REPORT/timing.txt"
 fi
@@ -43,8 +51,10 @@ if [ "$stage" -le 1 ] && [ "$bench" != 0 ]; then
   cd "$recipe"
   speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps "$bench_steps" --warmup "$bench_warmup" \
     ${old:+--compare "$old"} --out "$REPORT/bench_asr.json"
-  [ "$bench_b1600" = 0 ] || speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps 100 --warmup 20 --no-ceiling \
-    --set train_conf.batch_seconds=1600 --out "$REPORT/bench_asr_b1600.json"
+  for b in $bench_batches; do
+    speechkit bench train conf/train_gpu.yaml --data "$WORK/dump/train" --steps 60 --warmup 15 --no-ceiling \
+      --set train_conf.batch_seconds="$b" --out "$REPORT/bench_asr_b$b.json"
+  done
   cd - >/dev/null
 fi
 

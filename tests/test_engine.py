@@ -121,3 +121,14 @@ def test_bad_settings_are_one_line(tmp_path):
         Engine(ToyTask(), LoopConfig(accum_grad=0), OPT, tmp_path / "x", torch.device("cpu"))
     with pytest.raises(SpeechkitError, match="amp"):
         Engine(ToyTask(), LoopConfig(amp="fp8"), OPT, tmp_path / "x", torch.device("cpu"))
+
+
+def test_compile_trains_the_same_weights(tmp_path):
+    """``train_conf.compile``: the step runs through torch.compile on the same parameters (the
+    checkpoint holds the plain module's keys) and learns what the eager step learns."""
+    eager, _, _ = fit(tmp_path, "eager", max_epochs=2)
+    compiled, engine, info = fit(tmp_path, "compiled", max_epochs=2, compile=True)
+    assert info["steps"] == 24
+    assert torch.allclose(compiled.model.weight, eager.model.weight, atol=1e-5)
+    saved = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=False)
+    assert set(saved["model"]) == {"weight", "bias"}

@@ -143,6 +143,11 @@ class CodecTask:
         self.micro_per_step = tc.accum_grad * world  # micro-batches of all ranks in one optimizer step
         self.max_steps = tc.max_steps
 
+    def compile(self) -> None:
+        """With ``train_conf.compile``: the spectral losses compiled too (fixed crop shapes: compiled once)."""
+        self.stft_loss = torch.compile(self.stft_loss)
+        self.mel_loss = torch.compile(self.mel_loss)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model, **({"disc": self.disc} if self.disc is not None else {})}
 

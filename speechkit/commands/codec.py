@@ -188,7 +188,7 @@ def _eval(args) -> None:
 
     n_q = [int(v) for v in args.n_q.split(",")] if args.n_q else None
     result = evaluate_codec(args.model, args.data, asr_model=args.asr_model, device=args.device, n_q_list=n_q,
-                            samples_dir=args.samples_dir, max_utts=args.max_utts, rtf_utts=args.rtf_utts)
+                            samples_dir=args.samples_dir, max_utts=args.max_utts, rtf_utts=args.rtf_utts, threads=args.threads)
     emit(result, summary_lines(result), args)
 
 
@@ -220,10 +220,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             c.add_argument("--n-q", type=int, default=None, help="RVQ: stages to keep (a lower bitrate)")
         c.set_defaults(func={"encode": _encode, "decode": _decode, "resynth": _resynth}[name])
     v = codec.add_parser("eval", help="STOI, wideband PESQ, MCD, ASR WER of resynthesised vs original speech, codebook usage, RTF")
-    v.add_argument("model", help="experiment dir (model.pt)")
+    v.add_argument("model", help="experiment dir (model.pt, run in PyTorch) or exported dir (encoder.onnx, decoder.onnx, "
+                   "run on the CPU by ONNX Runtime)")
     v.add_argument("data", nargs="+", help="Kaldi data dirs (wav.scp + text)")
     v.add_argument("--asr-model", default="models/asr-stream-synth", help="exported ASR model for the WER (default models/asr-stream-synth)")
-    v.add_argument("--device", default=None, help="cuda | cpu (default: cuda when there is one)")
+    v.add_argument("--device", default=None, help="model.pt: cuda | cpu (default: cuda when there is one); an exported dir runs on cpu")
+    v.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
     v.add_argument("--n-q", default=None, help="RVQ: comma-separated stage counts to evaluate (default: all stages, and half)")
     v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances per data dir")
     v.add_argument("--rtf-utts", type=int, default=8, help="utterances timed for the real-time factors (default 8)")

@@ -161,6 +161,10 @@ def test_utt2synth_is_checked_by_validate(tmp_path):
     voice = Voice("espeak-ng", "en-us", "spk")
     write_table(tmp_path / "d" / "utt2synth", {u.utt_id: synth_settings(voice, Prosody()) for u in utts})
     assert validate_data_dir(tmp_path / "d").num_utts == 2
+    spaced = Voice("espeak-ng", "en-gb+Mr serious", "spk")  # a variant espeak-ng 1.51 names with a space
+    write_table(tmp_path / "d" / "utt2synth", {u.utt_id: synth_settings(spaced, Prosody()) for u in utts})
+    assert validate_data_dir(tmp_path / "d").num_utts == 2
+    assert "voice=en-gb+Mr%20serious " in (tmp_path / "d" / "utt2synth").read_text()
     write_table(tmp_path / "d" / "utt2synth", {"spk-0": synth_settings(voice, Prosody())})
     with pytest.raises(DataDirError, match="utt2synth: utterance 'spk-1' from wav.scp is missing"):
         validate_data_dir(tmp_path / "d")

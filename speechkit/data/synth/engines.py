@@ -108,8 +108,9 @@ def _piper_native(voice: Voice, text: str, p: Prosody) -> tuple[np.ndarray, floa
 
 def synth_settings(voice: Voice, p: Prosody) -> str:
     """What made an utterance, as ``key=value`` words (a line of ``utt2synth``): the engine, the
-    voice and the settings it applied."""
-    common = f"engine={voice.engine} voice={voice.name}"
+    voice and the settings it applied. A space in a voice's name (espeak-ng has a variant "Mr
+    serious") is written ``%20``, so the line stays whitespace-separated words."""
+    common = f"engine={voice.engine} voice={voice.name.replace(' ', '%20')}"
     if voice.engine != "piper":
         return f"{common} stretch={p.stretch:.3f} pitch={p.pitch:.3f} peak={p.peak:.3f}"
     pitch = _piper_pitch(voice, p)

@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.commands import codec as codec_commands
 
     codec_commands.add_parser(sub)
+    from speechkit.commands import speaker as speaker_commands
+
+    speaker_commands.add_parser(sub)
     from speechkit.commands import tts as tts_commands
 
     tts_commands.add_parser(sub)

@@ -1,0 +1,94 @@
+"""`speechkit speaker train|embed|eval`: the speaker encoder (ECAPA-TDNN) trained on Kaldi data dirs,
+one L2-normalised embedding per audio file, and the equal error rate of a data dir's pairs.
+MODEL is an experiment dir (its model.pt), a model.pt or a training checkpoint.pt."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from speechkit.bench import add_output_args
+from speechkit.errors import SpeechkitError
+
+
+def _train(args) -> None:
+    from speechkit.train.speaker import load_speaker_experiment, train_speaker
+
+    exp = load_speaker_experiment(args.config)
+    info = train_speaker(exp, args.data, args.exp_dir, args.device, args.eval_data or ())
+    print(f"trained {info['steps']} steps in {info['minutes']} min -> {args.exp_dir}/model.pt")
+    for data, eer in info.get("eer", {}).items():
+        print(f"EER {100 * eer:.2f} % on {data} (details: {args.exp_dir}/eer.json)")
+
+
+def _embed(args) -> None:
+    from speechkit.models.speaker.embed import embed_file
+    from speechkit.models.speaker.io import load_speaker_encoder
+
+    model = load_speaker_encoder(args.model, args.device)
+    embs = []
+    for wav in args.wav:
+        embs.append(embed_file(model, wav))  # one bad file stops the run: the rows must match the arguments
+        if args.out is None:
+            print(wav, " ".join(f"{v:.5f}" for v in embs[-1]))
+    if args.out is not None:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.out, np.stack(embs))
+        print(f"{args.out}: {len(embs)} x {embs[0].shape[0]} embeddings (L2-normalised, one row per file in order)")
+
+
+def _eval(args) -> None:
+    from speechkit.bench import emit
+    from speechkit.models.speaker.io import load_speaker_encoder
+    from speechkit.models.speaker.scoring import evaluate_data_dir
+
+    if args.max_trials < 1:
+        raise SpeechkitError("--max-trials must be at least 1")
+    model = load_speaker_encoder(args.model, args.device)
+    r = evaluate_data_dir(model, args.data, parts=args.parts, max_trials=args.max_trials, max_utts=args.max_utts, seed=args.seed)
+    r["model"] = str(args.model)
+    cut = "" if r["segments_per_utt"] == 1 else f", each utterance cut in {r['segments_per_utt']}"
+    lines = [f"{args.data}: EER {100 * r['eer']:.2f} % over {r['target_trials']} same-speaker "
+             f"({r['target_trials_same_utt']} within one utterance) and {r['nontarget_trials']} different-speaker pairs; "
+             f"{r['segments']} segments of {r['utterances']} utterances, {r['speakers']} speakers{cut}",
+             f"mean cosine: same speaker {r['target_score_mean']}, different {r['nontarget_score_mean']}"]
+    if r["skipped"]:
+        lines.append(f"skipped {len(r['skipped'])} unreadable files")
+    emit(r, lines, args)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    speaker = sub.add_parser("speaker", help="speaker embeddings (ECAPA-TDNN): train, embed, eval"
+                             ).add_subparsers(dest="speaker", metavar="ACTION", required=True)
+    t = speaker.add_parser("train", help="train a speaker encoder from a YAML config on Kaldi data dirs (utt2spk gives the "
+                           "classes; resumes from EXP_DIR/checkpoint.pt)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--data", nargs="+", required=True, help="Kaldi data dirs whose fbank is cut into training crops")
+    t.add_argument("--exp-dir", required=True)
+    t.add_argument("--device", default=None, help="cuda | cpu (default: cuda when there is one)")
+    t.add_argument("--eval-data", nargs="+", default=None, help="data dirs of held-out speakers: the final model's EER "
+                   "on each is written to EXP_DIR/eer.json")
+    t.set_defaults(func=_train)
+    e = speaker.add_parser("embed", help="one L2-normalised embedding per audio file (any sample rate, mono or stereo; "
+                           "at least 0.5 s with speech)")
+    e.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
+    e.add_argument("wav", nargs="+", help="audio files")
+    e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
+                   "'<path> <values>' lines)")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=_embed)
+    v = speaker.add_parser("eval", help="equal error rate of same- vs different-speaker pairs of a data dir's utterances "
+                           "(cosine scores)")
+    v.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
+    v.add_argument("data", help="Kaldi data dir (wav.scp, utt2spk)")
+    v.add_argument("--parts", type=int, default=0, help="segments per utterance (default 0: 1 when the dir has at least "
+                   "20 same-speaker pairs of utterances, else 2, so each utterance's halves make same-speaker pairs)")
+    v.add_argument("--max-trials", type=int, default=1_000_000, help="different-speaker pairs beyond this are subsampled "
+                   "(every same-speaker pair is kept; default 1000000)")
+    v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances (the first in order)")
+    v.add_argument("--seed", type=int, default=0, help="of the subsample (default 0)")
+    v.add_argument("--device", default="cpu")
+    add_output_args(v)
+    v.set_defaults(func=_eval)

@@ -147,6 +147,13 @@ def test_embed_and_eval_commands(trained, corpus, run_cli, tmp_path):
     assert emb.shape == (2, TINY_ENCODER["embed_dim"]) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > 0.95  # the same audio at another rate, in two channels
 
+    # one bad file among good ones: reported in one line, a NaN row, the others keep theirs
+    sf.write(tmp_path / "silent.wav", np.zeros(rate, np.float32), rate)
+    rc, out, err = run_cli("speaker", "embed", trained, wav, tmp_path / "silent.wav", wav, "--out", tmp_path / "emb3.npy")
+    three = np.load(tmp_path / "emb3.npy")
+    assert rc != 0 and "skipped" in err and "Traceback" not in err
+    assert np.isnan(three[1]).all() and np.allclose(three[0], emb[0], atol=1e-5) and np.allclose(three[2], emb[0], atol=1e-5)
+
     # longer than 1.5 windows: embedded window by window, the result still one unit vector
     from speechkit.models.speaker import embed
 

@@ -24,19 +24,34 @@ def _train(args) -> None:
 
 
 def _embed(args) -> None:
+    import sys
+
     from speechkit.models.speaker.embed import embed_file
     from speechkit.models.speaker.io import load_speaker_encoder
 
     model = load_speaker_encoder(args.model, args.device)
-    embs = []
+    embs, failed = [], []
     for wav in args.wav:
-        embs.append(embed_file(model, wav))  # one bad file stops the run: the rows must match the arguments
-        if args.out is None:
-            print(wav, " ".join(f"{v:.5f}" for v in embs[-1]))
-    if args.out is not None:
+        try:
+            emb = embed_file(model, wav)
+        except SpeechkitError as e:  # one bad file among several is reported; the others keep their rows
+            if len(args.wav) == 1:
+                raise
+            print(f"speechkit: skipped: {e}", file=sys.stderr)
+            failed.append(len(embs))
+            emb = None
+        embs.append(emb)
+        if args.out is None and emb is not None:
+            print(wav, " ".join(f"{v:.5f}" for v in emb))
+    if args.out is not None and len(failed) < len(embs):
+        dim = next(e for e in embs if e is not None).shape[0]
+        rows = np.stack([e if e is not None else np.full(dim, np.nan, np.float32) for e in embs])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.out, np.stack(embs))
-        print(f"{args.out}: {len(embs)} x {embs[0].shape[0]} embeddings (L2-normalised, one row per file in order)")
+        np.save(args.out, rows)
+        print(f"{args.out}: {len(embs)} x {dim} embeddings (L2-normalised, one row per file in order"
+              + (f"; {len(failed)} skipped file(s) are rows of NaN" if failed else "") + ")")
+    if failed:
+        raise SpeechkitError(f"{len(failed)} of {len(embs)} file(s) skipped (listed above)")
 
 
 def _eval(args) -> None:
@@ -74,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = speaker.add_parser("embed", help="one L2-normalised embedding per audio file (any sample rate, mono or stereo; "
                            "at least 0.5 s with speech)")
     e.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
-    e.add_argument("wav", nargs="+", help="audio files")
+    e.add_argument("wav", nargs="+", help="audio files (a bad one is reported and gets a row of NaN in --out; exit status 1)")
     e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
                    "'<path> <values>' lines)")
     e.add_argument("--device", default="cpu")

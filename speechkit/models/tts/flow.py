@@ -10,18 +10,10 @@ training rows, and at sampling ``v = v_null + w (v_c - v_null)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features of flow times ``t`` in [0, 1] → [..., dim]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (1000.0 * t.float())[..., None] * freqs
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from speechkit.nn.dit import timestep_features as timestep_embedding  # one sinusoidal time embedding for every flow
 
 
 class AdaLNBlock(nn.Module):

@@ -79,7 +79,7 @@ def sample_times(batch: int, fm_fraction: float = 0.5, mean: float = 0.4, std: f
 
 
 def _guided_velocity(net: Net, x_t: Tensor, t: Tensor, v: Tensor, cfg_scale: float,
-                     null_cond: Tensor | None, guided: Tensor | None, cond: Tensor | None) -> Tensor:
+                     null_cond: "Tensor | Callable[[Tensor], Tensor] | None", guided: Tensor | None, cond: Tensor | None) -> Tensor:
     """``v~ = w v + (1 - w) u(x_t, t, t | null)`` on the ``guided`` rows (all when None), ``v`` elsewhere:
     the guided instantaneous velocity that the conditional net is trained to follow (the paper's CFG section),
     so that sampling needs one evaluation and no guidance."""
@@ -87,7 +87,7 @@ def _guided_velocity(net: Net, x_t: Tensor, t: Tensor, v: Tensor, cfg_scale: flo
         return v
     if null_cond is None or cond is None:
         raise ValueError("cfg_scale != 1 needs a condition and a null condition")
-    u_null = net(x_t, t, t, null_cond.to(cond.dtype).expand_as(cond)).to(v.dtype)
+    u_null = net(x_t, t, t, _nulled(null_cond, cond)).to(v.dtype)
     v_tilde = cfg_scale * v + (1.0 - cfg_scale) * u_null
     return v_tilde if guided is None else torch.where(_rows(guided, v), v_tilde, v)
 
@@ -99,8 +99,14 @@ def _jvp_target(net: Net, x_t: Tensor, r: Tensor, t: Tensor, v: Tensor, cond: Te
     return torch.where(_rows(r == t, v), v, v - _rows(t - r, v) * dudt.to(v.dtype))
 
 
-def _for_target(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return x.detach().to(dtype) if x is not None and x.is_floating_point() else x
+def _for_target(x, dtype: torch.dtype):
+    return x.detach().to(dtype) if isinstance(x, Tensor) and x.is_floating_point() else x
+
+
+def _nulled(null_cond: Tensor | Callable[[Tensor], Tensor], cond: Tensor) -> Tensor:
+    """Every row's unconditional version: ``null_cond(cond)`` for a callable, else the fixed null
+    condition broadcast to ``cond``'s shape."""
+    return null_cond(cond) if callable(null_cond) else null_cond.to(cond.dtype).expand_as(cond)
 
 
 def meanflow_target(net: Net, x_t: Tensor, r: Tensor, t: Tensor, v: Tensor, cond: Tensor | None = None, *,
@@ -120,7 +126,7 @@ def meanflow_target(net: Net, x_t: Tensor, r: Tensor, t: Tensor, v: Tensor, cond
 def meanflow_loss(net: Net, x1: Tensor, cond: Tensor | None = None, *, noise: Tensor | None = None,
                   mask: Tensor | None = None, times: tuple[Tensor, Tensor] | None = None,
                   fm_fraction: float = 0.5, time_mean: float = 0.4, time_std: float = 1.0,
-                  cfg_scale: float = 1.0, null_cond: Tensor | None = None, cond_drop: float = 0.1,
+                  cfg_scale: float = 1.0, null_cond: Tensor | Callable[[Tensor], Tensor] | None = None, cond_drop: float = 0.1,
                   adaptive_p: float = 1.0, adaptive_c: float = 1e-3,
                   target_net: Net | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean-flow loss for data ``x1`` [B, ...] under ``cond`` (batch first, or None).
@@ -131,7 +137,8 @@ def meanflow_loss(net: Net, x1: Tensor, cond: Tensor | None = None, *, noise: Te
     ``sample_times(B, fm_fraction, time_mean, time_std)``. Guidance: with ``null_cond`` (broadcastable
     to ``cond``, e.g. a learned [C] vector) each row's condition becomes the null one with probability
     ``cond_drop`` (those rows learn the unconditional velocity, unguided); the other rows' target is
-    guided by ``cfg_scale`` (1 = none). Each row's error ``e`` is its mean squared error over real
+    guided by ``cfg_scale`` (1 = none). ``null_cond`` may also be a callable mapping ``cond`` to its
+    unconditional rows (a condition that only part of ``cond`` carries, e.g. a flag beside a row index). Each row's error ``e`` is its mean squared error over real
     elements, weighted by ``sg(1 / (e + adaptive_c) ** adaptive_p)`` (0 = plain MSE). ``target_net``:
     the same weights without a compile / DDP wrapper, for the target's evaluations (default ``net``).
 
@@ -164,7 +171,7 @@ def meanflow_loss(net: Net, x1: Tensor, cond: Tensor | None = None, *, noise: Te
     guided = None
     if null_cond is not None and cond is not None:
         dropped = torch.rand(batch, device=x1.device) < cond_drop
-        cond = torch.where(_rows(dropped, cond), null_cond.to(cond.dtype).expand_as(cond), cond)
+        cond = torch.where(_rows(dropped, cond), _nulled(null_cond, cond), cond)
         guided = ~dropped
     elif cfg_scale != 1.0:
         raise ValueError("cfg_scale != 1 needs a condition and a null condition (null_cond)")
@@ -242,7 +249,7 @@ def sample_fm(net: Net, noise: Tensor, cond: Tensor | None = None, steps: int = 
         if cfg_scale != 1.0:
             if null_cond is None or cond is None:
                 raise ValueError("cfg_scale != 1 needs a condition and a null condition")
-            v_null = net(x, tt, tt, null_cond.to(cond.dtype).expand_as(cond)).to(x.dtype)
+            v_null = net(x, tt, tt, _nulled(null_cond, cond)).to(x.dtype)
             v = v_null + cfg_scale * (v - v_null)
         x = x + (t_next - t) * v
     return x

@@ -1,0 +1,1 @@
+"""Voice conversion (MeanVC-style): the model and its files."""

@@ -176,3 +176,22 @@ def test_learns_to_convert_on_a_toy_dump(tmp_path):
     model.load_state_dict(engine.model_state())
     after = error(model.eval())
     assert after < 0.35 * before, (before, after)
+
+
+def test_euler_sampler_uses_the_instantaneous_velocity():
+    """sampler="euler" steps with u(x, t, t): one step from noise equals noise + u(noise, 0, 0)."""
+    torch.manual_seed(2)
+    model = MeanVC(CFG)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    content, spk, ref = torch.randn(1, 3, CFG.content_dim), torch.randn(1, CFG.spk_dim), torch.randn(1, 4, CFG.latent_dim)
+    noise = torch.randn(1, 3, CFG.latent_dim)
+    y = model.normalise(model.convert(content, ref, spk, steps=1, noise=noise, sampler="euler"))
+    zeros = torch.zeros(1)
+    with torch.no_grad():
+        u = model(noise, y, content, model.normalise(ref), torch.ones(1, 4, dtype=torch.bool), spk, None, zeros, zeros)
+    torch.testing.assert_close(y, noise + u, atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(y, model.normalise(model.convert(content, ref, spk, steps=1, noise=noise)))
+    with pytest.raises(ValueError, match="sampler"):
+        model.convert(content, ref, spk, sampler="heun")

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from speechkit.nn.dit import ChunkDiT
 
+SAMPLERS = ("meanflow", "euler")
+
 
 @dataclass(frozen=True)
 class VcConfig:
@@ -106,23 +108,27 @@ class MeanVC(nn.Module):
 
     @torch.no_grad()
     def convert_chunk(self, content: Tensor, reference: tuple[Tensor, Tensor, Tensor], spk: Tensor, cache: list[Tensor],
-                      noise: Tensor | None = None, steps: int = 1) -> tuple[Tensor, list[Tensor]]:
+                      noise: Tensor | None = None, steps: int = 1, sampler: str = "meanflow") -> tuple[Tensor, list[Tensor]]:
         """One chunk: content (B, n, C) (n = ``chunk``, fewer on the last), the ``reference``
         triple, spk (B, S), the KV cache → (raw latents (B, n, D), new cache). ``noise`` (B, n, D)
-        defaults to a standard normal draw."""
+        defaults to a standard normal draw. ``sampler``: "meanflow" steps with the average velocity
+        u(x, r, t) over each interval; "euler" with the instantaneous one u(x, t, t) (a model trained
+        by plain flow matching)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         keys, values, ref_mask = reference
         b, n, _ = content.shape
         x = torch.randn(b, n, self.cfg.latent_dim, device=content.device) if noise is None else noise
         for i in range(steps):
             t0, t1 = i / steps, (i + 1) / steps
-            t, r = (torch.full((b,), s, device=x.device) for s in (t0, t1))
+            t, r = (torch.full((b,), s, device=x.device) for s in (t0, t0 if sampler == "euler" else t1))
             x = x + (t1 - t0) * self.dit.step(x, content, keys, values, ref_mask, spk, r, t, cache).to(x.dtype)
         cache = self.dit.commit(x, content, keys, values, ref_mask, spk, cache) if n == self.cfg.chunk else cache
         return self.denormalise(x), cache
 
     @torch.no_grad()
     def convert(self, content: Tensor, ref_latents: Tensor, spk: Tensor, steps: int = 1,
-                noise: Tensor | None = None) -> Tensor:
+                noise: Tensor | None = None, sampler: str = "meanflow") -> Tensor:
         """A whole utterance, chunk by chunk as a stream would: content (B, T, C), raw reference
         latents (B, R, D), spk (B, S) → raw latents (B, T, D)."""
         reference = self.reference(ref_latents)
@@ -131,6 +137,6 @@ class MeanVC(nn.Module):
         for at in range(0, content.shape[1], self.cfg.chunk):
             c = content[:, at : at + self.cfg.chunk]
             z = None if noise is None else noise[:, at : at + self.cfg.chunk]
-            y, cache = self.convert_chunk(c, reference, spk, cache, z, steps)
+            y, cache = self.convert_chunk(c, reference, spk, cache, z, steps, sampler)
             out.append(y)
         return torch.cat(out, dim=1)

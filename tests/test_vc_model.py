@@ -195,3 +195,27 @@ def test_euler_sampler_uses_the_instantaneous_velocity():
     assert not torch.allclose(y, model.normalise(model.convert(content, ref, spk, steps=1, noise=noise)))
     with pytest.raises(ValueError, match="sampler"):
         model.convert(content, ref, spk, sampler="heun")
+
+
+def test_forward_chunk_contract_with_a_stream_ending_early():
+    """init_state / forward_chunk: two streams in one batch, the second ending inside the last chunk,
+    give each stream's own chunk-by-chunk result on its valid frames."""
+    torch.manual_seed(4)
+    model = MeanVC(CFG)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    T, short = 6, 5
+    content, spk, ref = torch.randn(2, T, CFG.content_dim), torch.randn(2, CFG.spk_dim), torch.randn(2, 4, CFG.latent_dim)
+    noise = torch.randn(2, T, CFG.latent_dim)
+    reference = model.reference(ref)
+    state, out = model.init_state(2), []
+    for at in range(0, T, CFG.chunk):
+        lens = torch.tensor([CFG.chunk, min(CFG.chunk, max(0, short - at))])
+        y, _, state = model.forward_chunk(content[:, at : at + CFG.chunk], lens, state, reference=reference, spk=spk,
+                                          noise=noise[:, at : at + CFG.chunk])
+        out.append(y)
+    y = torch.cat(out, 1)
+    alone = model.convert(content[1:, :short], ref[1:], spk[1:], noise=noise[1:, :short])
+    torch.testing.assert_close(y[1:, :short], alone, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(y[:1], model.convert(content[:1], ref[:1], spk[:1], noise=noise[:1]), atol=2e-4, rtol=1e-4)

@@ -106,14 +106,31 @@ class MeanVC(nn.Module):
     def init_cache(self, batch: int, device=None, dtype=torch.float32) -> list[Tensor]:
         return self.dit.init_cache(batch, device, dtype)
 
+    def init_state(self, batch: int, device=None) -> list[Tensor]:
+        """The streaming contract's name for the empty KV cache."""
+        return self.init_cache(batch, device)
+
+    def forward_chunk(self, content: Tensor, content_lens: Tensor, state: list[Tensor], *, reference, spk: Tensor,
+                      noise: Tensor | None = None, steps: int = 1) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The streaming contract: content (B, n, C) with its valid frames (B,) → (raw latents
+        (B, n, D), their valid frames, the new KV cache); the reference and the speaker are
+        conditions, fixed for the stream. A chunk with fewer valid frames than ``chunk`` ends the
+        stream (its cache is not committed)."""
+        y, new = self.convert_chunk(content, reference, spk, state, noise, steps, chunk_lens=content_lens)
+        if content.shape[1] == self.cfg.chunk and bool((content_lens < self.cfg.chunk).any()):
+            new = state
+        return y, content_lens, new
+
     @torch.no_grad()
     def convert_chunk(self, content: Tensor, reference: tuple[Tensor, Tensor, Tensor], spk: Tensor, cache: list[Tensor],
-                      noise: Tensor | None = None, steps: int = 1, sampler: str = "meanflow") -> tuple[Tensor, list[Tensor]]:
+                      noise: Tensor | None = None, steps: int = 1, sampler: str = "meanflow",
+                      chunk_lens: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         """One chunk: content (B, n, C) (n = ``chunk``, fewer on the last), the ``reference``
         triple, spk (B, S), the KV cache → (raw latents (B, n, D), new cache). ``noise`` (B, n, D)
         defaults to a standard normal draw. ``sampler``: "meanflow" steps with the average velocity
         u(x, r, t) over each interval; "euler" with the instantaneous one u(x, t, t) (a model trained
-        by plain flow matching)."""
+        by plain flow matching). ``chunk_lens`` (B,): valid frames per stream when some end inside
+        this chunk (their missing frames are masked out)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         keys, values, ref_mask = reference
@@ -122,7 +139,7 @@ class MeanVC(nn.Module):
         for i in range(steps):
             t0, t1 = i / steps, (i + 1) / steps
             t, r = (torch.full((b,), s, device=x.device) for s in (t0, t0 if sampler == "euler" else t1))
-            x = x + (t1 - t0) * self.dit.step(x, content, keys, values, ref_mask, spk, r, t, cache).to(x.dtype)
+            x = x + (t1 - t0) * self.dit.step(x, content, keys, values, ref_mask, spk, r, t, cache, chunk_lens).to(x.dtype)
         cache = self.dit.commit(x, content, keys, values, ref_mask, spk, cache) if n == self.cfg.chunk else cache
         return self.denormalise(x), cache
 

@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.commands import tts as tts_commands
 
     tts_commands.add_parser(sub)
+    from speechkit.commands import vc as vc_commands
+
+    vc_commands.add_parser(sub)
     from speechkit.commands import augment as augment_commands
 
     augment_commands.add_parser(sub)

@@ -1,10 +1,12 @@
-"""`speechkit speaker train|embed|eval`: the speaker encoder (ECAPA-TDNN) trained on Kaldi data dirs,
-one L2-normalised embedding per audio file, and the equal error rate of a data dir's pairs.
-MODEL is an experiment dir (its model.pt), a model.pt or a training checkpoint.pt."""
+"""`speechkit speaker train|export|embed|eval`: the speaker encoder (ECAPA-TDNN) trained on Kaldi data
+dirs, exported to ONNX, one L2-normalised embedding per audio file, and the equal error rate of a
+data dir's pairs. MODEL is an experiment dir (its model.pt), a model.pt or a training checkpoint.pt;
+`embed` also takes an exported dir (speaker.onnx, run without torch)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +25,37 @@ def _train(args) -> None:
         print(f"EER {100 * eer:.2f} % on {data} (details: {args.exp_dir}/eer.json)")
 
 
-def _embed(args) -> None:
-    import sys
+def _export(args) -> None:
+    from speechkit.export.speaker import MODEL_FILE, export_speaker
 
+    info = export_speaker(args.model, args.out_dir)
+    worst = max(r["max_abs_diff"] for r in info["parity"])
+    longest = max(r["frames"] for r in info["parity"])
+    print(f"exported {args.out_dir}/{MODEL_FILE} ({info['size_mb']} MB, float32); ONNX Runtime = PyTorch on "
+          f"{len(info['parity'])} random inputs up to {longest} frames (max |Δ| {worst:.1e}; report in {args.out_dir}/export.json)")
+
+
+def _embedder(model: str, device: str, threads: int) -> Callable[[str], np.ndarray]:
+    """MODEL → a function audio path → embedding (D,): the ONNX runtime for an exported dir, else PyTorch."""
+    from speechkit.runtime.speaker import SpeakerRuntime, is_exported_speaker
+
+    if is_exported_speaker(model):
+        return SpeakerRuntime(model, threads).embed_file
     from speechkit.models.speaker.embed import embed_file
     from speechkit.models.speaker.io import load_speaker_encoder
 
-    model = load_speaker_encoder(args.model, args.device)
+    encoder = load_speaker_encoder(model, device)
+    return lambda path: embed_file(encoder, path)
+
+
+def _embed(args) -> None:
+    import sys
+
+    embed_file = _embedder(args.model, args.device, args.threads)
     embs, failed = [], []
     for wav in args.wav:
         try:
-            emb = embed_file(model, wav)
+            emb = embed_file(wav)
         except SpeechkitError as e:  # one bad file among several is reported; the others keep their rows
             if len(args.wav) == 1:
                 raise
@@ -75,7 +97,7 @@ def _eval(args) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    speaker = sub.add_parser("speaker", help="speaker embeddings (ECAPA-TDNN): train, embed, eval"
+    speaker = sub.add_parser("speaker", help="speaker embeddings (ECAPA-TDNN): train, export, embed, eval"
                              ).add_subparsers(dest="speaker", metavar="ACTION", required=True)
     t = speaker.add_parser("train", help="train a speaker encoder from a YAML config on Kaldi data dirs (utt2spk gives the "
                            "classes; resumes from EXP_DIR/checkpoint.pt)")
@@ -86,13 +108,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-data", nargs="+", default=None, help="data dirs of held-out speakers: the final model's EER "
                    "on each is written to EXP_DIR/eer.json")
     t.set_defaults(func=_train)
+    x = speaker.add_parser("export", help="the encoder to ONNX (fbank → L2-normalised embedding, float32), checked "
+                           "against PyTorch; `speaker embed` and the torch-free runtime take the folder")
+    x.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
+    x.add_argument("out_dir", help="folder for speaker.onnx and export.json (the parity report)")
+    x.set_defaults(func=_export)
     e = speaker.add_parser("embed", help="one L2-normalised embedding per audio file (any sample rate, mono or stereo; "
                            "at least 0.5 s with speech)")
-    e.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
+    e.add_argument("model", help="experiment dir (model.pt), model.pt, checkpoint.pt, or exported dir (speaker.onnx, "
+                   "run without torch)")
     e.add_argument("wav", nargs="+", help="audio files (a bad one is reported and gets a row of NaN in --out; exit status 1)")
     e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
                    "'<path> <values>' lines)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="model.pt: cpu | cuda; an exported dir runs on cpu")
+    e.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported dir (default 1)")
     e.set_defaults(func=_embed)
     v = speaker.add_parser("eval", help="equal error rate of same- vs different-speaker pairs of a data dir's utterances "
                            "(cosine scores)")

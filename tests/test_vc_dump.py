@@ -75,6 +75,8 @@ def test_missing_model_and_not_a_dump_are_one_line(prepared, tmp_path):
     root, _, _ = prepared
     with pytest.raises(SpeechkitError, match="no such codec"):
         prepare_vc_dump(root / "data", tmp_path / "d", tmp_path / "nowhere", ASR, root / "speaker.pt")
+    with pytest.raises(SpeechkitError, match="no such checkpoint"):  # exists, but not a model: one line, no hang
+        prepare_vc_dump(root / "data", tmp_path / "d", CODEC, ASR, tmp_path, nj=2)
     with pytest.raises(SpeechkitError, match="not a voice-conversion dump"):
         VcDump.open(tmp_path)
 
@@ -113,3 +115,39 @@ def test_cli_errors_are_one_line(prepared, tmp_path):
     out = subprocess.run([sys.executable, "-m", "speechkit.cli", "vc", str(tmp_path), "--source", "a.wav", "--reference", "b.wav",
                           "--out", str(tmp_path / "o.wav")], capture_output=True, text=True)
     assert out.returncode != 0 and "neither an exported voice-conversion model" in out.stderr
+
+
+def test_eval_and_convert_with_an_experiment(prepared, tmp_path):
+    """`vc eval` converts the same pairs with two systems (mean flow, Euler) and writes the floor's
+    and ceiling's audio beside them; `vc convert` of an experiment writes the source's length."""
+    import soundfile as sf
+
+    root, utts, _ = prepared
+    (tmp_path / "vc.yaml").write_text(VC_CONFIG.replace("max_steps: 8", "max_steps: 2"))
+    run = [sys.executable, "-m", "speechkit.cli", "vc"]
+    subprocess.run(run + ["train", "--config", str(tmp_path / "vc.yaml"), "--dump", str(root / "dump"), "--exp-dir",
+                          str(tmp_path / "exp"), "--device", "cpu"], check=True, capture_output=True)
+    out = subprocess.run(run + ["eval", "--system", f"mf1={tmp_path / 'exp'}", "--system", f"fm2={tmp_path / 'exp'}:euler:2",
+                                "--dump", str(root / "dump"), "--data", str(root / "data"), "--out-dir", str(tmp_path / "ev"),
+                                "--judges", "none", "--device", "cpu", "--max-utts", "3", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(r["systems"]) == {"mf1", "fm2"} and r["systems"]["fm2"]["sampler"] == "euler"
+    pairs = [json.loads(line) for line in (tmp_path / "ev/pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 3 and all(p["ref_utt"].split("-")[0] != p["utt"].split("-")[0] for p in pairs)
+    for p in pairs:
+        a = sf.read(tmp_path / "ev/wav/mf1" / f"{p['utt']}.wav")[0]
+        b = sf.read(tmp_path / "ev/wav/fm2" / f"{p['utt']}.wav")[0]
+        src = sf.read(tmp_path / "ev" / p["wav"])[0]
+        assert abs(len(a) - len(src)) <= 3 * 640 and len(a) == len(b) and not np.allclose(a, b)
+    good = [u for i, u in enumerate(utts) if i != 2]
+    long_ref = next(u for u in good if u.duration >= 1.05)
+    short_ref = next(u for u in good if u.duration < 0.95)
+    out = subprocess.run(run + [str(tmp_path / "exp"), "--source", good[0].wav, "--reference", long_ref.wav, "--out",
+                                str(tmp_path / "o.wav"), "--device", "cpu"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert abs(sf.info(str(tmp_path / "o.wav")).frames - good[0].duration * 16000) <= 3 * 640
+    out = subprocess.run(run + [str(tmp_path / "exp"), "--source", good[0].wav, "--reference", short_ref.wav, "--out",
+                                str(tmp_path / "o2.wav"), "--device", "cpu"], capture_output=True, text=True)
+    assert out.returncode != 0 and "needs at least 1 s" in out.stderr and out.stderr.strip().count("\n") == 0

@@ -91,6 +91,9 @@ def prepare_vc_dump(data_dir: str | Path, out_dir: str | Path, codec_dir: str | 
     tmp.mkdir(parents=True)
     nj = nj or os.cpu_count() or 1
     initargs = (str(codec_dir), str(asr_dir), str(speaker_model), int(layer), tuple(att_context))
+    if nj > 1:  # open the models here first: a path that is not a model is one line, not a pool of failing workers
+        _init_worker(*initargs)
+        _W.clear()
     kept, spks, embs, skipped, offsets = [], [], [], [], [0]
     spk_of = {u.utt_id: u.speaker for u in utts}
     dims = {}

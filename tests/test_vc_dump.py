@@ -151,3 +151,11 @@ def test_eval_and_convert_with_an_experiment(prepared, tmp_path):
     out = subprocess.run(run + [str(tmp_path / "exp"), "--source", good[0].wav, "--reference", short_ref.wav, "--out",
                                 str(tmp_path / "o2.wav"), "--device", "cpu"], capture_output=True, text=True)
     assert out.returncode != 0 and "needs at least 1 s" in out.stderr and out.stderr.strip().count("\n") == 0
+    # the experiment exported (its speaker encoder with it) and streamed by the torch-free runtime
+    out = subprocess.run(run + ["export", str(tmp_path / "exp"), str(tmp_path / "onnx")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "onnx/speaker/speaker.onnx").is_file() and (tmp_path / "onnx/step.onnx").is_file()
+    out = subprocess.run(run + [str(tmp_path / "onnx"), "--source", good[0].wav, "--reference", long_ref.wav, "--out",
+                                str(tmp_path / "s.wav"), "--stream"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "latency 225 ms" in out.stdout and abs(sf.info(str(tmp_path / "s.wav")).frames - good[0].duration * 16000) <= 3 * 640

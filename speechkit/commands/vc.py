@@ -38,11 +38,22 @@ def _train(args) -> None:
 
 
 def _export(args) -> None:
-    try:
-        from speechkit.export.vc import run_export
-    except ImportError:
-        raise SpeechkitError("this checkout has no VC exporter yet (speechkit/export/vc.py)") from None
-    run_export(args)
+    import tempfile
+
+    from speechkit.export.speaker import export_speaker
+    from speechkit.export.vc import run_export
+    from speechkit.models.vc.io import load_vc
+
+    args.model, args.out = args.exp_dir, args.out_dir
+    speaker = args.speaker_model or load_vc(args.exp_dir)[1].get("speaker_model")
+    with tempfile.TemporaryDirectory(prefix="vc-speaker-") as tmp:
+        if speaker and not (Path(speaker) / "speaker.onnx").is_file():  # a trained encoder: exported beside the model
+            from speechkit.inference.vc import resolve
+
+            export_speaker(resolve(speaker, "speaker encoder", "--speaker-model"), tmp)
+            speaker = tmp
+        args.speaker_model = speaker
+        run_export(args)
 
 
 def _eval(args) -> None:
@@ -152,7 +163,8 @@ def build_vc_parser(prog: str = "speechkit vc") -> argparse.ArgumentParser:
     e.add_argument("out_dir")
     e.add_argument("--steps", type=int, default=1, help="mean-flow steps per chunk baked into the step graph (default 1)")
     e.add_argument("--fp32", action="store_true", help="float32 weights (default: float16 weights where parity holds)")
-    e.add_argument("--speaker-model", default=None, help="speaker encoder to export beside the model (default: the model's own)")
+    e.add_argument("--speaker-model", default=None, help="speaker encoder shipped beside the model as OUT/speaker: a trained "
+                   "experiment (exported here) or an exported folder (default: the one the model was trained with)")
     e.set_defaults(func=_export)
     v = sub.add_parser("eval", help="zero-shot conversion of a test set into other voices: similarity, WER, log-F0, DNSMOS, RTF")
     v.add_argument("--system", action="append", default=[], metavar="NAME=MODEL[:SAMPLER[:STEPS]]",

@@ -274,10 +274,10 @@ def evaluate_vc(systems: list[dict], dump_dir: str | Path, data_dir: str | Path,
         refs = {p["ref_utt"]: j.sj.embed(read(p["ref_wav"]), 16000) for p in pairs} if j.sj is not None else {}
         sources = {p["utt"]: read(p["wav"]) for p in pairs}
         result["source"] = j.score(pairs, sources, refs, None)
-        ceiling = {p["utt"]: read(out_dir / "wav" / "ceiling" / f"{p['utt']}.wav") for p in pairs if p["target_wav"]}
+        ceiling = {p["utt"]: read(Path("wav", "ceiling", f"{p['utt']}.wav")) for p in pairs if p["target_wav"]}
         result["ceiling"] = j.score(pairs, ceiling, refs, None) if ceiling else None
         for name in result["systems"]:
-            clips = {p["utt"]: read(out_dir / "wav" / name / f"{p['utt']}.wav") for p in pairs}
+            clips = {p["utt"]: read(Path("wav", name, f"{p['utt']}.wav")) for p in pairs}
             result["systems"][name]["judges"] = j.score(pairs, clips, refs, sources)
     return result
 

@@ -92,7 +92,7 @@ if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "stage 8: $results"
   rev=$(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo unknown)
   { echo "# MeanVC voice conversion results ($(basename "$config"))"; echo; echo "command: \`$command_line\` (git $rev)"; echo
-    [ -f "$exp/speaker/eer.json" ] && { echo "speaker encoder: $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(', '.join(f'{k}: EER {100*v[\"eer\"]:.2f} %' if isinstance(v, dict) else f'{k}: {v}' for k, v in d.items()))" "$exp/speaker/eer.json" 2>/dev/null || cat "$exp/speaker/eer.json")"; echo; }
+    [ -f "$exp/speaker/eer.json" ] && { echo "speaker encoder: $(python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(', '.join(f\"{r['data']}: EER {100 * r['eer']:.2f} % ({r['speakers']} voices never seen in training)\" for r in d['results']))" "$exp/speaker/eer.json")"; echo; }
     echo '```'; cat "$exp/eval.txt"; [ -f "$exp/stream.txt" ] && cat "$exp/stream.txt"; echo '```'; } > "$results"
   log "wrote $results"
 fi

@@ -60,7 +60,8 @@ def vc_pairs(dump, data_dir: str | Path, max_utts: int | None = None) -> list[di
         tgt = by_spk[target][1] if len(by_spk[target]) > 1 else None
         pairs.append({"utt": u, "i": i, "text": texts[u], "wav": wavs[u], "ref_utt": dump.utt_ids[ref_i], "ref_i": ref_i,
                       "ref_wav": wavs.get(dump.utt_ids[ref_i]), "target_utt": None if tgt is None else dump.utt_ids[tgt],
-                      "target_wav": None if tgt is None else wavs.get(dump.utt_ids[tgt])})
+                      "target_wav": None if tgt is None else wavs.get(dump.utt_ids[tgt]),
+                      "target_text": None if tgt is None else texts.get(dump.utt_ids[tgt])})
     if not pairs:
         raise SpeechkitError(f"{d}: none of the dump's utterances is in the data dir")
     return pairs[:max_utts] if max_utts else pairs
@@ -185,9 +186,11 @@ class _Judges:
 
             self.dj = DnsmosJudge()
 
-    def score(self, pairs: list[dict], clips: dict[str, np.ndarray], refs: dict, sources: dict | None) -> dict:
+    def score(self, pairs: list[dict], clips: dict[str, np.ndarray], refs: dict, sources: dict | None,
+              text_key: str = "text") -> dict:
+        """``text_key``: the pairs' field holding what the clips say (the ceiling says the target's text)."""
         have = [p for p in pairs if p["utt"] in clips]
-        texts = [p["text"] for p in have]
+        texts = [p[text_key] for p in have]
         out: dict = {"utterances": len(have)}
         if self.sj is not None:
             sims = [self.sj.similarity(self.sj.embed(clips[p["utt"]], 16000), refs[p["ref_utt"]]) for p in have]
@@ -275,7 +278,7 @@ def evaluate_vc(systems: list[dict], dump_dir: str | Path, data_dir: str | Path,
         sources = {p["utt"]: read(p["wav"]) for p in pairs}
         result["source"] = j.score(pairs, sources, refs, None)
         ceiling = {p["utt"]: read(Path("wav", "ceiling", f"{p['utt']}.wav")) for p in pairs if p["target_wav"]}
-        result["ceiling"] = j.score(pairs, ceiling, refs, None) if ceiling else None
+        result["ceiling"] = j.score(pairs, ceiling, refs, None, text_key="target_text") if ceiling else None
         for name in result["systems"]:
             clips = {p["utt"]: read(Path("wav", name, f"{p['utt']}.wav")) for p in pairs}
             result["systems"][name]["judges"] = j.score(pairs, clips, refs, sources)
@@ -300,5 +303,5 @@ def summary_lines(r: dict) -> list[str]:
     if "source" in r:
         lines.append(row("floor: the source, unconverted", r["source"], None))
     if r.get("ceiling"):
-        lines.append(row("ceiling: the target speaker's own recording through the codec", r["ceiling"], None))
+        lines.append(row("ceiling: the target speaker's other recording through the codec (WER against its own text)", r["ceiling"], None))
     return lines

@@ -158,4 +158,4 @@ def test_eval_and_convert_with_an_experiment(prepared, tmp_path):
     out = subprocess.run(run + [str(tmp_path / "onnx"), "--source", good[0].wav, "--reference", long_ref.wav, "--out",
                                 str(tmp_path / "s.wav"), "--stream"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "latency 225 ms" in out.stdout and abs(sf.info(str(tmp_path / "s.wav")).frames - good[0].duration * 16000) <= 3 * 640
+    assert "latency 208 ms" in out.stdout and abs(sf.info(str(tmp_path / "s.wav")).frames - good[0].duration * 16000) <= 3 * 640

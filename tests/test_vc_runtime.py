@@ -188,7 +188,14 @@ def test_streamed_audio_is_the_whole_conversion_and_the_speaker_encoder_is_used(
     parts.append(s.finish())
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     assert not np.array_equal(vc.convert(src, target, seed=4), whole)
-    assert vc.latency_ms == 5 * 40 + 25
+    # the latency is measured, not only computed: the first audio needs exactly latency_ms of input
+    assert vc.latency_ms == 5 * 40 + 7.5
+    need = int(round(vc.latency_ms * 16))  # samples
+    s = vc.stream(target, seed=3)
+    assert len(s.accept(src[: need - 1])) == 0
+    assert len(s.accept(src[need - 1 : need])) == 5 * vc.codec.hop
+    with pytest.raises(AudioError, match="sample_rate"):
+        vc.target(tone(1.5, 200, 1), sample_rate=-16000)
 
 
 def test_batched_streams_equal_each_stream_alone(vc):

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from speechkit.audio import effects
 from speechkit.audio.io import load_audio, save_audio
 from speechkit.config import from_dict, load_yaml, to_dict
+from speechkit.data.features import SerialPool
 from speechkit.data.kaldi import Utterance, load_data_dir, write_data_dir, write_table
 from speechkit.errors import AudioError, ConfigError
 
@@ -368,7 +369,7 @@ def augment_data_dir(data_dir: str | Path, out_dir: str | Path, cfg: AugmentConf
     utt2aug: dict[str, str] = {}
     skipped: list[str] = []
     init = (augmenter, wav_dir, copies)
-    with mp.get_context("fork").Pool(nj, _init_worker, init) if nj > 1 else _Serial(init) as pool:
+    with mp.get_context("fork").Pool(nj, _init_worker, init) if nj > 1 else SerialPool(_init_worker, init) as pool:
         results = pool.imap(_augment_one, utts, chunksize=4)
         for utt, written, err, n in tqdm(results, total=len(utts), desc=f"augment {Path(data_dir).name}", unit="utt", file=sys.stderr):
             if err is not None:
@@ -398,19 +399,3 @@ def _warm_up(cfg: AugmentConfig) -> None:
         import pyroomacoustics  # noqa: F401
     if cfg.channel.mic.prob > 0 or cfg.channel.clipping.prob > 0:
         import audiomentations  # noqa: F401
-
-
-class _Serial:
-    """A stand-in for ``multiprocessing.Pool`` with one job (no fork, easier to debug)."""
-
-    def __init__(self, init: tuple):
-        _init_worker(*init)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, items, chunksize=1):
-        return map(fn, items)

@@ -69,7 +69,7 @@ def compute_dump(
     offset = 0
     work = [(u, cfg, tuple(speed_factors)) for u in utts]
     tmp_bin = dump_dir / "feats.bin.tmp"
-    with open(tmp_bin, "wb") as out, mp.get_context("fork").Pool(nj) if nj > 1 else _Serial() as pool:
+    with open(tmp_bin, "wb") as out, mp.get_context("fork").Pool(nj) if nj > 1 else SerialPool() as pool:
         results = pool.imap(_extract, work, chunksize=16)
         for utt, feats, err in tqdm(results, total=len(work), desc=f"fbank {Path(data_dir).name}", unit="utt", file=sys.stderr):
             if err is not None:
@@ -96,8 +96,13 @@ def compute_dump(
     return len(skipped)
 
 
-class _Serial:
-    """A stand-in for ``multiprocessing.Pool`` with one job (no fork, easier to debug)."""
+class SerialPool:
+    """A stand-in for ``multiprocessing.Pool`` with one job (no fork, easier to debug): the same
+    optional per-worker ``initializer(*initargs)``, run once here."""
+
+    def __init__(self, initializer=None, initargs: tuple = ()):
+        if initializer is not None:
+            initializer(*initargs)
 
     def __enter__(self):
         return self

@@ -253,9 +253,9 @@ def check_parity(model: MeanVC, out_dir: Path, steps: int, fp16: bool) -> dict:
     if fp16:
         converted = _to_fp16(out_dir)
         twin, rounded = fp16_rounded(model)
-        if converted != rounded:  # the two sides must round the same weights for the tight check
-            raise SpeechkitError(f"float16 export: {converted} graph weights converted, {rounded} model weights rounded")
-        report["fp16"] = {**compare(model, out_dir, steps, inputs), "weights": converted,
+        # the counts differ where the exporter merged equal weights (freshly zeroed layers); the
+        # tight comparison with the rounded model below is what checks that the same weights were rounded
+        report["fp16"] = {**compare(model, out_dir, steps, inputs), "weights": converted, "model_weights_rounded": rounded,
                           "vs_rounded_model": compare(twin, out_dir, steps, inputs)}
         _tight(report["fp16"]["vs_rounded_model"], "float16 weights, against the same rounded weights")
         if not report["fp16"]["rel_err"] <= FP16_GROSS:

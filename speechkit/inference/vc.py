@@ -13,34 +13,7 @@ import numpy as np
 import torch
 
 from speechkit.errors import AudioError, SpeechkitError
-
-MIN_REFERENCE_SECONDS = 1.0
-SILENCE_RMS = 1e-4  # a reference quieter than this (about -80 dBFS) holds no voice
-
-
-def resolve(path: str | Path | None, what: str, flag: str) -> Path:
-    """A model path from the user or from a model's provenance; relative ones are tried against the
-    working directory and the repository root; a missing one is a one-line error naming ``flag``."""
-    if not path:
-        raise SpeechkitError(f"the {what} is not known: pass {flag}")
-    p = Path(path)
-    for cand in (p, Path(__file__).resolve().parents[2] / p):
-        if cand.exists():
-            return cand
-    raise SpeechkitError(f"{path}: no such {what} (pass {flag})")
-
-
-def check_reference(samples: np.ndarray, sample_rate: int, where: str = "reference") -> np.ndarray:
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim != 1:
-        raise AudioError(f"{where}: expected mono samples, got shape {x.shape}")
-    seconds = len(x) / sample_rate
-    if seconds < MIN_REFERENCE_SECONDS:
-        raise AudioError(f"{where}: {seconds:.2f} s of audio; a reference voice needs at least {MIN_REFERENCE_SECONDS:g} s")
-    if not np.isfinite(x).all() or float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < SILENCE_RMS:
-        raise AudioError(f"{where}: silent (or not finite); a reference voice needs speech")
-    return x
-
+from speechkit.runtime.vc import check_reference, resolve
 
 class TorchVoiceConverter:
     def __init__(self, model: str | Path, codec_dir: str | Path | None = None, asr_dir: str | Path | None = None,

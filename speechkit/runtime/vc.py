@@ -30,12 +30,12 @@ from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.codec import CodecRuntime, DecoderStream
 from speechkit.runtime.content import ContentEncoder, ContentStream
 from speechkit.runtime.session import cpu_session
+from speechkit.runtime.speaker import check_rate
 
 FAMILY = "vc-meanvc"
 CONFIG_FILE, REFERENCE_FILE, STEP_FILE, SPEAKER_DIR = "vc.json", "reference.onnx", "step.onnx", "speaker"
 MIN_REFERENCE_SECONDS = 1.0
 SILENCE_RMS = 1e-4  # a reference quieter than this (about -80 dBFS) holds no voice
-FBANK_WINDOW_MS = 25.0  # the content encoder's fbank frame, the audio the last frame of a chunk waits for
 
 
 def resolve(path: str | Path | None, what: str, flag: str) -> Path:
@@ -189,9 +189,17 @@ class VoiceConverter:
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency: the content chunk (or the MeanVC chunk, if longer) + the fbank window."""
-        frames = max(self.content.att_context[1] + 1, self.chunk)
-        return frames * 1000.0 / self.content.frame_rate + FBANK_WINDOW_MS
+        """Algorithmic latency: the longest wait, over the chunks, from the start of a chunk's audio
+        to the last input sample its output needs. A chunk of ``chunk`` frames needs every content
+        frame up to its end, which come in content chunks of ``right + 1`` frames; the last fbank
+        frame of those reaches half a window past its centre (``snip_edges`` off: centres at
+        shift/2, 3 shift/2, ...), so the input needed ends (window - shift)/2 after the frames."""
+        c, n = self.content.att_context[1] + 1, self.chunk
+        frame_ms = 1000.0 / self.content.frame_rate
+        fb = self.content.fbank_cfg
+        edge = (fb.frame_length_ms - fb.frame_shift_ms) / 2
+        wait = max(-(-((k + 1) * n) // c) * c - k * n for k in range(c))
+        return wait * frame_ms + edge
 
     # target voices
 
@@ -201,7 +209,7 @@ class VoiceConverter:
         ships no speaker encoder (``speaker/``) or to override it."""
         from speechkit.audio.io import resample_audio
 
-        rate = sample_rate or self.sample_rate
+        rate = self.sample_rate if sample_rate is None else check_rate(sample_rate)
         x = check_reference(ref_samples, rate)
         x = resample_audio(x, rate, self.sample_rate)
         emb = self.speaker_embedding(x) if spk is None else np.asarray(spk, dtype=np.float32)
@@ -249,12 +257,15 @@ class VoiceConverter:
                 noise: np.ndarray | None = None) -> np.ndarray:
         """A whole source utterance → the same words in the target voice (the codec's rate), by
         streaming: the same audio as feeding a stream in any blocks."""
+        rate = self.sample_rate if sample_rate is None else check_rate(sample_rate)
+        x = np.asarray(samples, dtype=np.float32)
         s = self.stream(target, seed, noise)
-        head = s.accept(samples, sample_rate)
-        tail = s.finish()
+        block = rate  # one second at a time, as the ASR runtime feeds: memory follows the output only
+        parts = [s.accept(x[at : at + block], rate) for at in range(0, len(x), block)]
+        parts.append(s.finish())
         if s.content.frames == 0:
             raise AudioError("source: too short to hold a single content frame")
-        return np.concatenate([head, tail])
+        return np.concatenate(parts)
 
     def convert_latents(self, content: np.ndarray, target: Target, seed: int = 0, noise: np.ndarray | None = None) -> np.ndarray:
         """Content frames (F, C) → raw latents (F, D), chunk by chunk through the same graphs (no

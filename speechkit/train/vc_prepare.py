@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from speechkit.data.features import SerialPool
 from speechkit.data.kaldi import load_data_dir
 from speechkit.errors import AudioError, SpeechkitError
 
@@ -61,20 +62,6 @@ def _features(item: tuple[str, str]):
     return utt, latents[:n].astype(np.float16), content[:n].astype(np.float16), emb, None
 
 
-class _Serial:
-    def __init__(self, initializer, initargs):
-        initializer(*initargs)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, items, chunksize=1):
-        return map(fn, items)
-
-
 def prepare_vc_dump(data_dir: str | Path, out_dir: str | Path, codec_dir: str | Path, asr_dir: str | Path,
                     speaker_model: str | Path, layer: int = 12, att_context: tuple[int, int] = (64, 4), nj: int = 0,
                     max_utts: int | None = None) -> dict:
@@ -99,7 +86,7 @@ def prepare_vc_dump(data_dir: str | Path, out_dir: str | Path, codec_dir: str | 
     dims = {}
     total = total_sq = None
     with open(tmp / "latents.bin", "wb") as lat_out, open(tmp / "content.bin", "wb") as con_out, \
-            (mp.get_context("fork").Pool(nj, _init_worker, initargs) if nj > 1 else _Serial(_init_worker, initargs)) as pool:
+            (mp.get_context("fork").Pool(nj, _init_worker, initargs) if nj > 1 else SerialPool(_init_worker, initargs)) as pool:
         results = pool.imap(_features, [(u.utt_id, u.wav) for u in utts], chunksize=4)
         for utt, lat, con, emb, err in tqdm(results, total=len(utts), desc=f"vc features {Path(data_dir).name}", unit="utt",
                                            file=sys.stderr, dynamic_ncols=True, mininterval=2):

@@ -9,7 +9,6 @@ one-line ``AudioError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from speechkit.audio.io import audio_duration, read_blocks
 from speechkit.audio.vad import SpeechGate
 from speechkit.errors import AudioError
 from speechkit.models.speaker.ecapa import EcapaTdnn
+from speechkit.runtime.speaker import windows
 
 MIN_SECONDS = 0.5
 WINDOW_SECONDS = 20.0
@@ -43,21 +43,6 @@ def embed_samples(model: EcapaTdnn, samples: np.ndarray) -> np.ndarray:
     return embed_feats(model, compute_fbank(samples, fbank_config(model)))
 
 
-def _windows(blocks: Iterable[np.ndarray], window: int) -> Iterable[np.ndarray]:
-    """Consecutive blocks → pieces of ``window`` samples, the last one 0.5 to 1.5 windows long."""
-    buf: list[np.ndarray] = []
-    held = 0
-    for x in blocks:
-        buf.append(x)
-        held += len(x)
-        if held >= window + window // 2:
-            joined = np.concatenate(buf)
-            yield joined[:window]
-            buf, held = [joined[window:]], len(joined) - window
-    if held:
-        yield np.concatenate(buf)
-
-
 def embed_file(model: EcapaTdnn, path: str | Path) -> np.ndarray:
     """One audio file → its L2-normalised embedding (D,); see the module's docstring."""
     seconds = audio_duration(path)
@@ -67,7 +52,7 @@ def embed_file(model: EcapaTdnn, path: str | Path) -> np.ndarray:
     blocks = (x for x, _ in read_blocks(path, 1.0, SAMPLE_RATE, resample=True, downmix=True))
     total = np.zeros(model.cfg.embed_dim, dtype=np.float64)
     speech = start = 0.0
-    for piece in _windows(blocks, int(WINDOW_SECONDS * SAMPLE_RATE)):
+    for piece in windows(blocks, int(WINDOW_SECONDS * SAMPLE_RATE)):
         end = start + len(piece) / SAMPLE_RATE
         gate.accept(piece)
         weight = gate.speech_seconds(start, end)

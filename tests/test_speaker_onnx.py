@@ -1,7 +1,9 @@
 """The speaker encoder exported to ONNX: the graph gives PyTorch's L2-normalised embedding for any
-batch and length (max |Δ| under ``EMBED_TOL`` = 1e-4 on unit vectors), the torch-free runtime
-gives ``embed_samples`` / ``embed_file``'s embeddings (one pass and window by window), the CLI
-exports and embeds with the folder, and bad folders or audio stop in one line."""
+batch and length (max |Δ| under ``EMBED_TOL`` = 1e-4 on unit vectors, 1 − cosine under 1e-6), the
+torch-free runtime gives ``embed_samples`` / ``embed_file``'s embeddings (one pass up to 1.5
+windows, window by window past that, never more than one window's frames a call), ``embed_batch``
+gives ``embed``'s rows, the CLI exports and embeds with the folder, and bad folders, rates or
+audio stop in one line."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import soundfile as sf
 import torch
 
 from conftest import run_without_torch
+from speechkit.audio.fbank import compute_fbank
 from speechkit.errors import AudioError, SpeechkitError
 from test_speaker import TINY_ENCODER
 
@@ -107,6 +110,94 @@ def test_a_failed_parity_check_leaves_no_graph(tiny_model, tmp_path, monkeypatch
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_export_takes_a_model_in_memory_and_leaves_it_as_it_was(exported, tiny_model, tmp_path):
+    from speechkit.export.speaker import export_speaker
+    from speechkit.models.speaker.io import load_speaker_encoder
+    from speechkit.runtime.session import cpu_session
+
+    model = load_speaker_encoder(tiny_model).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = export_speaker(model, tmp_path / "mem")
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert info["model"] == "EcapaTdnn in memory" and json.loads((tmp_path / "mem" / "export.json").read_text())["parity"]
+    x = np.random.default_rng(2).normal(-5.0, 3.0, (2, 150, 80)).astype(np.float32)
+    a = cpu_session(tmp_path / "mem" / "speaker.onnx").run(None, {"feats": x})[0]
+    b = cpu_session(exported / "speaker.onnx").run(None, {"feats": x})[0]
+    assert np.abs(a - b).max() <= 1e-6  # the same eval-mode graph as the file's
+
+
+class CallLog:
+    """A session stand-in that records the (B, T) of every call."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def run(self, names, feeds):
+        self.shapes.append(feeds["feats"].shape[:2])
+        return self.session.run(names, feeds)
+
+
+def windowed_reference(encoder, x: np.ndarray) -> np.ndarray:
+    """PyTorch's embed_samples on embed_file's split of ``x`` (1 s blocks), weighted by seconds."""
+    from speechkit.models.speaker import embed
+    from speechkit.runtime.speaker import windows  # the split embed.embed_file uses
+
+    blocks = (x[i : i + RATE] for i in range(0, len(x), RATE))
+    pieces = list(windows(blocks, int(embed.WINDOW_SECONDS * RATE)))
+    assert [len(p) for p in pieces] == [20 * RATE, 20 * RATE, len(x) - 40 * RATE]
+    total = sum(len(p) * embed.embed_samples(encoder, p).astype(np.float64) for p in pieces)
+    return total / np.linalg.norm(total)
+
+
+def test_long_inputs_are_embedded_window_by_window(exported, encoder, speech):
+    """Up to 1.5 windows one pass (= embed_samples); 2.6 windows → 20 s + 20 s + 12 s pieces, each
+    embedded alone and averaged by seconds, no call above one pass's frames."""
+    from speechkit.export.speaker import EMBED_TOL
+    from speechkit.models.speaker import embed
+    from speechkit.runtime.speaker import SpeakerRuntime
+
+    rt = SpeakerRuntime(exported)
+    rt.session = log = CallLog(rt.session)
+    rng = np.random.default_rng(3)
+    voice = np.concatenate([speech[0], speech[1], 0.3 * speech[0]])
+    long = (np.resize(voice, int(2.6 * rt.window)) + rng.normal(0, 0.01, int(2.6 * rt.window))).astype(np.float32)
+    long[: rt.window] *= 0.2  # the first window quieter than the rest: its embedding differs
+    near = long[: int(1.45 * rt.window)]  # just under 1.5 windows: one pass
+
+    assert np.abs(rt.embed(near) - embed.embed_samples(encoder, near)).max() <= EMBED_TOL
+    assert log.shapes == [(1, len(compute_fbank(near)))]
+    log.shapes.clear()
+    got = rt.embed(long)
+    assert np.abs(got - windowed_reference(encoder, long)).max() <= EMBED_TOL
+    assert abs(np.linalg.norm(got) - 1.0) < 1e-5
+    assert len(log.shapes) == 3 and max(t for _, t in log.shapes) <= rt.max_call_frames < len(long) / RATE * 100
+    assert np.abs(got - embed.embed_samples(encoder, long)).max() > 10 * EMBED_TOL  # not one pass in disguise
+
+
+def test_embed_batch_gives_embeds_rows(exported, speech):
+    """Equal frame counts share one call, others run alone, a long input is windowed; every row
+    = embed(x) (1e-5: batched convolutions may round differently) from any rate."""
+    from speechkit.audio.io import resample_audio
+    from speechkit.runtime.speaker import SpeakerRuntime
+
+    rt = SpeakerRuntime(exported)
+    a, b = sorted(speech, key=len)
+    n = (len(a) - 200) // 160 * 160 + 120  # n and n - 10 samples give the same frames (round(N / 160))
+    long = np.resize(np.concatenate([a, b]), int(1.7 * rt.window))
+    batch = [a[:n], b, b[:n], long, a[: n - 10]]  # rows 0, 2 and 4 share a call
+    assert len({len(compute_fbank(batch[i])) for i in (0, 2, 4)}) == 1 and len(compute_fbank(b)) > len(compute_fbank(a[:n]))
+    want = np.stack([rt.embed(x) for x in batch])
+    rt.session = log = CallLog(rt.session)
+    got = rt.embed_batch(batch)
+    assert got.shape == (5, 64) and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-5
+    assert sorted(rows for rows, _ in log.shapes) == [1, 1, 1, 3]  # b alone, the long one's two windows, the trio
+    x44 = [resample_audio(x, RATE, 44100) for x in (a, b)]
+    got44 = rt.embed_batch(x44, sample_rate=44100)
+    assert np.abs(got44 - np.stack([rt.embed(x, 44100) for x in x44])).max() <= 1e-5
+    assert rt.embed_batch([]).shape == (0, 64)
+
+
 def test_runtime_matches_torch(exported, encoder, speech, tmp_path):
     """embed = embed_samples (also from another rate), embed_file = embed_file on a one-pass file
     and on one past 1.5 windows (windowed, speech-weighted)."""
@@ -152,6 +243,12 @@ def test_bad_folders_and_audio_are_one_line_errors(exported, tiny_model, tmp_pat
     write_onnx(torch.nn.Identity(), (torch.zeros(1, 3),), other / "speaker.onnx", ["x"], ["y"], {}, {"model_family": "codec-vae"})
     with pytest.raises(SpeechkitError, match="not a speaker encoder model .model_family='codec-vae'"):
         SpeakerRuntime(other)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "speaker.onnx").write_bytes(b"not a graph")
+    with pytest.raises(SpeechkitError, match="speaker.onnx: not a readable ONNX file"):
+        SpeakerRuntime(tmp_path / "broken")
+    with pytest.raises(SpeechkitError, match="not an exported speaker encoder"):
+        SpeakerRuntime(tmp_path / "missing")
 
     rt = SpeakerRuntime(exported)
     with pytest.raises(AudioError, match="0.25 s of audio; a speaker embedding needs at least 0.5 s"):
@@ -160,6 +257,16 @@ def test_bad_folders_and_audio_are_one_line_errors(exported, tiny_model, tmp_pat
         rt.embed(np.zeros(11025, np.float32), sample_rate=44100)
     with pytest.raises(AudioError, match="mono"):
         rt.embed(np.zeros((2, 16000), np.float32))
+    with pytest.raises(AudioError, match="^0.00 s of audio"):
+        rt.embed(np.zeros(0, np.float32))
+    with pytest.raises(AudioError, match="NaN"):
+        rt.embed(np.full(RATE, np.nan, np.float32))
+    for rate in (0, -16000, 16000.5, True, "16000"):
+        with pytest.raises(AudioError, match="sample_rate must be a positive whole number of Hz"):
+            rt.embed(np.zeros(RATE, np.float32), sample_rate=rate)
+    assert rt.embed(0.1 * np.sin(np.arange(RATE, dtype=np.float32)), sample_rate=16000.0).shape == (64,)
+    with pytest.raises(AudioError, match="^input 1: 0.10 s of audio"):  # every input checked before any is embedded
+        rt.embed_batch([np.zeros(RATE, np.float32), np.zeros(1600, np.float32)])
     sf.write(tmp_path / "short.wav", 0.3 * np.sin(np.arange(4000) / 5.0).astype(np.float32), RATE)
     sf.write(tmp_path / "hum.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / RATE).astype(np.float32), RATE)
     sf.write(tmp_path / "silent.wav", np.zeros(48000, np.float32), 48000)
@@ -177,9 +284,13 @@ def test_cli_export_then_embed_with_the_folder(tiny_model, speech, run_cli, tmp_
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["speaker", "export", "--help"])
     assert e.value.code == 0 and "speaker.onnx" in capsys.readouterr().out
-    rc, out, err = run_cli("speaker", "export", tiny_model, tmp_path / "onnx")
+    rc, out, err = run_cli("speaker", "export", tiny_model, "--out", tmp_path / "onnx")
     assert rc == 0, err
     assert "speaker.onnx" in out and "float32" in out and (tmp_path / "onnx" / "export.json").is_file()
+    assert build_parser().parse_args(["speaker", "export", "m", "d"]).out_dir == "d"  # the other exporters' form
+    for args in ([], [tmp_path / "y", "--out", tmp_path / "x"]):
+        rc, out, err = run_cli("speaker", "export", tiny_model, *args)
+        assert rc == 2 and "give the output folder once" in err and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     sf.write(tmp_path / "a.wav", speech[0], RATE)
     stereo = np.stack([speech[1], speech[1]], axis=1)
     sf.write(tmp_path / "b.wav", stereo, RATE)
@@ -191,7 +302,7 @@ def test_cli_export_then_embed_with_the_folder(tiny_model, speech, run_cli, tmp_
     assert got.shape == (2, 64) and np.abs(got - want).max() <= EMBED_TOL
 
     (tmp_path / "empty").mkdir()
-    rc, out, err = run_cli("speaker", "export", tmp_path / "empty", tmp_path / "out")
+    rc, out, err = run_cli("speaker", "export", tmp_path / "empty", "--out", tmp_path / "out")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "no such checkpoint" in err
     sf.write(tmp_path / "silent.wav", np.zeros(RATE, np.float32), RATE)
     rc, out, err = run_cli("speaker", "embed", tmp_path / "onnx", tmp_path / "silent.wav")
@@ -202,10 +313,19 @@ def test_runtime_runs_without_torch(exported, encoder, speech, tmp_path):
     from speechkit.models.speaker.embed import embed_file
 
     sf.write(tmp_path / "a.wav", speech[0], RATE)
+    from speechkit.models.speaker.embed import embed_samples
+
     out = run_without_torch(f"""
+        import numpy as np, soundfile as sf
         from speechkit.runtime.speaker import SpeakerRuntime
-        e = SpeakerRuntime({str(exported)!r}).embed_file({str(tmp_path / 'a.wav')!r})
-        print(" ".join(repr(float(v)) for v in e))
+        rt = SpeakerRuntime({str(exported)!r})
+        x, _ = sf.read({str(tmp_path / 'a.wav')!r}, dtype="float32")
+        for e in (rt.embed_file({str(tmp_path / 'a.wav')!r}), rt.embed(x), *rt.embed_batch([x, x[::-1]])):
+            print(" ".join(repr(float(v)) for v in e))
     """)
-    got = np.array(out.split(), dtype=np.float32)
-    assert np.abs(got - embed_file(encoder, tmp_path / "a.wav")).max() <= 1e-4
+    got = np.array([line.split() for line in out.splitlines()], dtype=np.float32)
+    assert got.shape == (4, 64)
+    assert np.abs(got[0] - embed_file(encoder, tmp_path / "a.wav")).max() <= 1e-4
+    x, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+    want = np.stack([embed_samples(encoder, x), embed_samples(encoder, x), embed_samples(encoder, x[::-1].copy())])
+    assert np.abs(got[1:] - want).max() <= 1e-4

@@ -28,11 +28,16 @@ def _train(args) -> None:
 def _export(args) -> None:
     from speechkit.export.speaker import MODEL_FILE, export_speaker
 
-    info = export_speaker(args.model, args.out_dir)
+    if (args.out_dir is None) == (args.out is None):
+        raise SpeechkitError("give the output folder once: `speechkit speaker export MODEL --out DIR` (or MODEL DIR)")
+    out = args.out or args.out_dir
+    info = export_speaker(args.model, out)
     worst = max(r["max_abs_diff"] for r in info["parity"])
+    cosine = min(r["min_cosine"] for r in info["parity"])
     longest = max(r["frames"] for r in info["parity"])
-    print(f"exported {args.out_dir}/{MODEL_FILE} ({info['size_mb']} MB, float32); ONNX Runtime = PyTorch on "
-          f"{len(info['parity'])} random inputs up to {longest} frames (max |Δ| {worst:.1e}; report in {args.out_dir}/export.json)")
+    print(f"exported {out}/{MODEL_FILE} ({info['size_mb']} MB, float32); ONNX Runtime = PyTorch on "
+          f"{len(info['parity'])} random inputs up to {longest} frames (max |Δ| {worst:.1e}, 1 − cosine {1.0 - cosine:.1e}; "
+          f"report in {out}/export.json)")
 
 
 def _embedder(model: str, device: str, threads: int) -> Callable[[str], np.ndarray]:
@@ -111,7 +116,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x = speaker.add_parser("export", help="the encoder to ONNX (fbank → L2-normalised embedding, float32), checked "
                            "against PyTorch; `speaker embed` and the torch-free runtime take the folder")
     x.add_argument("model", help="experiment dir (model.pt), model.pt or checkpoint.pt")
-    x.add_argument("out_dir", help="folder for speaker.onnx and export.json (the parity report)")
+    x.add_argument("out_dir", nargs="?", default=None, help="as --out (the other exporters' form)")
+    x.add_argument("--out", default=None, metavar="DIR", help="folder for speaker.onnx and export.json (the parity report)")
     x.set_defaults(func=_export)
     e = speaker.add_parser("embed", help="one L2-normalised embedding per audio file (any sample rate, mono or stereo; "
                            "at least 0.5 s with speech)")

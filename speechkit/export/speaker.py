@@ -8,6 +8,7 @@ as the longest window a file is embedded in.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -51,17 +52,22 @@ def metadata(model: EcapaTdnn) -> dict:
             "encoder_config": json.dumps({"encoder": "ecapa", "encoder_conf": to_dict(model.cfg)})}
 
 
-def export_speaker(model_path: str | Path, out_dir: str | Path, seed: int = 0) -> dict:
-    """An experiment dir, model.pt or checkpoint.pt → ``out_dir/speaker.onnx`` (float32 weights) and
-    ``out_dir/export.json`` (metadata, parity report, file size). The files are written to a staging
-    folder and moved into ``out_dir`` only after the parity check passes."""
-    model = load_speaker_encoder(model_path).float().eval()
+def export_speaker(model: EcapaTdnn | str | Path, out_dir: str | Path, seed: int = 0) -> dict:
+    """An encoder (in memory: a copy is exported, the caller's is left as it was), an experiment
+    dir, model.pt or checkpoint.pt → ``out_dir/speaker.onnx`` (float32 weights) and
+    ``out_dir/export.json`` (metadata, parity report, file size). The files are written to a
+    staging folder and moved into ``out_dir`` only after the parity check passes."""
+    if isinstance(model, EcapaTdnn):
+        encoder, source = copy.deepcopy(model).cpu(), f"{type(model).__name__} in memory"
+    else:
+        encoder, source = load_speaker_encoder(model), str(model)
+    encoder = encoder.float().eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        info = _write_and_check(model, staging, seed)
-        info["model"] = str(model_path)
+        info = _write_and_check(encoder, staging, seed)
+        info["model"] = source
         (staging / "export.json").write_text(json.dumps(info, indent=1) + "\n")
         for f in sorted(staging.iterdir()):
             f.replace(out_dir / f.name)
@@ -84,10 +90,11 @@ def _write_and_check(model: EcapaTdnn, out_dir: Path, seed: int) -> dict:
 
 def check_parity(model: EcapaTdnn, onnx_path: Path, seed: int = 0) -> list[dict]:
     """Random fbank-like inputs of ``CHECK_SECONDS`` one at a time, and a batch of three, through
-    both → one row per input; a one-line error past the tolerances."""
-    from speechkit.runtime.session import cpu_session
+    PyTorch and through the runtime's session (so the runtime opens the file and reads its
+    metadata) → one row per input; a one-line error past the tolerances."""
+    from speechkit.runtime.speaker import SpeakerRuntime
 
-    session = cpu_session(onnx_path)
+    session = SpeakerRuntime(onnx_path.parent).session
     fbank = embed.fbank_config(model)
     rng = np.random.default_rng(seed)
     inputs = [rng.normal(-5.0, 3.0, (1, round(s * fbank.frames_per_second), fbank.num_mel_bins)) for s in CHECK_SECONDS]

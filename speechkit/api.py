@@ -10,6 +10,10 @@ sessions that report partial and final results as audio arrives.
     ...         for r in s.feed(block, sample_rate=48000):
     ...             print(r.kind, r.text)                         # "partial" ... then "final"
     >>> print(s.text)
+
+An exported voice-conversion model converts the same way: ``vc = speechkit.load("exp/vc/onnx")``,
+``vc.convert("source.wav", "reference.wav")`` → samples at ``vc.sample_rate``, and
+``live = vc.stream("reference.wav", sample_rate=48000)`` → ``live.accept(block)`` ... ``live.finish()``.
 """
 
 from __future__ import annotations
@@ -157,18 +161,91 @@ class OfflineAsr:
                              "streaming model such as models/asr-stream-synth")
 
 
+def _mono(samples, where: str) -> np.ndarray:
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise AudioError(f"{where}: expected mono samples of shape (N,), got shape {x.shape}")
+    return x
+
+
+def _audio(audio, sample_rate: int, where: str) -> tuple[np.ndarray, int]:
+    """A path (any rate, downmixed) or a mono array at ``sample_rate`` → (float32 samples, their rate)."""
+    if isinstance(audio, (str, Path)):
+        from speechkit.audio.io import load_audio
+
+        return load_audio(audio, downmix=True)
+    return _mono(audio, where), sample_rate
+
+
+class VcSession:
+    """A live conversion of one source into one voice: ``accept`` source audio as it arrives and
+    get back the converted audio of every chunk it completed (often none); ``finish`` gives the
+    rest. Audio out is at the model's rate (:attr:`VoiceConversion.sample_rate`)."""
+
+    def __init__(self, stream, sample_rate: int):
+        self.stream, self.sample_rate = stream, sample_rate
+
+    def accept(self, samples, sample_rate: int | None = None) -> np.ndarray:
+        """Mono float32 samples (at ``sample_rate``, default the session's) → converted samples."""
+        return self.stream.accept(_mono(samples, "source"), sample_rate or self.sample_rate)
+
+    def finish(self) -> np.ndarray:
+        """No more source audio → the converted rest."""
+        return self.stream.finish()
+
+
+class VoiceConversion:
+    """An exported MeanVC (``step.onnx`` + ``vc.json``): zero-shot conversion into the voice of a
+    reference of at least a second. Sources and references are paths (any rate, downmixed) or mono
+    float32 arrays at ``sample_rate`` (default: the model's, 16 kHz for the shipped models); audio
+    comes back at :attr:`sample_rate`."""
+
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, **options):
+        from speechkit.runtime.vc import VoiceConverter
+
+        self.converter = VoiceConverter(model_dir, num_threads=num_threads, **options)
+        self.sample_rate = self.converter.sample_rate
+
+    def target(self, reference, sample_rate: int | None = None):
+        """A reference (path or array) → the target voice (:class:`speechkit.runtime.vc.Target`),
+        which ``convert`` and ``stream`` also take in its place, to skip encoding it again."""
+        from speechkit.runtime.vc import Target
+
+        if isinstance(reference, Target):
+            return reference
+        x, rate = _audio(reference, sample_rate or self.sample_rate, "reference")
+        return self.converter.target(x, rate)
+
+    def convert(self, source, reference, sample_rate: int | None = None, seed: int = 0) -> np.ndarray:
+        """The words of ``source`` in the voice of ``reference`` → float32 samples at :attr:`sample_rate`,
+        the same as streaming the source through :meth:`stream` in any blocks with the same ``seed``."""
+        target = self.target(reference, sample_rate)
+        x, rate = _audio(source, sample_rate or self.sample_rate, "source")
+        return self.converter.convert(x, target, rate, seed=seed)
+
+    def stream(self, reference, sample_rate: int | None = None, seed: int = 0) -> VcSession:
+        """A live session into the voice of ``reference``; source audio fed to it is at
+        ``sample_rate`` (default the model's)."""
+        return VcSession(self.converter.stream(self.target(reference, sample_rate), seed=seed), sample_rate or self.sample_rate)
+
+
 def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     """Open an exported model directory (``model.onnx`` + tokenizer + ``export.json``) by its
     family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
     CLEAR TTS model (``ar_step.onnx`` ...) :class:`speechkit.runtime.tts.Synthesizer`
-    (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks).
-    ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``; both families:
-    ``gate=None`` keeps tokens the speech-activity gate would drop as silence or noise)."""
+    (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks), a
+    voice-conversion model (``step.onnx`` + ``vc.json``) :class:`VoiceConversion`
+    (``convert(source, reference)`` → samples, ``stream(reference)`` → ``accept``/``finish``; its
+    ``options``: ``codec_dir``, ``asr_dir``). ``options`` go to the recognizer (streaming:
+    ``att_context=(64, 4)``, ``beam=4``; both families: ``gate=None`` keeps tokens the
+    speech-activity gate would drop as silence or noise)."""
     model_dir = Path(model_dir)
     if (model_dir / "ar_step.onnx").is_file() and model_family(model_dir) == "tts-clear":
         from speechkit.runtime.tts import Synthesizer
 
         return Synthesizer(model_dir, num_threads=num_threads)
+    if (model_dir / "step.onnx").is_file() and (model_dir / "vc.json").is_file():
+        return VoiceConversion(model_dir, num_threads=num_threads, **options)
     if not (model_dir / "model.onnx").is_file():
         raise SpeechkitError(f"{model_dir}: not a model directory (no model.onnx; export one with `speechkit export onnx`)")
     family = model_family(model_dir)

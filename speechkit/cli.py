@@ -212,7 +212,7 @@ def _serve(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise SpeechkitError(str(e)) from None
     run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
-               att_context=_context(args.att_context))
+               att_context=_context(args.att_context), vc_dir=args.vc, references=args.references)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -361,10 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     st.set_defaults(func=_stream)
 
-    sv = sub.add_parser("serve", help="WebSocket streaming recognition server + browser demo page (protocol: docs/serve.md)",
+    sv = sub.add_parser("serve", help="WebSocket streaming recognition / voice-conversion server + browser demo page (protocol: docs/serve.md)",
                         description="Serve a streaming model: the browser demo page at http://HOST:PORT/ and recognition over "
-                                    "a WebSocket at ws://HOST:PORT/asr (protocol, close codes and limits: docs/serve.md).")
-    sv.add_argument("model_dir", help="exported streaming model dir (e.g. models/asr-stream-synth)")
+                                    "a WebSocket at ws://HOST:PORT/asr, voice conversion at ws://HOST:PORT/vc "
+                                    "(protocol, close codes and limits: docs/serve.md).")
+    sv.add_argument("model_dir", help="exported streaming ASR model dir (e.g. models/asr-stream-synth), or an exported "
+                                      "voice-conversion dir (then /vc alone)")
+    sv.add_argument("--vc", default=None, metavar="VC_MODEL", help="also serve this exported voice-conversion dir at /vc")
+    sv.add_argument("--references", default=None, metavar="DIR",
+                    help="/vc: preset target voices, one .wav each, named by the file (default: VC_MODEL/references/, if any)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     sv.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the batched model calls (default 1)")
@@ -394,9 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     augment_commands.add_parser(sub)
 
-    from speechkit.bench import asr_decode, asr_stream, serve_load, train as train_bench, tts_synth
+    from speechkit.bench import asr_decode, asr_stream, serve_load, train as train_bench, tts_synth, vc_convert
 
-    for bench_module in (asr_stream, asr_decode, serve_load, tts_synth, train_bench):
+    for bench_module in (asr_stream, asr_decode, serve_load, tts_synth, vc_convert, train_bench):
         bench_module.add_parser(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")

@@ -229,3 +229,69 @@ def test_browser_page_transcribes_the_fake_microphone_like_the_runtime(tmp_path)
     assert len(run.partials) >= 2, f"no live partial results seen while streaming: {run.partials!r}"
     assert re.fullmatch(r"\d+ ms · \d+ ms", run.latency), f"latency element: {run.latency!r}"
     assert 0 <= run.latency_median_ms < 10_000, run.latency_median_ms
+
+
+def test_browser_page_converts_the_fake_microphone_into_an_uploaded_voice(tmp_path):
+    """VC mode of the same page, served by `speechkit serve VC_MODEL` (a tiny random MeanVC, see
+    tests/test_serve_vc.py): the reference is uploaded through the file input (a 24 kHz file the
+    page decodes and resamples), the fake microphone streams, and converted frames come back and
+    are scheduled for playback as they arrive; their total is the audio sent, to a content frame."""
+    import pytest
+    import soxr
+    from selenium.webdriver.common.by import By
+
+    from test_serve_vc import export_tiny_vc, speech
+
+    problem = browser_problem()
+    if problem:
+        pytest.fail(problem)
+    for d in ("exp", "spk"):
+        (tmp_path / d).mkdir()
+    vc_dir = export_tiny_vc(tmp_path)
+    src = tmp_path / "source.wav"
+    sf.write(src, speech("us", "she walked to the station before the rain started"), RATE, subtype="PCM_16")
+    wav = tmp_path / "mic.wav"
+    samples = padded_wav([Utt("source", src, "", 0.0, "", 0.0)], wav)
+    seconds = len(samples) / RATE
+    ref = tmp_path / "reference.wav"
+    sf.write(ref, soxr.resample(speech("gb", "a quiet voice reads the morning news"), RATE, 24000), 24000, subtype="PCM_16")
+
+    with served(vc_dir, log=tmp_path / "serve.log") as port, chromium(wav) as driver:
+        driver.get(f"http://127.0.0.1:{port}/?seconds={seconds:.3f}")
+        deadline = time.monotonic() + 10  # /health read: a VC-only server opens the page in VC mode
+        while driver.execute_script("return document.body.dataset.mode") != "vc" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.find_element(By.ID, "mode-asr").get_attribute("disabled") is not None
+        assert driver.find_element(By.ID, "vc-reference").get_attribute("value") == "upload"
+        driver.find_element(By.ID, "vc-file").send_keys(str(ref))
+        driver.find_element(By.ID, "start").click()
+        frames_while_streaming, state = 0, ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = driver.execute_script("return document.body.dataset.state")
+            if state == "streaming":
+                frames_while_streaming = int(driver.find_element(By.ID, "audio-received").get_attribute("data-frames") or 0)
+            if state in ("done", "error"):
+                break
+            time.sleep(0.05)
+        received = driver.find_element(By.ID, "audio-received")
+        frames, out = int(received.get_attribute("data-frames")), int(received.get_attribute("data-samples")) / RATE
+        scheduled = int(received.get_attribute("data-scheduled"))
+        first_el = driver.find_element(By.ID, "first-audio")
+        first, first_ms = first_el.text, first_el.get_attribute("data-ms")
+        summary = driver.find_element(By.ID, "vc-summary")
+        said = (summary.get_attribute("data-output-seconds"), summary.get_attribute("data-audio-seconds"))
+        player = driver.execute_script("return window.speechkitPlayer && window.speechkitPlayer.state")
+        replay = driver.find_element(By.ID, "vc-audio").get_attribute("src")
+        status = driver.find_element(By.ID, "status-text").text
+        console = [e.get("message", "") for e in driver.get_log("browser")]
+
+    report = (f"state={state!r} status={status!r} frames={frames} ({frames_while_streaming} while streaming) "
+              f"out={out:.3f} s of {seconds:.3f} s done={said!r} first={first!r} player={player!r} console={console[-5:]!r}")
+    print(report)
+    assert state == "done", f"the page did not finish: {report}; server log:\n{(tmp_path / 'serve.log').read_text()[-2000:]}"
+    assert frames >= 10 and frames_while_streaming >= 5, report  # converted audio arrived as the microphone streamed
+    assert scheduled == frames and player == "running", report  # every frame went to the speakers
+    assert abs(out - seconds) <= 0.08 and float(said[0]) == round(out, 3) and float(said[1]) == round(seconds, 3), report
+    assert re.fullmatch(r"\d+ ms", first) and 0 < float(first_ms) < 10_000, report
+    assert replay.startswith("blob:"), report

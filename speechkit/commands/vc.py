@@ -1,4 +1,5 @@
-"""`speechkit vc MODEL --source S.wav --reference R.wav --out O.wav [--steps 1] [--stream]` and
+"""`speechkit vc MODEL --source S.wav --reference R.wav --out O.wav [--steps 1] [--stream]`,
+`speechkit vc MODEL --mic --reference R.wav` (live, microphone to speakers) and
 `speechkit vc prepare|train|export|eval`. MODEL is an exported dir (ONNX, run without torch) or a
 training experiment (its model.pt, run with torch)."""
 
@@ -48,7 +49,7 @@ def _export(args) -> None:
     speaker = args.speaker_model or load_vc(args.exp_dir)[1].get("speaker_model")
     with tempfile.TemporaryDirectory(prefix="vc-speaker-") as tmp:
         if speaker and not (Path(speaker) / "speaker.onnx").is_file():  # a trained encoder: exported beside the model
-            from speechkit.inference.vc import resolve
+            from speechkit.runtime.vc import resolve
 
             export_speaker(resolve(speaker, "speaker encoder", "--speaker-model"), tmp)
             speaker = tmp
@@ -84,12 +85,82 @@ def _load_converter(args):
     raise SpeechkitError(f"{model}: neither an exported voice-conversion model (step.onnx) nor an experiment (model.pt)")
 
 
+def _open_audio_devices(device):
+    """sounddevice, once an input and an output device were found; one-line errors otherwise."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:  # OSError: the package is there but PortAudio is not
+        raise SpeechkitError(f"--mic needs sounddevice and PortAudio (pip install 'speechkit[mic]'): {e}") from None
+    for kind in ("input", "output"):
+        try:
+            sd.query_devices(device, kind=kind)
+        except Exception as e:  # sounddevice raises PortAudioError / ValueError when nothing is there
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SpeechkitError(f"no audio {kind} device ({why}); convert a file with --source S.wav --out O.wav") from None
+    return sd
+
+
+def _mic(args) -> None:
+    """The microphone converted into the voice of --reference and played as it comes, a chunk at
+    a time (one chunk of silence first, so a late chunk does not break the output); Ctrl-C plays
+    the rest and stops."""
+    import sys
+
+    from speechkit.audio.io import load_audio
+
+    device = int(args.audio_device) if args.audio_device and args.audio_device.isdigit() else args.audio_device
+    if not (Path(args.model) / "step.onnx").is_file():
+        raise SpeechkitError(f"{args.model}: --mic needs an exported voice-conversion model (step.onnx; "
+                             f"export an experiment with `speechkit vc export EXP_DIR OUT_DIR`)")
+    sd = _open_audio_devices(device)
+    conv, _ = _load_converter(args)
+    rate = conv.sample_rate
+    stream = conv.stream(conv.target(load_audio(args.reference, rate, resample=True, downmix=True)[0], rate), seed=args.seed)
+    block = int(round(rate * conv.chunk / conv.content.frame_rate))
+    print(f"converting the microphone into the voice of {args.reference} at {rate} Hz "
+          f"(latency {conv.latency_ms:.0f} ms + compute); Ctrl-C to stop", file=sys.stderr)
+    try:
+        played = _live(sd.Stream(device=device, channels=1, samplerate=rate, dtype="float32", blocksize=block), stream, block)
+    except sd.PortAudioError as e:
+        raise SpeechkitError(f"the audio device failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    print(f"converted {played / rate:.1f} s", file=sys.stderr)
+
+
+def _live(duplex, stream, block: int) -> int:
+    """Read ``block`` samples, play what they complete, until Ctrl-C; then play the rest → samples played."""
+    import numpy as np
+
+    played = 0
+    with duplex:
+        duplex.write(np.zeros((block, 1), np.float32))
+        try:
+            while True:
+                played += _play(duplex, stream.accept(duplex.read(block)[0][:, 0]))
+        except KeyboardInterrupt:
+            played += _play(duplex, stream.finish())
+    return played
+
+
+def _play(duplex, audio) -> int:
+    if len(audio):
+        duplex.write(audio[:, None])
+    return len(audio)
+
+
 def _convert(args) -> None:
     import numpy as np
     import soundfile as sf
 
     from speechkit.audio.io import load_audio
 
+    if bool(args.source) == bool(args.mic):
+        raise SpeechkitError("give one of --source FILE (with --out) or --mic")
+    if args.mic:
+        if args.out:
+            raise SpeechkitError("--out is for --source; --mic plays the converted voice")
+        return _mic(args)
+    if not args.out:
+        raise SpeechkitError("--source needs --out O.wav")
     conv, kind = _load_converter(args)
     rate = conv.sample_rate if hasattr(conv, "sample_rate") else 16000
     ref, _ = load_audio(args.reference, rate, resample=True, downmix=True)
@@ -128,9 +199,13 @@ def build_vc_parser(prog: str = "speechkit vc") -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = sub.add_parser("convert", help="say what --source says in the voice of --reference (zero-shot)")
     c.add_argument("model", help="exported dir (step.onnx ..., run without torch) or an experiment dir (model.pt)")
-    c.add_argument("--source", required=True, help="the speech to convert (any rate, mono or stereo)")
+    c.add_argument("--source", default=None, help="the speech to convert (any rate, mono or stereo)")
+    c.add_argument("--mic", action="store_true", help="instead of --source: the microphone, converted and played live "
+                   "on the speakers (exported models; needs the [mic] extra); Ctrl-C stops")
     c.add_argument("--reference", required=True, help="a few seconds (at least 1) of the target voice")
-    c.add_argument("--out", required=True, help="output wav")
+    c.add_argument("--out", default=None, help="output wav (with --source)")
+    c.add_argument("--audio-device", default=None,
+                   help="--mic: sounddevice device name or index, for both input and output (default: the system's)")
     c.add_argument("--steps", type=int, default=1, help="mean-flow steps per chunk for an experiment dir (default 1; an export fixes its own)")
     c.add_argument("--stream", action="store_true", help="feed the source in 100 ms blocks as a microphone would (exported models)")
     c.add_argument("--seed", type=int, default=0, help="noise seed (default 0): the same seed gives the same audio")

@@ -4,6 +4,10 @@ tests and ``speechkit stream --server``.
 
     result = asyncio.run(stream_audio("ws://127.0.0.1:8765/asr", samples, 16000, realtime=True))
     print(result.text, result.close_code)
+    # voice conversion: the reference uploaded (or {"reference": "<preset>"}), audio back
+    result = asyncio.run(stream_audio("ws://127.0.0.1:8765/vc", samples, 16000, start={"reference": "upload"},
+                                      reference=ref_samples))
+    converted = result.output  # float32 at the server's output rate
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from speechkit.serve.protocol import pcm16
+
 
 @dataclass
 class StreamResult:
@@ -27,6 +33,8 @@ class StreamResult:
     t_first_audio: float = float("nan")
     t_last_audio: float = float("nan")  # when the last audio frame was sent ("end of speech")
     t_done: float = float("nan")
+    audio: list[bytes] = field(default_factory=list)  # binary server messages (vc: 16-bit PCM frames)
+    t_audio: list[float] = field(default_factory=list)  # their arrival times (monotonic s)
 
     @property
     def finals(self) -> list[dict]:
@@ -36,15 +44,18 @@ class StreamResult:
     def errors(self) -> list[dict]:
         return [m for m in self.messages if m.get("type") == "error"]
 
-
-def pcm16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+    @property
+    def output(self) -> np.ndarray:
+        """The binary frames as one float32 signal (N,), in [-1, 1)."""
+        return np.frombuffer(b"".join(self.audio), dtype="<i2").astype(np.float32) / 32768.0
 
 
 async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realtime: bool = False, frame_ms: float = 100.0,
-                       fmt: str = "pcm16", on_message=None, open_timeout: float = 30.0) -> StreamResult:
-    """Send ``start``, the samples in ``frame_ms`` frames (paced like a microphone when
-    ``realtime``), then ``end``; return everything the server said."""
+                       fmt: str = "pcm16", on_message=None, open_timeout: float = 30.0, start: dict | None = None,
+                       reference: np.ndarray | None = None) -> StreamResult:
+    """Send ``start`` (with the extra fields ``start``), the ``reference`` samples as one frame when
+    given, the samples in ``frame_ms`` frames (paced like a microphone when ``realtime``), then
+    ``end``; return everything the server said."""
     out = StreamResult()
     step = max(1, int(sample_rate * frame_ms / 1000))
     async with connect(url, open_timeout=open_timeout, max_size=None, compression=None) as ws:
@@ -52,7 +63,11 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realt
         async def receive():
             try:
                 async for raw in ws:
-                    _on(json.loads(raw))
+                    if isinstance(raw, bytes):
+                        out.audio.append(raw)
+                        out.t_audio.append(time.monotonic())
+                    else:
+                        _on(json.loads(raw))
             except ConnectionClosed:
                 pass  # the close code says why
 
@@ -60,20 +75,22 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realt
             msg["t"] = time.monotonic()
             out.messages.append(msg)
             if msg.get("type") == "done":
-                out.text, out.t_done = msg["text"], msg["t"]
+                out.text, out.t_done = msg.get("text", ""), msg["t"]
             if on_message is not None:
                 on_message(msg)
 
         reader = asyncio.create_task(receive())
         try:
-            await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate, "format": fmt}))
+            await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate, "format": fmt, **(start or {})}))
+            if reference is not None:
+                await ws.send(_encode(reference, fmt))
             t0 = time.monotonic()
             out.t_first_audio = t0
             for i, at in enumerate(range(0, len(samples), step)):
                 if realtime:
                     await asyncio.sleep(max(0.0, t0 + at / sample_rate - time.monotonic()))
                 frame = samples[at : at + step]
-                await ws.send(pcm16(frame) if fmt == "pcm16" else frame.astype("<f4").tobytes())
+                await ws.send(_encode(frame, fmt))
             out.t_last_audio = time.monotonic()
             await ws.send(json.dumps({"type": "end"}))
         except ConnectionClosed:
@@ -81,3 +98,7 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realt
         await reader
     out.close_code, out.close_reason = ws.close_code, ws.close_reason or ""
     return out
+
+
+def _encode(samples: np.ndarray, fmt: str) -> bytes:
+    return pcm16(samples) if fmt == "pcm16" else np.asarray(samples, dtype="<f4").tobytes()

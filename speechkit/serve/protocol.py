@@ -1,6 +1,12 @@
 """The WebSocket protocol of ``speechkit serve`` (docs/serve.md): close codes, limits, and the
 parsing of client messages into checked values — every malformed message becomes one
-:class:`ProtocolError` with a code and a one-line reason."""
+:class:`ProtocolError` with a code and a one-line reason.
+
+Two streams share the protocol: recognition at ``/asr`` (text results out) and voice conversion
+at ``/vc`` (16-bit PCM frames out). A voice-conversion ``start`` names its target voice:
+``"reference": "<preset>"`` (one of the server's, listed in ``/health``) or ``"reference":
+"upload"``, and then the next message is the reference audio itself, one binary frame in the
+start's rate and format (at least 1 s, not silent), before any source audio."""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ import numpy as np
 PROTOCOL_VERSION = 1
 FORMATS = {"pcm16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 MIN_RATE, MAX_RATE = 8000, 192000
+MODES = ("asr", "vc")  # served at /asr and /vc
+UPLOAD = "upload"  # a vc start's reference when the next message carries the audio
+MAX_SEED = 2**32 - 1
 
 
 class Close(IntEnum):
@@ -49,6 +58,9 @@ class ProtocolError(Exception):
 class Start:
     sample_rate: int
     format: str
+    mode: str = "asr"
+    reference: str | None = None  # vc: a preset's name, or UPLOAD
+    seed: int = 0  # vc: the seed of the stream's noise (same seed, same audio)
 
     @property
     def dtype(self) -> np.dtype:
@@ -67,8 +79,8 @@ def _message(text: str | bytes) -> dict:
     return msg
 
 
-def parse_start(text: str | bytes) -> Start:
-    """The first message → :class:`Start`."""
+def parse_start(text: str | bytes, mode: str = "asr") -> Start:
+    """The first message on the ``mode`` endpoint → :class:`Start`."""
     msg = _message(text)
     if msg["type"] != "start":
         raise ProtocolError(f'the first message must be {{"type": "start", ...}}, got type {msg["type"]!r}')
@@ -77,10 +89,22 @@ def parse_start(text: str | bytes) -> Start:
         raise ProtocolError(f"start: sample_rate must be an integer in [{MIN_RATE}, {MAX_RATE}], got {rate!r}")
     if fmt not in FORMATS:
         raise ProtocolError(f"start: format must be one of {sorted(FORMATS)}, got {fmt!r}")
-    unknown = set(msg) - {"type", "sample_rate", "format"}
+    asked = msg.get("mode", mode)
+    if asked != mode:
+        where = f"served at /{asked}" if asked in MODES else f"one of {list(MODES)}"
+        raise ProtocolError(f"start: mode {asked!r} on /{mode}: mode is {where}")
+    fields = {"type", "sample_rate", "format", "mode"} | ({"reference", "seed"} if mode == "vc" else set())
+    unknown = set(msg) - fields
     if unknown:
         raise ProtocolError(f"start: unknown field {sorted(unknown)[0]!r}")
-    return Start(rate, fmt)
+    if mode == "asr":
+        return Start(rate, fmt)
+    reference, seed = msg.get("reference"), msg.get("seed", 0)
+    if not isinstance(reference, str) or not reference:
+        raise ProtocolError(f'start: reference must be a preset\'s name or "{UPLOAD}", got {reference!r}')
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ProtocolError(f"start: seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return Start(rate, fmt, mode, reference, seed)
 
 
 def parse_control(text: str) -> str:
@@ -103,3 +127,8 @@ def decode_audio(data: bytes, start: Start) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ProtocolError("float32 audio frame with NaN or infinite samples")
     return x
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    """Float samples → little-endian 16-bit PCM (clipped to [-1, 1))."""
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()

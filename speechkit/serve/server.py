@@ -1,6 +1,11 @@
 """`speechkit serve`: the streaming recognizer behind a WebSocket (``/asr``, protocol in
-docs/serve.md) and the browser demo page over HTTP, from one asyncio process built on the
-``websockets`` library. Limits close only the offending connection, with a documented code."""
+docs/serve.md), the streaming voice converter behind another (``/vc``), and the browser demo page
+over HTTP, from one asyncio process built on the ``websockets`` library. Limits close only the
+offending connection, with a documented code.
+
+``speechkit serve MODEL`` serves what MODEL is: a streaming ASR export (``/asr``) or a MeanVC export
+(``/vc`` alone); ``--vc VC_MODEL`` adds ``/vc`` beside an ASR model, so that one page offers both
+modes. Each endpoint has its own batching engine: the two models share nothing a batch could."""
 
 from __future__ import annotations
 
@@ -17,24 +22,76 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from speechkit.errors import AudioError, SpeechkitError
 from speechkit.proc import rss_mb
 from speechkit.runtime.asr import OnlineRecognizer
+from speechkit.runtime.vc import CONFIG_FILE as VC_CONFIG
+from speechkit.runtime.vc import SPEAKER_DIR, Target, VoiceConverter
 from speechkit.serve.engine import BatchEngine, Connection
-from speechkit.serve.protocol import PROTOCOL_VERSION, Close, Limits, ProtocolError, decode_audio, parse_control, parse_start
+from speechkit.serve.protocol import (PROTOCOL_VERSION, UPLOAD, Close, Limits, ProtocolError, Start, decode_audio,
+                                      parse_control, parse_start)
+from speechkit.serve.vc_engine import VcConnection, VcEngine
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/capture-worklet.js": "capture-worklet.js"}
+REFERENCES_DIR = "references"  # in a VC export: preset target voices, one wav each, named by the file
 
 
-class AsrServer:
-    def __init__(self, model_dir: str | Path, *, limits: Limits = Limits(), num_threads: int = 1, max_batch: int = 64,
+def is_vc_model(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / VC_CONFIG).is_file()
+
+
+def load_references(vc: VoiceConverter, folder: Path) -> dict[str, Target]:
+    """Every ``*.wav`` in ``folder`` (any rate, channels mixed down) → its target voice, by file stem."""
+    from speechkit.audio.io import load_audio
+
+    presets = {}
+    for wav in sorted(folder.glob("*.wav")):
+        samples, rate = load_audio(wav, downmix=True)
+        try:
+            presets[wav.stem] = vc.target(samples, rate)
+        except AudioError as e:
+            raise SpeechkitError(f"{wav}: {e}") from None
+    if not presets:
+        raise SpeechkitError(f"{folder}: no .wav files to use as reference voices")
+    return presets
+
+
+class SpeechServer:
+    """``model_dir``: a streaming ASR export or a MeanVC export (then ``/vc`` alone); ``vc_dir``: a
+    MeanVC export served at ``/vc`` beside the ASR model; ``references``: a folder of preset
+    reference wavs (default: the VC export's ``references/``, if any)."""
+
+    def __init__(self, model_dir: str | Path, *, vc_dir: str | Path | None = None, references: str | Path | None = None,
+                 limits: Limits = Limits(), num_threads: int = 1, max_batch: int = 64,
                  att_context: tuple[int, int] | None = None):
         self.model_dir = str(model_dir)
-        # no memory arena: working memory follows the batch size instead of staying at its peak
-        self.rec = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
+        if is_vc_model(model_dir):
+            if vc_dir is not None:
+                raise SpeechkitError(f"{model_dir} is a voice-conversion model; --vc adds one beside a streaming ASR model")
+            vc_dir, self.rec = model_dir, None
+        elif vc_dir is None and references is not None:
+            raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
+        else:
+            # no memory arena: working memory follows the batch size instead of staying at its peak
+            self.rec = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
+        self.vc = self.presets = None
+        self.vc_dir = None if vc_dir is None else str(vc_dir)
+        if vc_dir is not None:
+            self.vc = VoiceConverter(vc_dir, num_threads=num_threads)
+            if not (Path(vc_dir) / SPEAKER_DIR).is_dir():
+                raise SpeechkitError(f"{vc_dir} ships no speaker encoder ({SPEAKER_DIR}/), which the server needs to take "
+                                     "reference voices: export it with --speaker-model")
+            folder = Path(references) if references is not None else Path(vc_dir) / REFERENCES_DIR
+            self.presets = load_references(self.vc, folder) if references is not None or folder.is_dir() else {}
         self.limits, self.max_batch = limits, max_batch
         self.engine: BatchEngine | None = None
+        self.vc_engine: VcEngine | None = None
         self.active = 0  # open WebSocket connections, counted at the handshake
+
+    @property
+    def modes(self) -> list[str]:
+        return [m for m, on in (("asr", self.rec is not None), ("vc", self.vc is not None)) if on]
 
     # --- HTTP ---------------------------------------------------------------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -55,41 +112,53 @@ class AsrServer:
         return Response(status.value, status.phrase, headers, body)
 
     def health(self) -> dict:
-        stats = self.engine.stats if self.engine else None
-        return {"status": "ok", "model": self.model_dir, "connections": self.active, "rss_mb": round(rss_mb(), 1),
-                "chunk_ms": round(self.rec.chunk_ms), "model_calls": stats.calls if stats else 0,
-                "stream_chunks": stats.streams_decoded if stats else 0, "max_batch_seen": stats.max_batch_seen if stats else 0,
-                "connections_total": stats.connections_total if stats else 0}
+        """The server's state; the recognizer's figures at the top level (when it serves ``/asr``),
+        the converter's under ``"vc"``."""
+        out = {"status": "ok", "model": self.model_dir, "modes": self.modes, "connections": self.active,
+               "rss_mb": round(rss_mb(), 1)}
+        if self.rec is not None:
+            out.update(chunk_ms=round(self.rec.chunk_ms), **_stats(self.engine))
+        if self.vc is not None:
+            out["vc"] = {"model": self.vc_dir, "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
+                         "output_rate": self.vc.sample_rate, "references": sorted(self.presets), **_stats(self.vc_engine)}
+        return out
+
+    @property
+    def vc_chunk_ms(self) -> float:
+        return self.vc.chunk * 1000.0 / self.vc.config["frame_rate"]
 
     # --- WebSocket ----------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
-        if ws.request.path.split("?", 1)[0] != "/asr":
-            await ws.close(Close.BAD_MESSAGE, "unknown path; the recognizer is at /asr")
+        mode = ws.request.path.split("?", 1)[0].lstrip("/")
+        if mode not in self.modes:
+            where = " and ".join(f"/{m}" for m in self.modes)
+            await ws.close(Close.BAD_MESSAGE, f"unknown path; this server serves {where}")
             return
         if self.active >= self.limits.max_connections:
             await ws.close(Close.BUSY, f"server full ({self.limits.max_connections} connections); try again later")
             return
         self.active += 1
-        conn: Connection | None = None
+        engine = self.engine if mode == "asr" else self.vc_engine
+        conn = None
         writer: asyncio.Task | None = None
         try:
-            start = parse_start(await self._recv(ws, "no start message"))
-            conn = self.engine.open(start.sample_rate)
+            start = parse_start(await self._recv(ws, "no start message"), mode)
+            conn, ready = await (self._open_asr(start) if mode == "asr" else self._open_vc(ws, start))
             writer = asyncio.create_task(self._writer(ws, conn))
-            conn.outbox.put_nowait({"type": "ready", "protocol": PROTOCOL_VERSION, "model_rate": self.rec.sample_rate,
-                                    "chunk_ms": round(self.rec.chunk_ms), "max_frame_bytes": self.limits.max_frame_bytes,
+            conn.outbox.put_nowait({"type": "ready", "protocol": PROTOCOL_VERSION, "mode": mode, **ready,
+                                    "max_frame_bytes": self.limits.max_frame_bytes,
                                     "max_stream_seconds": self.limits.max_stream_seconds, "idle_timeout": self.limits.idle_timeout})
-            await self._read_audio(ws, conn, start)
+            await self._read_audio(ws, engine, conn, start)
             await writer  # sends the last results and `done`, then closes
         except ProtocolError as e:
             if conn is not None:
-                self.engine.drop(conn)
+                engine.drop(conn)
             await self._error(ws, e.code, e.reason)
         except _Idle as e:
             if conn is None:
                 await self._error(ws, Close.IDLE, str(e))
             else:  # decode what came, send it, then close with the idle code
-                self.engine.end(conn, (Close.IDLE, str(e)))
+                engine.end(conn, (Close.IDLE, str(e)))
                 await writer
         except ConnectionClosed:
             pass
@@ -99,9 +168,33 @@ class AsrServer:
         finally:
             self.active -= 1
             if conn is not None:
-                self.engine.drop(conn)
+                engine.drop(conn)
             if writer is not None and not writer.done():
                 writer.cancel()
+
+    async def _open_asr(self, start: Start) -> tuple[Connection, dict]:
+        return self.engine.open(start.sample_rate), {"model_rate": self.rec.sample_rate, "chunk_ms": round(self.rec.chunk_ms)}
+
+    async def _open_vc(self, ws: ServerConnection, start: Start) -> tuple[VcConnection, dict]:
+        """The start's target voice (a preset, or the reference frame that follows) → the connection
+        and what `ready` tells about it."""
+        if start.reference == UPLOAD:
+            msg = await self._recv(ws, "no reference audio")
+            if isinstance(msg, str):
+                raise ProtocolError(f'start: reference "{UPLOAD}": the next message must be the reference audio (binary)')
+            try:
+                target = await self.vc_engine.target(decode_audio(msg, start), start.sample_rate)
+            except AudioError as e:
+                raise ProtocolError(str(e)) from None
+        elif start.reference in self.presets:
+            target = self.presets[start.reference]
+        else:
+            names = ", ".join(sorted(self.presets)) or "none"
+            raise ProtocolError(f'start: unknown reference {start.reference!r} (presets: {names}; or "{UPLOAD}")')
+        conn = self.vc_engine.open(target, start.sample_rate, start.seed)
+        return conn, {"model_rate": self.vc.sample_rate, "output_rate": self.vc.sample_rate, "output_format": "pcm16",
+                      "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
+                      "reference": start.reference, "seed": start.seed}
 
     async def _recv(self, ws: ServerConnection, what: str):
         try:
@@ -109,23 +202,23 @@ class AsrServer:
         except TimeoutError:
             raise _Idle(f"{what} for {self.limits.idle_timeout:g} s") from None
 
-    async def _read_audio(self, ws: ServerConnection, conn: Connection, start) -> None:
+    async def _read_audio(self, ws: ServerConnection, engine, conn, start: Start) -> None:
         max_samples = int(self.limits.max_stream_seconds * start.sample_rate)
         while True:
             msg = await self._recv(ws, "no message")
             if isinstance(msg, str):
                 parse_control(msg)  # only "end" passes
-                self.engine.end(conn)
+                engine.end(conn)
                 return
             x = decode_audio(msg, start)
             room = max_samples - conn.samples
             if len(x) > room:
-                self.engine.feed(conn, x[:room])
-                self.engine.end(conn, (Close.TOO_LONG, f"stream longer than {self.limits.max_stream_seconds:g} s"))
+                engine.feed(conn, x[:room])
+                engine.end(conn, (Close.TOO_LONG, f"stream longer than {self.limits.max_stream_seconds:g} s"))
                 return
-            self.engine.feed(conn, x)
+            engine.feed(conn, x)
 
-    async def _writer(self, ws: ServerConnection, conn: Connection) -> None:
+    async def _writer(self, ws: ServerConnection, conn) -> None:
         try:
             while True:
                 item = await conn.outbox.get()
@@ -133,7 +226,7 @@ class AsrServer:
                     _, code, reason = item
                     await ws.close(code, reason)
                     return
-                await ws.send(json.dumps(item))
+                await ws.send(item if isinstance(item, bytes) else json.dumps(item))
         except ConnectionClosed:
             pass  # the client went away; the handler forgets the stream
 
@@ -149,8 +242,15 @@ class AsrServer:
     async def serve(self, host: str = "127.0.0.1", port: int = 8765, ready: asyncio.Future | None = None,
                     stop: asyncio.Future | None = None) -> None:
         """Serve until ``stop`` resolves (or forever); ``ready`` gets the bound port."""
-        self.engine = BatchEngine(self.rec, self.max_batch)
-        self.engine.start()
+        engines = []
+        if self.rec is not None:
+            self.engine = BatchEngine(self.rec, self.max_batch)
+            engines.append(self.engine)
+        if self.vc is not None:
+            self.vc_engine = VcEngine(self.vc, self.max_batch)
+            engines.append(self.vc_engine)
+        for engine in engines:
+            engine.start()
         async with serve(self._handler, host, port, process_request=self._http, max_size=self.limits.max_frame_bytes,
                          max_queue=64, compression=None) as server:
             bound = server.sockets[0].getsockname()[1]
@@ -159,22 +259,33 @@ class AsrServer:
             try:
                 await (stop if stop is not None else asyncio.Future())
             finally:
-                for c in list(self.engine.conns):  # what was decoded was sent; say why we stop
+                for c in [c for engine in engines for c in engine.conns]:  # what was decoded was sent; say why we stop
                     c.outbox.put_nowait({"type": "error", "code": Close.GOING_AWAY, "reason": "server shutting down"})
                     c.outbox.put_nowait(("close", Close.GOING_AWAY, "server shutting down"))
                 await asyncio.sleep(0.2)
                 server.close()  # anything still open (a client that never sent `start`) gets 1001
                 await server.wait_closed()
-                await self.engine.stop()
+                for engine in engines:
+                    await engine.stop()
+
+
+AsrServer = SpeechServer  # the name from before /vc
 
 
 class _Idle(Exception):
     pass
 
 
+def _stats(engine: BatchEngine | VcEngine | None) -> dict:
+    stats = engine.stats if engine else None
+    return {"model_calls": stats.calls if stats else 0, "stream_chunks": stats.streams_decoded if stats else 0,
+            "max_batch_seen": stats.max_batch_seen if stats else 0, "connections_total": stats.connections_total if stats else 0}
+
+
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
-               att_context=None) -> None:
-    server = AsrServer(model_dir, limits=limits, num_threads=num_threads, max_batch=max_batch, att_context=att_context)
+               att_context=None, vc_dir: str | None = None, references: str | None = None) -> None:
+    server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, limits=limits, num_threads=num_threads,
+                          max_batch=max_batch, att_context=att_context)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -184,8 +295,14 @@ def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_thre
         task = asyncio.create_task(server.serve(host, port, ready, stop))
         bound = await asyncio.wait_for(asyncio.shield(ready), 30) if not task.done() else None
         if bound is not None:
-            print(f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket ws://{host}:{bound}/asr); "
-                  f"chunk {server.rec.chunk_ms:.0f} ms, {num_threads} thread(s); Ctrl-C to stop", file=sys.stderr, flush=True)
+            parts = []
+            if server.rec is not None:
+                parts.append(f"ws://{host}:{bound}/asr, chunk {server.rec.chunk_ms:.0f} ms")
+            if server.vc is not None:
+                parts.append(f"ws://{host}:{bound}/vc, chunk {server.vc_chunk_ms:.0f} ms, "
+                             f"{len(server.presets)} preset reference(s)")
+            print(f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket {'; '.join(parts)}); "
+                  f"{num_threads} thread(s); Ctrl-C to stop", file=sys.stderr, flush=True)
         await task
 
     asyncio.run(main())

@@ -1,12 +1,17 @@
 // speechkit serve demo page: microphone -> AudioWorklet (resampled to 16 kHz, 16-bit PCM,
-// 100 ms frames) -> WebSocket /asr (protocol: docs/serve.md) -> live partial text, final
-// segments, latency. URL options: ?seconds=N stops after N s of audio were sent; ?autostart=1
-// starts without a click. document.body.dataset.state is idle | connecting | streaming |
-// finishing | done | error, for tests to wait on.
+// 100 ms frames) -> WebSocket (protocol: docs/serve.md). Two modes: /asr -> live partial text,
+// final segments, latency; /vc (the reference voice first: a preset, or an uploaded file decoded
+// and resampled here, sent as one 16-bit frame) -> converted 16-bit frames, played as they come,
+// first-audio time and latency, the whole conversion to replay at the end. URL options:
+// ?seconds=N stops after N s of audio were sent; ?autostart=1 starts without a click; ?mode=vc;
+// ?reference=NAME. document.body.dataset.state is idle | connecting | streaming | finishing |
+// done | error, for tests to wait on; document.body.dataset.mode is asr | vc.
 "use strict";
 
 const RATE = 16000; // what we send: the worklet resamples to this
 const FRAME_SAMPLES = RATE / 10; // 100 ms per WebSocket frame
+const MAX_REFERENCE_S = 8; // an uploaded reference is cut to its middle 8 s: one frame under max_frame_bytes
+const PLAY_AHEAD_S = 0.05; // a frame that arrives late starts this far ahead: small gaps, no clicks
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -14,6 +19,7 @@ const limitSeconds = parseFloat(params.get("seconds") || "");
 const limitSamples = Number.isFinite(limitSeconds) && limitSeconds > 0 ? Math.round(limitSeconds * RATE) : Infinity;
 
 let session = null; // the one running session, or null
+let player = null; // the AudioContext converted audio plays on, made at the first Start (a user gesture)
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -21,6 +27,19 @@ function setState(state, text) {
   const running = state === "connecting" || state === "streaming" || state === "finishing";
   $("start").disabled = running;
   $("stop").disabled = !(state === "connecting" || state === "streaming");
+  for (const el of document.querySelectorAll('input[name="mode"], #vc-reference, #vc-file')) {
+    el.disabled = running || (el.name === "mode" && el.dataset.unavailable === "1");
+  }
+}
+
+function mode() {
+  return document.body.dataset.mode;
+}
+
+function setMode(m) {
+  document.body.dataset.mode = m;
+  $(`mode-${m}`).checked = true;
+  $("vc-file").hidden = !(m === "vc" && $("vc-reference").value === "upload");
 }
 
 function fmtMs(ms) {
@@ -35,7 +54,7 @@ function median(xs) {
 }
 
 function wsUrl() {
-  const u = new URL("asr", location.href);
+  const u = new URL(mode(), location.href);
   u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   u.search = "";
   return u.href;
@@ -64,13 +83,62 @@ async function loadHealth() {
     const r = await fetch(new URL("health", location.href), { cache: "no-store" });
     const h = await r.json();
     if (h.model) $("model-name").textContent = h.model;
+    const modes = h.modes || ["asr"];
+    for (const m of ["asr", "vc"]) {
+      const input = $(`mode-${m}`);
+      input.dataset.unavailable = modes.includes(m) ? "0" : "1";
+      input.disabled = !modes.includes(m);
+      input.parentElement.title = modes.includes(m) ? "" : `this server does not serve /${m}`;
+    }
+    const select = $("vc-reference");
+    for (const name of (h.vc && h.vc.references) || []) {
+      const opt = document.createElement("option");
+      opt.value = opt.textContent = name;
+      select.insertBefore(opt, select.querySelector('option[value="upload"]'));
+    }
+    const asked = params.get("reference");
+    if (asked && [...select.options].some((o) => o.value === asked)) select.value = asked;
+    else if (h.vc && h.vc.references && h.vc.references.length) select.value = h.vc.references[0];
+    const wanted = params.get("mode") || mode();
+    setMode(modes.includes(wanted) ? wanted : modes[0]);
   } catch (e) {
     $("model-name").textContent = "(no /health)";
   }
 }
 
+// an uploaded recording -> 16 kHz mono 16-bit PCM (its middle MAX_REFERENCE_S seconds)
+async function referencePcm(file) {
+  const ctx = new OfflineAudioContext(1, 1, RATE); // decodeAudioData resamples to the context's rate
+  const audio = await ctx.decodeAudioData(await file.arrayBuffer());
+  const n = Math.min(audio.length, MAX_REFERENCE_S * RATE);
+  const at = (audio.length - n) >> 1;
+  const pcm = new Int16Array(n);
+  for (let i = 0; i < n; i++) {
+    let v = 0;
+    for (let c = 0; c < audio.numberOfChannels; c++) v += audio.getChannelData(c)[at + i];
+    v = Math.max(-1, Math.min(1, v / audio.numberOfChannels));
+    pcm[i] = v < 0 ? Math.round(v * 32768) : Math.round(v * 32767);
+  }
+  return { pcm, seconds: audio.duration };
+}
+
+// 16-bit mono PCM chunks -> a WAV file
+function wavBlob(chunks, rate) {
+  const n = chunks.reduce((a, c) => a + c.length, 0);
+  const view = new DataView(new ArrayBuffer(44 + 2 * n));
+  const text = (at, s) => { for (let i = 0; i < s.length; i++) view.setUint8(at + i, s.charCodeAt(i)); };
+  text(0, "RIFF"); view.setUint32(4, 36 + 2 * n, true); text(8, "WAVE"); text(12, "fmt ");
+  view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
+  view.setUint32(24, rate, true); view.setUint32(28, 2 * rate, true); view.setUint16(32, 2, true);
+  view.setUint16(34, 16, true); text(36, "data"); view.setUint32(40, 2 * n, true);
+  let at = 44;
+  for (const c of chunks) for (let i = 0; i < c.length; i++, at += 2) view.setInt16(at, c[i], true);
+  return new Blob([view], { type: "audio/wav" });
+}
+
 class Session {
-  constructor() {
+  constructor(mode) {
+    this.mode = mode; // "asr" | "vc"
     this.ws = null;
     this.ctx = null;
     this.stream = null;
@@ -89,6 +157,10 @@ class Session {
     this.aborted = false;
     this.failed = false; // the error state is set and stays
     this.log = []; // every result: type, end, audio sent then, latency
+    this.outRate = RATE; // vc: the converted audio's rate (from `ready`)
+    this.outChunks = []; // vc: every converted frame, Int16Array
+    this.outSamples = 0;
+    this.playAt = 0; // vc: when (player time) the next converted frame starts
   }
 
   async start() {
@@ -98,11 +170,41 @@ class Session {
     $("result-count").textContent = "0";
     $("audio-sent").textContent = "0.0 s";
     $("clock").textContent = "0.0 s";
+    for (const [id, text] of [["first-audio", "–"], ["audio-received", "0.0 s"],
+      ["vc-summary", "(the whole conversion appears here when it is done)"]]) $(id).textContent = text;
+    delete $("first-audio").dataset.ms;
+    for (const k of ["samples", "frames", "scheduled"]) $("audio-received").dataset[k] = "0";
+    $("vc-audio").hidden = true;
+    $("vc-audio").removeAttribute("src");
+
+    const start = { type: "start", sample_rate: RATE, format: "pcm16" };
+    let reference = null; // vc: the uploaded reference's PCM
+    if (this.mode === "vc") {
+      start.mode = "vc";
+      start.reference = $("vc-reference").value;
+      if (start.reference === "upload") {
+        const file = $("vc-file").files[0];
+        if (!file) return this.fail("choose a recording of the target voice (or a preset)");
+        try {
+          reference = await referencePcm(file);
+        } catch (err) {
+          return this.fail(`${file.name}: cannot decode this audio file (${err && err.message ? err.message : err})`);
+        }
+        if (this !== session) return;
+        showModel({ reference: `${file.name} (${reference.seconds.toFixed(1)} s)` });
+      } else {
+        showModel({ reference: start.reference });
+      }
+      if (player.state !== "running") player.resume().catch(() => {});
+    }
 
     const ws = new WebSocket(wsUrl());
     this.ws = ws;
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: RATE, format: "pcm16" }));
+    ws.onopen = () => {
+      ws.send(JSON.stringify(start));
+      if (reference) ws.send(reference.pcm.buffer);
+    };
     ws.onmessage = (e) => this.onMessage(e);
     ws.onclose = (e) => this.onClose(e);
     ws.onerror = () => {}; // the close event that follows says more
@@ -189,14 +291,44 @@ class Session {
     el.dataset.medianMs = median(this.latencies).toFixed(1);
   }
 
+  // vc: one converted frame: play it right after the previous one, count it, note its latency
+  onAudio(buf) {
+    const pcm = new Int16Array(buf);
+    if (!pcm.length) return;
+    if (!this.outChunks.length && this.sendLog.length) {
+      const ms = performance.now() - this.sendLog[0][1];
+      $("first-audio").textContent = fmtMs(ms);
+      $("first-audio").dataset.ms = ms.toFixed(1);
+    }
+    this.outChunks.push(pcm);
+    this.outSamples += pcm.length;
+    this.noteLatency({ type: "audio", end: this.outSamples / this.outRate }); // output sample k is input sample k
+    const el = $("audio-received");
+    el.textContent = (this.outSamples / this.outRate).toFixed(1) + " s";
+    el.dataset.samples = String(this.outSamples);
+    el.dataset.frames = String(this.outChunks.length);
+    const audio = player.createBuffer(1, pcm.length, this.outRate);
+    const ch = audio.getChannelData(0);
+    for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
+    const src = player.createBufferSource();
+    src.buffer = audio;
+    src.connect(player.destination);
+    this.playAt = Math.max(this.playAt, player.currentTime + PLAY_AHEAD_S);
+    src.start(this.playAt);
+    this.playAt += audio.duration;
+    el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
+  }
+
   onMessage(e) {
-    if (typeof e.data !== "string") return;
+    if (typeof e.data !== "string") return this.onAudio(e.data);
     let msg;
     try { msg = JSON.parse(e.data); } catch (err) { return; }
     switch (msg.type) {
       case "ready": {
         this.ready = true;
+        if (msg.output_rate) this.outRate = msg.output_rate;
         showModel({ protocol: msg.protocol, model_rate: `${msg.model_rate} Hz`, chunk_ms: `${msg.chunk_ms} ms`,
+          latency_ms: msg.latency_ms === undefined ? undefined : `${msg.latency_ms} ms`,
           max_stream_seconds: `${msg.max_stream_seconds} s`, idle_timeout: `${msg.idle_timeout} s`,
           max_frame_bytes: msg.max_frame_bytes });
         if (!this.ended) setState("streaming", "streaming — speak now" + (limitSamples < Infinity ? ` (stops after ${limitSeconds} s)` : ""));
@@ -228,6 +360,16 @@ class Session {
       }
       case "done":
         this.doneMsg = msg;
+        if (this.mode === "vc") {
+          const summary = `${Number(msg.audio_seconds).toFixed(2)} s in → ${Number(msg.output_seconds).toFixed(2)} s converted`;
+          $("vc-summary").textContent = summary;
+          $("vc-summary").dataset.outputSeconds = String(msg.output_seconds);
+          $("vc-summary").dataset.audioSeconds = String(msg.audio_seconds);
+          $("vc-audio").src = URL.createObjectURL(wavBlob(this.outChunks, this.outRate));
+          $("vc-audio").hidden = false;
+          if (!this.failed) setState("done", `done — ${summary}`);
+          break;
+        }
         $("final-text").textContent = msg.text;
         $("partial-text").textContent = "";
         if (!this.failed) setState("done", `done — ${Number(msg.audio_seconds).toFixed(2)} s of audio decoded`);
@@ -258,6 +400,7 @@ class Session {
     this.failed = true;
     setState("error", text);
     this.releaseAudio();
+    if (!this.ws && session === this) session = null; // failed before connecting: no close event will come
     if (this.ws && this.ws.readyState <= WebSocket.OPEN && !this.errorMsg) {
       if (this.ws.readyState === WebSocket.OPEN && this.ready && !this.ended) {
         this.ended = true;
@@ -279,7 +422,7 @@ class Session {
       setState("idle", "stopped before the server was ready");
       return;
     }
-    setState("finishing", "finishing — decoding the rest …");
+    setState("finishing", this.mode === "vc" ? "finishing — converting the rest …" : "finishing — decoding the rest …");
     if (flush && this.node) {
       await Promise.race([new Promise((res) => { this.flushed = res; this.node.port.postMessage({ cmd: "flush" }); }),
         new Promise((res) => setTimeout(res, 500))]);
@@ -299,12 +442,15 @@ class Session {
 
 $("start").addEventListener("click", () => {
   if (session) return;
-  session = new Session();
+  if (mode() === "vc" && !player) player = new AudioContext(); // made inside the click: allowed to play
+  session = new Session(mode());
+  window.speechkitPlayer = player;
   window.speechkitSession = session; // for debugging and tests
   session.start();
 });
 $("stop").addEventListener("click", () => { if (session) session.stop(true); });
+for (const m of ["asr", "vc"]) $(`mode-${m}`).addEventListener("change", () => setMode(m));
+$("vc-reference").addEventListener("change", () => setMode(mode()));
 
 setState("idle");
-loadHealth();
-if (params.get("autostart") === "1") $("start").click();
+loadHealth().then(() => { if (params.get("autostart") === "1") $("start").click(); });

@@ -25,7 +25,7 @@ import onnx
 
 from speechkit.audio.fbank import _options
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import STATE_NAMES, Stream, array_blocks
+from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks
 from speechkit.runtime.session import open_model
 
 FAMILY = "ctc-streaming-conformer"
@@ -152,19 +152,42 @@ class ContentEncoder:
         vocab = int(self.meta["vocab_size"])
         return feats, np.concatenate(s.log_probs) if s.log_probs else np.zeros((0, vocab), np.float32)
 
-    def _step(self, x: np.ndarray, n: int, state: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """One encoder call on fbank frames x (chunk_feats, mel), the first n real → (features
-        (k, dim), log_probs (k, vocab), new state)."""
-        feeds = {"x": x[None], "x_lens": np.array([n], dtype=np.int64), "att_context": np.array(self.att_context, dtype=np.int64)}
-        feeds.update(zip(STATE_NAMES, state))
+    def step_many(self, streams: list[ContentStream]) -> list[np.ndarray]:
+        """One encoder call over the next chunk of every ``ready`` stream → per stream the frames
+        that chunk completed, (k, dim) (empty for a stream that was not ready). A stream's frames
+        are those it gets alone: every row of the batch is computed on its own."""
+        ready = [s for s in streams if s.ready]
+        if not ready:
+            return [np.zeros((0, self.dim), np.float32) for _ in streams]
+        x = np.zeros((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
+        x_lens = np.zeros(len(ready), dtype=np.int64)
+        for b, cs in enumerate(ready):
+            s = cs._feed
+            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
+            x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
+            x_lens[b] = n
+        feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
+        for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
+            feeds[name] = np.concatenate([cs._feed.state[STATE_NAMES.index(name)] for cs in ready], axis=axis)
         log_probs, lens, feats, *new_state = self.session.run(self._outputs, feeds)
-        k = int(lens[0])
-        return feats[0, :k], log_probs[0, :k], new_state
+        out = {}
+        for b, cs in enumerate(ready):
+            s, k = cs._feed, int(lens[b])
+            s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
+            s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
+            s.frames_done += int(x_lens[b])
+            cs.frames += k
+            if cs.log_probs is not None:
+                cs.log_probs.append(log_probs[b, :k])
+            out[id(cs)] = feats[b, :k]
+        return [out.get(id(cs), np.zeros((0, self.dim), np.float32)) for cs in streams]
 
 
 class ContentStream:
     """One source's encoder caches and online fbank. ``accept`` returns the frames each block
-    completes (whole chunks only); ``finish`` runs the last, partial chunk."""
+    completes (whole chunks only); ``finish`` runs the last, partial chunk. A caller batching many
+    sources ``push``es audio, ``end``s the input and runs :meth:`ContentEncoder.step_many` while
+    any is ``ready``."""
 
     def __init__(self, encoder: ContentEncoder, keep_log_probs: bool = False):
         self.encoder = encoder
@@ -173,30 +196,34 @@ class ContentStream:
         self.frames = 0  # content frames given out so far
         self.log_probs: list[np.ndarray] | None = [] if keep_log_probs else None
 
-    def accept(self, samples, sample_rate: int | None = None) -> np.ndarray:
+    @property
+    def ready(self) -> bool:
+        """An encoder chunk is waiting: a whole one, or the input ended and a part is left."""
+        pending = self._feed.fbank.num_frames_ready - self._feed.frames_done
+        return pending >= self.encoder.chunk_feats or (self._feed.finished and pending > 0)
+
+    @property
+    def ended(self) -> bool:
+        return self._feed.finished
+
+    def push(self, samples, sample_rate: int | None = None) -> None:
+        """Audio in (checked, resampled, fbank computed); no encoder call."""
         self._feed.accept_waveform(samples, sample_rate)
+
+    def end(self) -> None:
+        """No more audio: the last, partial chunk becomes ready."""
+        self._feed.input_finished()
+
+    def accept(self, samples, sample_rate: int | None = None) -> np.ndarray:
+        self.push(samples, sample_rate)
         return self._drain()
 
     def finish(self) -> np.ndarray:
-        self._feed.input_finished()
+        self.end()
         return self._drain()
 
     def _drain(self) -> np.ndarray:
-        enc, s = self.encoder, self._feed
         out = []
-        while True:
-            pending = s.fbank.num_frames_ready - s.frames_done
-            if not (pending >= enc.chunk_feats or (s.finished and pending > 0)):
-                break
-            n = min(enc.chunk_feats, pending)
-            x = np.zeros((enc.chunk_feats, enc.fbank_cfg.num_mel_bins), dtype=np.float32)
-            x[:n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
-            feats, log_probs, s.state = enc._step(x, n, s.state)
-            s.fbank.pop(n)
-            s.frames_done += n
-            out.append(feats)
-            if self.log_probs is not None:
-                self.log_probs.append(log_probs)
-        feats = np.concatenate(out) if out else np.zeros((0, enc.dim), dtype=np.float32)
-        self.frames += len(feats)
-        return feats
+        while self.ready:
+            out.extend(self.encoder.step_many([self]))
+        return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), dtype=np.float32)

@@ -97,27 +97,34 @@ class VcStream:
 
     @property
     def ready(self) -> bool:
-        """A chunk can be converted: a whole one is pending, or the input is closed and a part is."""
+        """There is work for :meth:`VoiceConverter.step_many`: source audio for the content
+        encoder, or a chunk of content to convert (a whole one, or a part once the input is closed)."""
+        return self.content.ready or self.chunk_ready
+
+    @property
+    def chunk_ready(self) -> bool:
+        """A chunk of encoded content can be converted now."""
         return len(self.pending) >= self.vc.chunk or (self.closed and len(self.pending) > 0)
 
     @property
     def done(self) -> bool:
-        return self.closed and len(self.pending) == 0
+        return self.closed and not self.content.ready and len(self.pending) == 0
 
     def feed(self, samples, sample_rate: int | None = None) -> None:
-        """Source audio in (mono; another rate is resampled); its completed content frames are queued."""
-        self.push_content(self.content.accept(samples, sample_rate))
+        """Source audio in (mono; another rate is resampled); the content encoder runs in the next
+        :meth:`VoiceConverter.step_many`, batched with the other streams'."""
+        if self.closed:
+            raise SpeechkitError("this stream's input is finished; create a new stream")
+        self.content.push(samples, sample_rate)
 
     def close(self) -> None:
-        """No more source audio: the content encoder's last, partial chunk is queued."""
+        """No more source audio: the content encoder's last, partial chunk becomes ready."""
         if not self.closed:
-            self.push_content(self.content.finish())
+            self.content.end()
             self.closed = True
 
     def push_content(self, frames: np.ndarray) -> None:
         """Content frames (k, C) in directly (what ``feed`` does after the content encoder)."""
-        if self.closed:
-            raise SpeechkitError("this stream's input is finished; create a new stream")
         self.pending = np.concatenate([self.pending, np.asarray(frames, dtype=np.float32)])
 
     def accept(self, samples, sample_rate: int | None = None) -> np.ndarray:
@@ -274,15 +281,23 @@ class VoiceConverter:
         s.push_content(content)
         s.closed = True
         out = []
-        while s.ready:
+        while s.chunk_ready:
             out.append(self._step([s])[0])
         return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)
 
     def step_many(self, streams: Sequence[VcStream]) -> list[np.ndarray]:
-        """One chunk of every ``ready`` stream in one ``step.onnx`` call (targets may differ: their
-        references are padded to the longest and masked), decoded to audio → per stream its
-        audio (empty for a stream that was not ready). Each stream's audio is what it gets alone."""
-        ready = [s for s in streams if s.ready]
+        """The source audio of every stream through the content encoder (one batched call per
+        encoder chunk), then one chunk of every stream that has one in one ``step.onnx`` call
+        (targets may differ: their references are padded to the longest and masked), decoded to
+        audio → per stream its audio (empty for a stream without a chunk). Each stream's audio is
+        what it gets alone."""
+        while True:
+            waiting = [s for s in streams if s.content.ready]
+            if not waiting:
+                break
+            for s, frames in zip(waiting, self.content.step_many([s.content for s in waiting])):
+                s.push_content(frames)
+        ready = [s for s in streams if s.chunk_ready]
         audio = {id(s): a for s, a in zip(ready, self._decode(ready, self._step(ready)))} if ready else {}
         return [audio.get(id(s), np.zeros(0, np.float32)) for s in streams]
 

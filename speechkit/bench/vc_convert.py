@@ -60,7 +60,7 @@ def chunk_samples(vc) -> int:
 def _convert_ready(vc, s, times: BlockTimes) -> int:
     """Convert every chunk the stream holds, timing ``step_many``'s two halves apart → samples out."""
     out = 0
-    while s.ready:
+    while s.chunk_ready:
         t0 = time.perf_counter()
         latents = vc._step([s])
         t1 = time.perf_counter()
@@ -84,6 +84,7 @@ def stream_times(vc, target, samples: np.ndarray, block: int, seed: int = 0) -> 
             s.close()
         else:
             s.feed(piece)
+        vc.encode_content([s])
         times.content = time.perf_counter() - t0
         out += _convert_ready(vc, s, times)
         rows.append(times)

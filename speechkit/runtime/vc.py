@@ -291,15 +291,20 @@ class VoiceConverter:
         (targets may differ: their references are padded to the longest and masked), decoded to
         audio → per stream its audio (empty for a stream without a chunk). Each stream's audio is
         what it gets alone."""
+        self.encode_content(streams)
+        ready = [s for s in streams if s.chunk_ready]
+        audio = {id(s): a for s, a in zip(ready, self._decode(ready, self._step(ready)))} if ready else {}
+        return [audio.get(id(s), np.zeros(0, np.float32)) for s in streams]
+
+    def encode_content(self, streams: Sequence[VcStream]) -> None:
+        """All source audio the streams hold through the content encoder, every stream with an
+        encoder chunk waiting in one call per chunk; the frames join each stream's pending content."""
         while True:
             waiting = [s for s in streams if s.content.ready]
             if not waiting:
                 break
             for s, frames in zip(waiting, self.content.step_many([s.content for s in waiting])):
                 s.push_content(frames)
-        ready = [s for s in streams if s.chunk_ready]
-        audio = {id(s): a for s, a in zip(ready, self._decode(ready, self._step(ready)))} if ready else {}
-        return [audio.get(id(s), np.zeros(0, np.float32)) for s in streams]
 
     def _step(self, streams: list[VcStream]) -> list[np.ndarray]:
         """The next chunk of each stream (all ready) → its raw latents (n_i, D); caches advanced."""

@@ -5,11 +5,15 @@ generation loop stays in Python.
   stop logit, and every layer's keys/values stacked into one cache tensor;
 - ``ar_step.onnx``: one generated latent + the cache → its hidden state, stop logit, cache one
   position longer (rotary positions follow the cache's length, read from its shape);
-- ``flow.onnx``: one classifier-free-guided velocity of the flow head — the conditional and the
-  null branch batched inside the graph — so an Euler step is one call.
+- ``flow.onnx``: one step's worth of the flow head. Rectified (x, t, c, cfg_scale): the
+  classifier-free-guided velocity — the conditional and the null branch batched inside the graph —
+  so an Euler step is one call. Mean flow (x, r, t, c): the average velocity from t to r (guidance
+  is trained in), a step ``x_r = x_t - (t - r) u``. The objective is in the graph's metadata and
+  in export.json (``flow_objective``).
 
 Export refuses to finish unless ONNX Runtime and PyTorch agree on the prefix, on 24 chained
-cached steps fed with the model's own samples, and on the flow velocities and samples.
+cached steps fed with the model's own samples, and on the flow velocities and samples (10 guided
+Euler steps, or 2 mean-flow steps).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ GRAPHS = (PREFIX_FILE, STEP_FILE, FLOW_FILE)
 CODEC_FILES = ("encoder.onnx", "decoder.onnx", "export.json", "codebooks.npy")
 TOL = 1e-3  # float32 hidden states, logits, caches, velocities and samples: ONNX Runtime vs PyTorch
 PARITY_STEPS = 24  # chained cached steps of the check
+PARITY_MEANFLOW_STEPS = 2  # mean-flow steps per latent in the check (both graph inputs r and t off their ends)
 INT8_GROSS = 0.2  # relative error of the int8 graphs' hidden states or velocities that fails the export
 
 
@@ -90,6 +96,31 @@ class FlowGraph(nn.Module):
         return v_u + cfg_scale * (v_c - v_u)
 
 
+class MeanFlowGraph(nn.Module):
+    """x (N, D) at flow time t (N,), landing time r (N,), condition c (N, d) → the average velocity
+    (N, D) from t to r; guidance is in the weights (trained into the target)."""
+
+    def __init__(self, head: FlowHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: Tensor, r: Tensor, t: Tensor, c: Tensor):
+        return self.head(x, t, c, r)
+
+
+def write_flow_graph(head: FlowHead, path: Path, meta: dict) -> None:
+    """flow.onnx for the head's objective, traced at N = 2."""
+    dim, d = head.dim, head.cond.in_features
+    x, t, c = torch.randn(2, dim), torch.rand(2), torch.randn(2, d)
+    axes = {"x": {0: "N"}, "t": {0: "N"}, "c": {0: "N"}, "velocity": {0: "N"}}
+    meta = {**meta, "graph": "flow", "flow_objective": head.objective}
+    if head.objective == "meanflow":
+        write_onnx(MeanFlowGraph(head).eval(), (x, torch.maximum(t, torch.rand(2)), t, c), path, ["x", "r", "t", "c"], ["velocity"],
+                   {**axes, "r": {0: "N"}}, meta)
+    else:
+        write_onnx(FlowGraph(head).eval(), (x, t, c, torch.tensor([1.5])), path, ["x", "t", "c", "cfg_scale"], ["velocity"], axes, meta)
+
+
 def graph_metadata(model: ClearTTS) -> dict:
     cfg = model.cfg
     return {"model_family": FAMILY, "latent_dim": cfg.latent_dim, "d_model": cfg.d_model, "layers": cfg.layers,
@@ -115,15 +146,18 @@ def write_graphs(model: ClearTTS, out_dir: Path) -> None:
                    ["hidden", "stop_logit", "cache_out"],
                    {"latent": {0: "B"}, "cache": {2: "B", 4: "T"}, "hidden": {0: "B"}, "stop_logit": {0: "B"},
                     "cache_out": {2: "B", 4: "T_next"}}, {**meta, "graph": "step"})
-        write_onnx(FlowGraph(model.head).eval(), (torch.randn(2, dim), torch.rand(2), torch.randn(2, cfg.d_model), torch.tensor([1.5])),
-                   out_dir / FLOW_FILE, ["x", "t", "c", "cfg_scale"], ["velocity"],
-                   {"x": {0: "N"}, "t": {0: "N"}, "c": {0: "N"}, "velocity": {0: "N"}}, {**meta, "graph": "flow"})
+        write_flow_graph(model.head, out_dir / FLOW_FILE, meta)
 
 
 def _guided_velocity(head: FlowHead, x: Tensor, t: Tensor, c: Tensor, w: float) -> Tensor:
     """The reference for flow.onnx, written apart from FlowGraph: two head calls."""
     v_c, v_u = head(x, t, c), head(x, t, head.null.expand_as(c))
     return v_u + w * (v_c - v_u)
+
+
+def parity_options(head: FlowHead) -> SynthOptions:
+    """The synthesis options of the check: the defaults, with ``PARITY_MEANFLOW_STEPS`` for a mean-flow head."""
+    return SynthOptions() if head.objective == "rectified" else replace(SynthOptions(), steps=PARITY_MEANFLOW_STEPS)
 
 
 class _Diffs:
@@ -146,12 +180,32 @@ class _Diffs:
         return float(np.sqrt(err / max(norm, 1e-30)))
 
 
+def _flow_parity(head: FlowHead, flow, h: Tensor, noise: Tensor, opts: SynthOptions, diffs: _Diffs) -> Tensor:
+    """flow.onnx's sampling loop from ``noise`` (1, D) under ``h`` (1, d), each velocity checked
+    against the head's own, the sample against ``head.sample`` → that (torch) sample."""
+    z = head.sample(h, opts.steps, opts.cfg_scale, opts.temperature, noise)
+    x = (noise * opts.temperature).numpy()
+    w = np.array([opts.cfg_scale], np.float32)
+    for k in range(opts.steps):
+        t, r = np.full(1, k / opts.steps, np.float32), np.full(1, (k + 1) / opts.steps, np.float32)
+        xt, tt, rt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(r)
+        if head.objective == "meanflow":
+            v = flow.run(None, {"x": x, "r": r, "t": t, "c": h.numpy()})[0]
+            diffs.add("velocity", v, head(xt, tt, h, rt))
+        else:
+            v = flow.run(None, {"x": x, "t": t, "c": h.numpy(), "cfg_scale": w})[0]
+            diffs.add("velocity", v, _guided_velocity(head, xt, tt, h, opts.cfg_scale))
+        x = x + v / opts.steps
+    diffs.add("sample", x, z)
+    return z
+
+
 @torch.no_grad()
 def _compare(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, steps: int = PARITY_STEPS,
             opts: SynthOptions = SynthOptions()) -> tuple[_Diffs, int]:
     """Run the graphs in ``out_dir`` next to PyTorch: the prefix of ``phones`` [Tp] and
     ``prompt`` [P, D] (normalised), then ``steps`` cached steps, each fed the latent PyTorch
-    sampled (the ONNX side keeps its own cache), and at every step the ONNX Euler loop from the
+    sampled (the ONNX side keeps its own cache), and at every step the ONNX flow loop from the
     same noise → (differences, prefix positions)."""
     from speechkit.runtime.session import cpu_session
 
@@ -163,19 +217,11 @@ def _compare(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, ste
     h = hs[:, -1]
     got_h, got_stop, got_cache = pre.run(None, {"kinds": kinds.numpy(), "phones": ids.numpy(), "latents": lat.numpy()})
     diffs.add("cache", got_cache, _stack(cache))
-    w = np.array([opts.cfg_scale], np.float32)
     for _ in range(steps):
         diffs.add("hidden", got_h, h)
         diffs.add("stop_logit", got_stop, model.stop(h)[:, 0])
         noise = torch.randn(1, model.cfg.latent_dim, generator=g)
-        z = model.head.sample(h, opts.steps, opts.cfg_scale, opts.temperature, noise)
-        x = (noise * opts.temperature).numpy()
-        for k in range(opts.steps):
-            t = np.full(1, k / opts.steps, np.float32)
-            v = flow.run(None, {"x": x, "t": t, "c": h.numpy(), "cfg_scale": w})[0]
-            diffs.add("velocity", v, _guided_velocity(model.head, torch.from_numpy(x), torch.from_numpy(t), h, opts.cfg_scale))
-            x = x + v / opts.steps
-        diffs.add("sample", x, z)
+        z = _flow_parity(model.head, flow, h, noise, opts, diffs)
         h, cache = model.step(z, cache)
         got_h, got_stop, got_cache = step.run(None, {"latent": z.numpy(), "cache": got_cache})
     diffs.add("hidden", got_h, h)
@@ -186,8 +232,10 @@ def _compare(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, ste
 
 def check_parity(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, steps: int = PARITY_STEPS) -> dict:
     """The float32 check: every max |Δ| within ``TOL``, else SpeechkitError."""
-    diffs, positions = _compare(model, out_dir, phones, prompt, steps)
-    report = {"prefix_positions": positions, "steps": steps, "flow_steps": SynthOptions().steps, "cfg_scale": SynthOptions().cfg_scale,
+    opts = parity_options(model.head)
+    diffs, positions = _compare(model, out_dir, phones, prompt, steps, opts)
+    guidance = {"cfg_scale": opts.cfg_scale} if model.head.objective == "rectified" else {"trained_cfg_scale": model.cfg.flow.cfg_scale}
+    report = {"prefix_positions": positions, "steps": steps, "flow_objective": model.head.objective, "flow_steps": opts.steps, **guidance,
               **{f"{k}_max_abs_diff": v for k, v in diffs.max.items()}, "max_abs_diff": max(diffs.max.values()), "tolerance": TOL}
     if not report["max_abs_diff"] <= TOL:
         worst = ", ".join(f"{k} {v:.2e}" for k, v in diffs.max.items())
@@ -198,7 +246,7 @@ def check_parity(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor,
 
 def check_int8(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, steps: int = PARITY_STEPS) -> dict:
     """The int8 graphs next to PyTorch: reported, failing only when grossly wrong (``INT8_GROSS``)."""
-    diffs, _ = _compare(model, out_dir, phones, prompt, steps)
+    diffs, _ = _compare(model, out_dir, phones, prompt, steps, parity_options(model.head))
     report = {"steps": steps, **{f"{k}_max_abs_diff": v for k, v in diffs.max.items()},
               "hidden_rel_err": diffs.rel("hidden"), "velocity_rel_err": diffs.rel("velocity"), "sample_rel_err": diffs.rel("sample"),
               "gross_rel_err": INT8_GROSS}
@@ -273,7 +321,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
     sizes = {name: round((out_dir / name).stat().st_size / 1e6, 3) for name in GRAPHS}
     codec_mb = sum(f.stat().st_size for f in (out_dir / "codec").glob("*.onnx")) / 1e6
     info = {"model_family": FAMILY, "exp_dir": str(exp_dir), "codec_source": str(codec_dir), "sample_rate": codec.sample_rate,
-            "frame_rate": cfg.frame_rate, "latent_dim": cfg.latent_dim, "config": to_dict(cfg),
+            "frame_rate": cfg.frame_rate, "latent_dim": cfg.latent_dim, "flow_objective": cfg.flow.objective, "config": to_dict(cfg),
             "kinds": {"phone": PHONE, "sep": SEP, "prompt": PROMPT, "bos": BOS, "latent": LATENT},
             "stop_threshold": STOP_THRESHOLD,
             "latent_mean": model.latent_mean.tolist(), "latent_std": model.latent_std.tolist(), "int8": int8,

@@ -28,7 +28,7 @@ import torch
 
 from speechkit.decoding.tts_options import SynthOptions
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.tts import LatentSynthesizer, phoneme_ids, prompt_latents
+from speechkit.runtime.tts import LatentSynthesizer, flow_steps, phoneme_ids, prompt_latents
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,18 @@ class TorchSynthesizer(LatentSynthesizer):
         threads = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 1
         return CodecRuntime(codec_dir, threads)
 
+    def steps(self, opts: SynthOptions) -> int:
+        """Flow-head steps per latent: ``opts.steps``, or the model's objective's default when None."""
+        return flow_steps(self.model.cfg.flow.objective, opts.steps)
+
     def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
-        """Generated latents (D,) one by one."""
+        """Generated latents (D,) one by one; ``opts.cfg_scale`` guides a rectified-flow head only
+        (a mean-flow head's guidance is trained in)."""
         g = torch.Generator(device=self.device).manual_seed(opts.seed)
         ids = torch.tensor(phoneme_ids(self.vocab, text), dtype=torch.long)
         prompt_z = torch.from_numpy(prompt_latents(self.codec, prompt, opts.prompt_seconds))
         generate = self.generator.generate if self.generator is not None else self.model.generate
-        for z in generate(ids, prompt_z, steps=opts.steps, cfg_scale=opts.cfg_scale, temperature=opts.temperature, generator=g):
+        for z in generate(ids, prompt_z, steps=self.steps(opts), cfg_scale=opts.cfg_scale, temperature=opts.temperature, generator=g):
             yield z.float().cpu().numpy()
 
     def warmup(self, opts: SynthOptions = SynthOptions(), n_phones: int = 60) -> None:
@@ -98,10 +103,10 @@ class TorchSynthesizer(LatentSynthesizer):
         prompt = (0.1 * rng.standard_normal(int(opts.prompt_seconds * self.sample_rate))).astype(np.float32)
         prompt_z = torch.from_numpy(prompt_latents(self.codec, prompt, opts.prompt_seconds))
         if self.generator is not None:
-            self.generator.warmup(n_phones, prompt_z.shape[0], steps=opts.steps, cfg_scale=opts.cfg_scale,
+            self.generator.warmup(n_phones, prompt_z.shape[0], steps=self.steps(opts), cfg_scale=opts.cfg_scale,
                                   temperature=opts.temperature)
         else:
-            latents = self.model.generate(torch.ones(n_phones, dtype=torch.long), prompt_z, steps=opts.steps,
+            latents = self.model.generate(torch.ones(n_phones, dtype=torch.long), prompt_z, steps=self.steps(opts),
                                           cfg_scale=opts.cfg_scale, temperature=opts.temperature, max_frames=2)
             for _ in latents:
                 pass

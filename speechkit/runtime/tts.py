@@ -1,7 +1,8 @@
 """CLEAR text-to-speech on an exported model dir (:mod:`speechkit.export.tts`), no torch: the
 generation loop of ``ClearTTS.generate`` around three ONNX graphs — the prefix once, then per
-latent a stop check, an Euler loop of guided flow-head calls and one cached transformer step —
-with the codec's streaming decoder turning every ``chunk_frames`` latents into audio.
+latent a stop check, the flow head's steps (guided Euler steps of a rectified flow, or one or two
+mean-flow steps) and one cached transformer step — with the codec's streaming decoder turning
+every ``chunk_frames`` latents into audio.
 
     tts = Synthesizer("models/tts-clear-synth")
     audio = tts.synthesize("hello there", prompt="prompt.wav")
@@ -27,6 +28,16 @@ from speechkit.runtime.session import cpu_session
 
 FAMILY = "tts-clear"
 GRAPHS = ("ar_prefix.onnx", "ar_step.onnx", "flow.onnx")
+FLOW_STEPS = {"rectified": 10, "meanflow": 1}  # flow-head steps per latent when the options leave them to the model
+FLOW_INPUTS = {"rectified": ["x", "t", "c", "cfg_scale"], "meanflow": ["x", "r", "t", "c"]}  # flow.onnx's inputs
+
+
+def flow_steps(objective: str, steps: int | None) -> int:
+    """Flow-head steps per latent: ``steps`` as asked, or the objective's default when None."""
+    n = FLOW_STEPS[objective] if steps is None else int(steps)
+    if n < 1:
+        raise SpeechkitError(f"steps must be at least 1, got {n}")
+    return n
 
 
 def phoneme_ids(vocab, text: str) -> list[int]:
@@ -95,6 +106,11 @@ class Synthesizer(LatentSynthesizer):
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: no such file (an incomplete export)")
         self.prefix, self.step, self.flow = (cpu_session(model_dir / name, num_threads) for name in GRAPHS)
+        self.objective = info.get("flow_objective", "rectified")  # exports before mean flow had a rectified head
+        inputs = [i.name for i in self.flow.get_inputs()]
+        if FLOW_INPUTS.get(self.objective) != inputs:
+            raise SpeechkitError(f"{model_dir / 'flow.onnx'}: inputs {inputs} do not fit a {self.objective!r} flow head "
+                                 f"(export.json's flow_objective)")
         self.codec = CodecRuntime(model_dir / "codec", num_threads)
         self.vocab = PhonemeVocab.load(model_dir / "phones.txt")
         self.latent_dim, self.frame_rate = int(info["latent_dim"]), float(info["frame_rate"])
@@ -119,13 +135,22 @@ class Synthesizer(LatentSynthesizer):
         return {"kinds": kinds[None], "phones": phones[None], "latents": latents[None]}
 
     def sample(self, h: np.ndarray, noise: np.ndarray, opts: SynthOptions) -> np.ndarray:
-        """Euler integration of the guided flow from ``temperature * noise`` (1, D) at t=0 to t=1,
-        conditioned on the hidden state ``h`` (1, d) → a normalised latent (1, D)."""
+        """The flow from ``temperature * noise`` (1, D) at t=0 to t=1, conditioned on the hidden
+        state ``h`` (1, d) → a normalised latent (1, D): guided Euler steps (rectified), or
+        mean-flow steps ``x_r = x_t - (t - r) u(x_t, r, t)`` (``cfg_scale`` unused: guidance is
+        trained in). ``opts.steps`` equal steps (None: the objective's ``FLOW_STEPS``)."""
         x = (noise * opts.temperature).astype(np.float32)
+        steps = flow_steps(self.objective, opts.steps)
+        if self.objective == "meanflow":
+            for i in range(steps):
+                t, r = i / steps, (i + 1) / steps
+                u = self.flow.run(None, {"x": x, "r": np.full(1, r, np.float32), "t": np.full(1, t, np.float32), "c": h})[0]
+                x = x - (t - r) * u
+            return x
         w = np.array([opts.cfg_scale], np.float32)
-        for i in range(opts.steps):
-            v = self.flow.run(None, {"x": x, "t": np.full(1, i / opts.steps, np.float32), "c": h, "cfg_scale": w})[0]
-            x = x + v / opts.steps
+        for i in range(steps):
+            v = self.flow.run(None, {"x": x, "t": np.full(1, i / steps, np.float32), "c": h, "cfg_scale": w})[0]
+            x = x + v / steps
         return x
 
     def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:

@@ -1,7 +1,9 @@
 """The CLEAR TTS task for the training engine: the transformer, the flow head and the stop head
 trained in one stage on prepared data (:mod:`speechkit.models.tts.data`). Step-based: one long
 epoch of ``max_steps`` batches, each a pure function of (seed, step, rank), so a killed run
-resumes exactly.
+resumes exactly. The flow head trains as a rectified flow or as a mean flow
+(``model.flow.objective``); the mean-flow loss (``nn/meanflow.py``, its JVP target included) runs
+inside the model's forward, so the task's step is the same for both.
 
 An experiment dir ends with ``model.pt`` (weights, config, phoneme vocabulary, latent statistics
 and the codec it was trained on), ``phones.txt``, ``config.yaml``, ``checkpoint.pt`` and
@@ -17,7 +19,7 @@ import torch
 import yaml
 
 from speechkit.config import from_dict, load_yaml, to_dict
-from speechkit.errors import SpeechkitError
+from speechkit.errors import ConfigError, SpeechkitError
 from speechkit.models.tts.clear import ClearConfig, ClearTTS
 from speechkit.models.tts.data import TtsBank, Utt, load_prepared
 from speechkit.data.batches import to_device
@@ -59,7 +61,13 @@ class TtsExperiment:
 def load_tts_experiment(path: str | Path) -> TtsExperiment:
     """YAML with ``model:`` (ClearConfig, ``flow:`` inside), ``optim_conf:``, ``train_conf:``."""
     data, lines = load_yaml(path)
-    return from_dict(TtsExperiment, data, source=str(path), lines=lines)
+    try:
+        return from_dict(TtsExperiment, data, source=str(path), lines=lines)
+    except ConfigError as e:  # a value the config's own check refused (e.g. model.flow.objective) names no file yet
+        if str(e).startswith(str(path)):
+            raise
+        line = lines.get("model.flow")
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {e}") from None
 
 
 def load_corpus(prep_dirs: list[str | Path]) -> tuple[list[Utt], dict]:
@@ -143,7 +151,8 @@ def train_tts(exp: TtsExperiment, prep_dirs: list[str | Path], exp_dir: str | Pa
         task.vocab.save(exp_dir / "phones.txt")
         (exp_dir / "config.yaml").write_text(yaml.safe_dump(task.config, sort_keys=False))
         cfg, params = exp.model, sum(p.numel() for p in model.parameters())
-        print(f"CLEAR: {params / 1e6:.2f} M parameters ({sum(p.numel() for p in model.head.parameters()) / 1e6:.2f} M flow head), "
+        print(f"CLEAR: {params / 1e6:.2f} M parameters ({sum(p.numel() for p in model.head.parameters()) / 1e6:.2f} M "
+              f"{cfg.flow.objective} flow head), "
               f"{len(task.vocab)} phoneme symbols, {len(task.bank.examples)} examples of {len(task.bank.utts)} utterances "
               f"({info['hours']:.2f} h, {cfg.frame_rate:g} latents/s x {cfg.latent_dim}), {exp.train_conf.max_tokens} positions per batch",
               flush=True)

@@ -1,4 +1,4 @@
-"""CLEAR: autoregressive modelling of continuous codec latents with a rectified-flow head.
+"""CLEAR: autoregressive modelling of continuous codec latents with a flow head.
 
 One decoder-only causal transformer runs over
 
@@ -9,7 +9,9 @@ position carries a *kind* embedding (phoneme, sep, prompt latent, bos, latent), 
 their own embedding and latents a linear projection; attention uses rotary positions. The hidden
 state at ``bos`` and at every latent conditions:
 
-- the **flow head** (:mod:`speechkit.models.tts.flow`), which samples the next latent, and
+- the **flow head** (:mod:`speechkit.models.tts.flow`), which samples the next latent: a
+  rectified flow (``flow.objective: rectified``, guided Euler steps) or a mean flow
+  (``meanflow``, :mod:`speechkit.nn.meanflow`: one or two steps, guidance trained in), and
 - the **stop head**, a logistic unit that says the utterance is complete (trained with BCE; the
   label is 1 at the last latent only).
 
@@ -46,7 +48,9 @@ from torch import Tensor, nn
 
 from speechkit.decoding.tts_options import STOP_THRESHOLD
 from speechkit.decoding.tts_options import max_frames as frame_limit
-from speechkit.models.tts.flow import FlowHead
+from speechkit.errors import ConfigError
+from speechkit.models.tts.flow import OBJECTIVES, FlowHead
+from speechkit.nn.meanflow import meanflow_loss
 
 # input kinds (the kind embedding's rows)
 PAD, PHONE, SEP, PROMPT, BOS, LATENT = range(6)
@@ -60,6 +64,23 @@ class FlowConfig:
     blocks: int = 4
     cfg_dropout: float = 0.1  # training rows whose condition is replaced by the null vector
     noise_samples: int = 4  # flow-loss draws per position
+    objective: str = "rectified"  # or "meanflow": the average velocity over an interval, 1-2 sampling steps
+    # mean flow only (nn.meanflow.meanflow_loss):
+    fm_fraction: float = 0.75  # rows trained with r = t (plain flow matching); the rest take the JVP target
+    time_mean: float = 0.4  # logit-normal flow times (data at t = 1)
+    time_std: float = 1.0
+    cfg_scale: float = 1.0  # guidance folded into the target (1: none); sampling then needs one evaluation a step
+    adaptive_p: float = 1.0  # adaptive loss weight 1 / (err + c) ** p (0: plain MSE)
+    adaptive_c: float = 1e-3
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown flow objective '{self.objective}' (known: {', '.join(OBJECTIVES)})")
+        if not 0.0 <= self.fm_fraction <= 1.0 or not 0.0 <= self.cfg_dropout < 1.0:
+            raise ConfigError(f"flow: fm_fraction ({self.fm_fraction}) must be in [0, 1] and cfg_dropout ({self.cfg_dropout}) in [0, 1)")
+        if self.objective == "meanflow" and self.cfg_scale != 1.0 and self.cfg_dropout <= 0.0:
+            raise ConfigError(f"flow: cfg_scale {self.cfg_scale} needs cfg_dropout > 0 "
+                              f"(the null condition it guides away from must be trained)")
 
 
 @dataclass(frozen=True)
@@ -185,7 +206,7 @@ class ClearTTS(nn.Module):
             raise ValueError(f"align_layers {list(cfg.align_layers)}: layers are 0..{cfg.layers - 1}")
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
-        self.head = FlowHead(cfg.latent_dim, d, cfg.flow.hidden, cfg.flow.blocks)
+        self.head = FlowHead(cfg.latent_dim, d, cfg.flow.hidden, cfg.flow.blocks, cfg.flow.objective)
         self.stop = nn.Linear(d, 1)
         self.reg = nn.Linear(d, cfg.latent_dim) if cfg.reg_weight > 0 else None
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
@@ -251,8 +272,7 @@ class ClearTTS(nn.Module):
                 block.keep_attn = False
         fm, sm = batch["flow_mask"], batch["stop_mask"]
         h_flow, targets = _at(h, fm, batch.get("flow_index")), _at(batch["targets"], fm, batch.get("flow_index"))
-        c = self.head.drop_condition(h_flow, self.cfg.flow.cfg_dropout if self.training else 0.0)
-        flow = self.head.loss(targets.float(), c, self.cfg.flow.noise_samples if self.training else 1)
+        flow, flow_parts = self.flow_loss(h_flow, targets.float())
         logits = self.stop(_at(h, sm, batch.get("stop_index"))).squeeze(-1).float()
         labels = _at(batch["stop"], sm, batch.get("stop_index")).float()
         # one positive per utterance: weight it like all the negatives of its utterance together
@@ -261,7 +281,7 @@ class ClearTTS(nn.Module):
         loss = flow + self.cfg.stop_weight * stop
         with torch.no_grad():
             acc = ((logits > 0) == (labels > 0.5)).float().mean()
-        parts = {"flow": flow.detach(), "stop": stop.detach(), "stop_acc": acc}
+        parts = {**flow_parts, "stop": stop.detach(), "stop_acc": acc}
         if self.reg is not None:
             reg = F.mse_loss(self.reg(h_flow).float(), targets.float())
             loss = loss + self.cfg.reg_weight * reg
@@ -274,6 +294,24 @@ class ClearTTS(nn.Module):
             loss = loss + self.cfg.align_weight * align
             parts |= {"align": align.detach(), "text_mass": torch.stack(on_text).mean()}
         return loss, parts
+
+    def flow_loss(self, c: Tensor, x1: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The flow head's loss for conditions ``c`` [N, d] (hidden states) and next latents ``x1``
+        [N, D] (normalised), every row drawn ``noise_samples`` times in training → (loss, parts to
+        log). Rectified: the flow-matching MSE, the condition nulled on ``cfg_dropout`` rows. Mean
+        flow: ``meanflow_loss`` (the same nulling, guidance folded into the target, adaptive
+        weights; rows with a non-finite condition, target or prediction are left out and counted
+        in ``flow_masked``)."""
+        fc = self.cfg.flow
+        samples, drop = (fc.noise_samples, fc.cfg_dropout) if self.training else (1, 0.0)
+        if fc.objective == "rectified":
+            loss = self.head.loss(x1, self.head.drop_condition(c, drop), samples)
+            return loss, {"flow": loss.detach()}
+        loss, parts = meanflow_loss(self.head.average_velocity, x1.repeat(samples, 1), c.repeat(samples, 1),
+                                    fm_fraction=fc.fm_fraction, time_mean=fc.time_mean, time_std=fc.time_std,
+                                    cfg_scale=fc.cfg_scale, null_cond=self.head.null, cond_drop=drop,
+                                    adaptive_p=fc.adaptive_p, adaptive_c=fc.adaptive_c)
+        return loss, {"flow": parts["loss"], "flow_mse": parts["mse"], "flow_mse_mf": parts["mse_mf"], "flow_masked": parts["masked"]}
 
     # -- inference
     def prefix(self, phones: Tensor, prompt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -304,8 +342,9 @@ class ClearTTS(nn.Module):
                  generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[Tensor]:
         """Yield generated latents one by one ([D], denormalised, ready for the codec decoder)
         until the stop head fires or ``max_frames``. ``prompt`` is in the codec's latent space
-        [P, D]. ``use_cache=False`` recomputes the whole sequence each step (the reference the
-        KV cache is tested against)."""
+        [P, D]. ``steps``: flow-head steps per latent, either objective; ``cfg_scale`` guides a
+        rectified head only (a mean-flow head's guidance is trained in). ``use_cache=False``
+        recomputes the whole sequence each step (the reference the KV cache is tested against)."""
         prompt_n = self.normalize(prompt.to(self.latent_mean.device).float())
         max_frames = max_frames or frame_limit(phones.shape[0], self.cfg.frame_rate)
         h, cache = self.prefill(phones, prompt_n)

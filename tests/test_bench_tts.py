@@ -1,5 +1,7 @@
-"""`speechkit bench tts`: the grid it promises, one JSON line last, the same for a config (random
-weights) and a trained experiment; bad input refused in one line. Figures are not asserted."""
+"""`speechkit bench tts`: the grid it promises (with the flow head, transformer step and codec per
+latent, and per utterance phonemisation, prompt encoding and prefix, on one CPU thread), one JSON
+line last, the same for a config (random weights) and a trained experiment; bad input refused in one
+line. Figures are not asserted beyond being there and adding up."""
 
 from __future__ import annotations
 
@@ -25,22 +27,29 @@ def _args(model, *extra: str):
                                    "--repeats", "1", "--steps", "1,2", "--chunk-frames", "2,4", *extra])
 
 
-def _check(r: dict) -> None:
+def _check(r: dict, lines: list[str]) -> None:
     assert r["device"].startswith("cpu") and r["path"] == "eager" and r["torch"] == torch.__version__
+    assert r["threads"] == 1 and "1 thread(s)" in r["device"]  # the default: one CPU thread
     assert (r["frames"], r["text"], r["repeats"]) == (6, "hello there", 1) and r["phonemes"] > 5
     assert r["audio_seconds"] == pytest.approx(6 / 25)
     assert [(row["steps"], row["chunk_frames"]) for row in r["rows"]] == [(1, 2), (1, 4), (2, 2), (2, 4)]
     for row in r["rows"]:
         assert row["rtf"] > 0 and row["loop_ms_per_latent"] > 0 and row["codec_ms_per_latent"] > 0
+        assert row["flow_ms_per_latent"] > 0 and row["step_ms_per_latent"] > 0
         assert row["first_audio_ms"] >= row["first_latent_ms"] > 0
+    u = r["utterance"]
+    assert u["phonemiser"].startswith("resident espeak-ng") and u["prompt_seconds"] == 3.0
+    assert u["phonemise_ms"] > 0 and u["phonemiser_start_ms"] > 0 and u["prompt_encode_ms"] > 0 and u["prefix_ms"] > 0
+    assert len(lines) == 2 + 4 + 1  # title, header, one line per (steps, chunk), the per-utterance line
+    assert lines[1].split()[-4:] == ["loop/latent", "flow/latent", "step/latent", "codec/latent"]
+    assert lines[-1].startswith("per utterance: phonemise") and "prompt encode" in lines[-1] and "prefix" in lines[-1]
     json.dumps(r, allow_nan=False)
 
 
 def test_a_config_is_benchmarked_with_random_weights(tmp_path, capsys):
     lines, r = run_bench(_args(CONFIG, "--json", "--out", str(tmp_path / "res" / "bench.json")), capsys)
     assert "random weights" in r["model"] and "random weights" in lines[0]
-    assert len(lines) == 2 + 4  # title, header, one line per (steps, chunk)
-    _check(r)
+    _check(r, lines)
 
 
 def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
@@ -53,9 +62,9 @@ def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
     model = ClearTTS(dataclasses.replace(load_tts_experiment(CONFIG).model, vocab_size=len(vocab)))
     (tmp_path / "exp").mkdir()
     save_tts(model, vocab.symbols, str(CODEC), tmp_path / "exp" / "model.pt")
-    _, r = run_bench(_args(tmp_path / "exp", "--json"), capsys)
+    lines, r = run_bench(_args(tmp_path / "exp", "--json"), capsys)
     assert r["model"] == str(tmp_path / "exp")
-    _check(r)
+    _check(r, lines)
 
 
 def test_bad_input_is_refused():

@@ -9,7 +9,8 @@ import pytest
 
 from speechkit.data.phonemes import phonemize_corpus
 from speechkit.errors import SpeechkitError
-from speechkit.text import phonemes
+from speechkit.text import espeak, phonemes
+from speechkit.text.espeak import ResidentEspeak
 from speechkit.text.normalize import normalize_text
 from speechkit.text.phonemes import WORD_BOUNDARY, PhonemeVocab, text_to_phonemes
 
@@ -69,6 +70,20 @@ def test_punctuation_is_kept_and_every_text_ends_a_sentence():
     assert _one("a sentence ending without punctuation") == _one("A sentence ending without punctuation.")
     # "Mr." is an abbreviation, not a sentence end; ";" reads as a comma.
     assert [t for t in _one("Mr. Smith came; we left.") if t in phonemes.PUNCTUATION] == [",", "."]
+
+
+def test_clause_texts_cut_where_the_phonemiser_cuts():
+    for text in ("Hello, world. How are you?", "Mr. Smith came; we left.", '"Quoted speech," he said, "is hard."',
+                 "It's 3:15 p.m. on Jan. 5th, 2024.", "Wait... what?!", "no punctuation at all", "...", ""):
+        pieces = phonemes.clause_texts(text)
+        assert "".join(p for p, _ in pieces) == text
+        clauses = phonemes._clauses(text)
+        if clauses[-1][1] is None and not clauses[-1][0].strip(' "'):  # nothing but closers after the last mark
+            clauses.pop()
+        assert [mark for _, mark in pieces] == [mark for _, mark in clauses]
+        assert all(p.strip(' "').startswith(c.strip(' "')) for (c, _), (p, _) in zip(clauses, pieces))  # + punctuation
+    assert phonemes.clause_texts('"Hi," he said.') == [('"Hi,"', ","), (" he said.", ".")]
+    assert phonemes.clause_texts("Mr. Smith came; we left") == [("Mr. Smith came;", ","), (" we left", None)]
 
 
 @needs_espeak
@@ -134,18 +149,43 @@ def test_phonemize_corpus_keeps_utterance_ids(tmp_path):
     assert lines[2].split()[1:] == _one("hello world")
 
 
-def test_missing_espeak_is_a_one_line_error(monkeypatch, tmp_path):
+# A process starting fresh: no resident phonemiser yet, of either kind (None: the library where it
+# is the program's own, the "library" kind still requires the program to check that).
+BACKENDS = [None, "process"] + (["library"] if espeak._library_path() else [])
+
+
+@pytest.fixture
+def fresh_resident(monkeypatch):
+    made = []
+
+    def make(backend):
+        made.append(ResidentEspeak(backend))
+        monkeypatch.setattr(phonemes, "RESIDENT", made[-1])
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_espeak_is_a_one_line_error(monkeypatch, tmp_path, fresh_resident, backend):
+    fresh_resident(backend)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SpeechkitError, match="espeak-ng not found") as e:
-        text_to_phonemes(["hello"])
-    assert "\n" not in str(e.value)
+    for batch in (["hello"], [f"sentence {i}" for i in range(200)]):  # the resident phonemiser, the pool
+        with pytest.raises(SpeechkitError, match="espeak-ng not found") as e:
+            text_to_phonemes(batch)
+        assert "\n" not in str(e.value)
 
 
 @needs_espeak
-def test_unknown_voice_is_a_one_line_error():
-    with pytest.raises(SpeechkitError, match="xx-nope") as e:
-        text_to_phonemes(["hello"], voice="xx-nope")
-    assert "\n" not in str(e.value)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_voice_is_a_one_line_error(fresh_resident, backend):
+    fresh_resident(backend)
+    for batch in (["hello"], [f"sentence {i}" for i in range(200)]):
+        with pytest.raises(SpeechkitError, match="xx-nope") as e:
+            text_to_phonemes(batch, voice="xx-nope")
+        assert "\n" not in str(e.value)
+    assert text_to_phonemes(["hello"]) == text_to_phonemes(["hello"], voice="en-us") != []  # still good for others
 
 
 SEQS = [["h", "ə", "l", "ˈ", "oʊ", "|", "w", "ˈ", "ɜː", "l", "d", "."], ["ˈ", "oʊ", "|", "n", "oʊ", "!"]]

@@ -10,12 +10,19 @@ weights of its architecture) measures the same as the trained experiment. For ea
   loop, the codec's streaming decode): RTF, first-audio latency, and the time to the first latent
   (phonemise, prompt encode and prefix: the part of the first-audio latency no chunk size changes);
 - the latent loop alone (transformer step, stop check, guided flow head): ms per latent;
+- that loop's parts, timed apart on the eager model: the flow head (all its steps) and the
+  transformer step with the stop head, ms per latent each;
 - the codec's streaming decode alone at that chunk size: ms per latent.
+
+and once per utterance, whatever the configuration: phonemisation (the resident phonemiser; apart,
+its first call in the process, which starts it), prompt encoding (the codec's encoder over the 3 s
+prompt) and the prefix (the transformer over phonemes and prompt latents).
 
 On CUDA the loop is the graphed :class:`~speechkit.models.tts.fast.FastGenerator` and the codec
 runs in PyTorch on the GPU, as in :class:`~speechkit.inference.tts.TorchSynthesizer`; on the CPU,
 or on CUDA with ``--eager`` (the path before the fast one, for comparison), ``ClearTTS.generate``
-and the ONNX codec on ``--threads`` CPU threads.
+and the ONNX codec on ``--threads`` CPU threads (torch and ONNX Runtime alike; default one, the
+laptop-core figure).
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ def int_list(text: str) -> list[int]:
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``tts`` to the ``bench`` subcommands."""
-    p = bench_sub.add_parser("tts", help="CLEAR synthesis speed: RTF, first audio, latent loop vs codec per latent",
+    p = bench_sub.add_parser("tts", help="CLEAR synthesis speed: RTF, first audio, flow head / transformer step / codec per latent, "
+                                        "phonemise, prompt encode and prefix per utterance",
                              description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="experiment dir or model.pt of a trained CLEAR, or a training config YAML "
                                  "(random weights of its architecture: the same speed)")
@@ -109,6 +117,7 @@ def main(args: argparse.Namespace) -> None:
     import torch
 
     from speechkit.runtime.tts import decode_chunks, phoneme_ids, prompt_latents
+    from speechkit.text.phonemes import RESIDENT, text_to_phonemes
 
     if args.frames < 1 or args.repeats < 1:
         raise SpeechkitError("--frames and --repeats must be positive")
@@ -117,6 +126,9 @@ def main(args: argparse.Namespace) -> None:
         raise SpeechkitError("--device cuda but torch sees no GPU")
     device = torch.device("cuda" if cuda else "cpu")
     torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    text_to_phonemes([args.text])  # the process's first: starts the resident phonemiser (espeak-ng's library or process)
+    phonemiser_start_ms = 1000.0 * (time.perf_counter() - t0)
     model, vocab, codec_dir, what = load_model(args.model, args.codec, device, args.text)
     if cuda and not args.eager:
         from speechkit.inference.codec import TorchCodec
@@ -132,10 +144,51 @@ def main(args: argparse.Namespace) -> None:
         generate = model.generate
         cpu = f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)"
         device_name = f"{torch.cuda.get_device_name(device)}, eager, codec on {cpu}" if cuda else cpu
-    n_phones = len(phoneme_ids(vocab, args.text))  # also: espeak-ng's binary and data into the page cache
+    n_phones = len(phoneme_ids(vocab, args.text))
     rng = np.random.default_rng(0)
     prompt = (0.1 * rng.standard_normal(int(PROMPT_SECONDS * codec.sample_rate))).astype(np.float32)
     seconds = args.frames / model.cfg.frame_rate
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def prefill(ids, z):
+        """``ClearTTS.generate``'s first step: the prefix through the transformer → (h, cache)."""
+        return model.prefill(ids, model.normalize(z.to(model.latent_mean.device).float()))
+
+    def stages() -> tuple[float, float, float]:
+        """ms of one utterance's phonemisation, prompt encoding and prefix."""
+        t0 = time.perf_counter()
+        ids = torch.tensor(phoneme_ids(vocab, args.text), dtype=torch.long)
+        t1 = time.perf_counter()
+        z = torch.from_numpy(prompt_latents(codec, prompt, PROMPT_SECONDS))
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            prefill(ids, z)
+            sync()
+        t3 = time.perf_counter()
+        return 1000.0 * (t1 - t0), 1000.0 * (t2 - t1), 1000.0 * (t3 - t2)
+
+    def latent_parts(steps: int, seed: int) -> tuple[float, float]:
+        """ms per latent of the flow head (``steps`` guided steps) and of the transformer step with
+        the stop head, timed apart over ``--frames`` latents of the eager model."""
+        g = torch.Generator(device=device).manual_seed(seed)
+        ids = torch.tensor(phoneme_ids(vocab, args.text), dtype=torch.long)
+        flow = step = 0.0
+        with torch.no_grad():
+            h, cache = prefill(ids, torch.from_numpy(prompt_latents(codec, prompt, PROMPT_SECONDS)))
+            for _ in range(args.frames):
+                t0 = time.perf_counter()
+                noise = torch.randn(1, model.cfg.latent_dim, generator=g, device=device)
+                z = model.head.sample(h, steps, args.cfg_scale, 0.8, noise)
+                sync()
+                t1 = time.perf_counter()
+                h, cache = model.step(z, cache)
+                torch.sigmoid(model.stop(h).float()).item()
+                t2 = time.perf_counter()
+                flow, step = flow + t1 - t0, step + t2 - t1
+        return 1000.0 * flow / args.frames, 1000.0 * step / args.frames
 
     def latents(steps: int, seed: int):
         g = torch.Generator(device=device).manual_seed(seed)
@@ -179,14 +232,24 @@ def main(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     rows = []
-    bar = tqdm(total=len(args.steps) * (1 + len(args.chunk_frames)) * args.repeats, desc="bench tts", unit="utt")
+    bar = tqdm(total=(1 + len(args.steps) * (2 + len(args.chunk_frames))) * args.repeats, desc="bench tts", unit="utt")
+    stage_ms = []
+    for _ in range(args.repeats):
+        stage_ms.append(stages())
+        bar.update()
+    phonemise, encode, prefix_only = (round(statistics.median(ms), 2) for ms in zip(*stage_ms))
     for steps in args.steps:
         for _ in latents(steps, 0):  # graph capture, lazy CUDA and ONNX Runtime set-up
             pass
-        loops, zs = [], []
+        loops, zs, flows, step_parts = [], [], [], []
         for r in range(args.repeats):
             ms, zs = loop_only(steps, r)
             loops.append(ms)
+            bar.update()
+        for r in range(args.repeats):
+            flow_ms, step_ms = latent_parts(steps, r)
+            flows.append(flow_ms)
+            step_parts.append(step_ms)
             bar.update()
         for chunk in args.chunk_frames:
             codec_only(zs, chunk)
@@ -202,17 +265,25 @@ def main(args: argparse.Namespace) -> None:
                          "first_audio_ms": round(statistics.median(first), 1),
                          "first_latent_ms": round(statistics.median(prefix), 1),
                          "loop_ms_per_latent": round(statistics.median(loops), 3),
+                         "flow_ms_per_latent": round(statistics.median(flows), 3),
+                         "step_ms_per_latent": round(statistics.median(step_parts), 3),
                          "codec_ms_per_latent": round(statistics.median(codec_ms), 3)})
     bar.close()
+    phonemiser = "espeak-ng per call" if RESIDENT is None else f"resident espeak-ng ({RESIDENT.backend})"
+    utterance = {"phonemiser": phonemiser, "phonemiser_start_ms": round(phonemiser_start_ms, 2), "phonemise_ms": phonemise,
+                 "prompt_seconds": PROMPT_SECONDS, "prompt_encode_ms": encode, "prefix_ms": prefix_only}
     result = {"bench": "tts", "model": what, "path": "eager" if args.eager or not cuda else "graphed", "codec": str(codec_dir), "device": device_name, "torch": torch.__version__,
-              "frames": args.frames, "audio_seconds": seconds, "text": args.text, "phonemes": n_phones, "cfg_scale": args.cfg_scale,
-              "repeats": args.repeats, "rows": rows}
+              "threads": args.threads, "frames": args.frames, "audio_seconds": seconds, "text": args.text, "phonemes": n_phones,
+              "cfg_scale": args.cfg_scale, "repeats": args.repeats, "utterance": utterance, "rows": rows}
     lines = [f"CLEAR synthesis speed: {what} on {device_name}; {args.frames} latents ({seconds:g} s), "
              f"{n_phones} phoneme symbols, guidance {args.cfg_scale}, medians of {args.repeats}",
              f"{'steps':>5} {'chunk':>5} {'RTF':>7} {'first audio':>12} {'first latent':>13} {'loop/latent':>12} "
-             f"{'codec/latent':>13}"]
+             f"{'flow/latent':>12} {'step/latent':>12} {'codec/latent':>13}"]
     for r in rows:
         lines.append(f"{r['steps']:>5} {r['chunk_frames']:>5} {r['rtf']:>7.4f} {r['first_audio_ms']:>9.1f} ms "
                      f"{r['first_latent_ms']:>10.1f} ms "
-                     f"{r['loop_ms_per_latent']:>9.3f} ms {r['codec_ms_per_latent']:>10.3f} ms")
+                     f"{r['loop_ms_per_latent']:>9.3f} ms {r['flow_ms_per_latent']:>9.3f} ms {r['step_ms_per_latent']:>9.3f} ms "
+                     f"{r['codec_ms_per_latent']:>10.3f} ms")
+    lines.append(f"per utterance: phonemise {phonemise:.2f} ms ({phonemiser}; first call {phonemiser_start_ms:.1f} ms), "
+                 f"prompt encode {encode:.1f} ms ({PROMPT_SECONDS:g} s), prefix {prefix_only:.1f} ms")
     emit(result, lines, args)

@@ -1,8 +1,11 @@
 """The text front end of the TTS models: raw English text → IPA phoneme symbols (espeak-ng) → ids.
 
 Numbers are spoken through the corpus normaliser (``speechkit.text.normalize``), clause
-punctuation survives as tokens so prosody can follow it, and a whole batch goes through a few
-espeak-ng processes (one per CPU core at most), never one process per sentence.
+punctuation survives as tokens so prosody can follow it, and a large batch goes through a few
+espeak-ng processes (one per CPU core at most), never one process per sentence. A small one (a
+sentence to synthesise) goes to the resident phonemiser (``speechkit.text.espeak``: the espeak-ng
+library in this process, or one espeak-ng process kept running), which gives the same symbols in
+about a millisecond instead of a process start.
 
 Tokens of one text, in order:
   - phonemes as espeak-ng defines them (``--sep``): affricates, diphthongs, r-coloured vowels and
@@ -32,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from speechkit.errors import SpeechkitError
-from speechkit.text.espeak import espeak_command
+from speechkit.text.espeak import NOT_FOUND, PHONEME_OPTIONS, ResidentEspeak, espeak_command
 from speechkit.text.normalize import _ABBREVIATIONS, cardinal, normalize_text
 
 WORD_BOUNDARY = "|"
@@ -40,12 +43,8 @@ PUNCTUATION = (",", ".", "?", "!")
 SENTENCE_END = (".", "?", "!")
 STRESS = ("ˈ", "ˌ")
 
-# espeak-ng options: IPA on stdout, phonemes separated by "_" (words by " "), UTF-8 input. The
-# phonemes do not depend on the speaking rate, but the synthesis espeak-ng runs under -q does:
-# 400 wpm (below the 450 at which its slower "sonic" speed-up starts) halves the time.
-_ESPEAK_OPTIONS = ("-q", "--ipa", "--sep=_", "-b", "1", "-s", "400")
 _WORD_JOIN = " \u200b "  # a zero-width space keeps espeak-ng from joining words
-_LINES_PER_PROCESS = 64  # smaller batches are not worth another process
+_LINES_PER_PROCESS = 64  # smaller batches are not worth another process: the resident phonemiser takes them
 # espeak-ng reads stdin in pieces of 999 bytes and would cut a longer line inside a word, so a
 # long clause goes in as several lines of at most this many bytes, cut between words.
 _MAX_LINE_BYTES = 600
@@ -53,7 +52,9 @@ _TIMEOUT_S = 600
 
 # A clause ends at punctuation followed by a space or the end (closing quotes and brackets may
 # come between), so "3.5", "1,000" and "don't" are not split.
-_CLAUSE_BREAK = re.compile(r"([,;:.!?]+)(?=[\"'\u2019\u201d)\]]*(?:\s|$))")
+_PUNCTUATION_RUN, _CLOSERS = r"([,;:.!?]+)", r"[\"'\u2019\u201d)\]]*"
+_CLAUSE_BREAK = re.compile(rf"{_PUNCTUATION_RUN}(?={_CLOSERS}(?:\s|$))")
+_CLAUSE_END = re.compile(rf"{_PUNCTUATION_RUN}{_CLOSERS}(?=\s|$)")  # the same break, past the closers
 _TYPOGRAPHY = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u2013": " ", "\u2014": " ", "-": " "})
 _LIGHT_WORD = re.compile(r"\d+|[a-z]+(?:'[a-z]+)*")
 
@@ -89,6 +90,21 @@ def _clauses(text: str) -> list[tuple[str, str | None]]:
     return clauses
 
 
+def clause_texts(text: str) -> list[tuple[str, str | None]]:
+    """``text`` cut where the phonemiser cuts its clauses, each piece kept with its punctuation and
+    closing quotes (the pieces joined give ``text`` back): (piece, punctuation token or None)."""
+    pieces: list[tuple[str, str | None]] = []
+    start = 0
+    for m in _CLAUSE_END.finditer(text):
+        if _ends_abbreviation(text[start : m.start()], m.group(1)):
+            continue
+        pieces.append((text[start : m.end()], _punctuation_token(m.group(1))))
+        start = m.end()
+    if start < len(text):
+        pieces.append((text[start:], None))
+    return pieces
+
+
 def _spell_digits(digits: str) -> list[str]:
     spoken = normalize_text(digits)  # None for leading zeros ("007") and huge numbers
     return spoken.split() if spoken else [cardinal(int(d)) for d in digits]
@@ -118,14 +134,11 @@ def _normalize_words(clause: str) -> list[str]:
 
 
 def _espeak(stdin: str, voice: str) -> str:
-    cmd = [*espeak_command(), *_ESPEAK_OPTIONS, "-v", voice]
+    cmd = [*espeak_command(), *PHONEME_OPTIONS, "-v", voice]
     try:
         proc = subprocess.run(cmd, input=stdin, capture_output=True, encoding="utf-8", timeout=_TIMEOUT_S)
     except FileNotFoundError:
-        raise SpeechkitError(
-            "espeak-ng not found: install it (apt-get install espeak-ng) or put it on PATH"
-            " (SPEECHKIT_ESPEAK_DATA names its data dir when it is not installed system-wide)"
-        ) from None
+        raise SpeechkitError(NOT_FOUND) from None
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SpeechkitError(f"espeak-ng failed: {e}") from None
     if proc.returncode != 0:
@@ -194,15 +207,22 @@ def _workers(n_lines: int) -> int:
 
 
 def _phonemize_lines(lines: list[str], voice: str = "en-us") -> list[str]:
-    """espeak-ng's IPA for each line of plain words, in order: the batch is cut into at most one
-    slice per CPU core, each slice one espeak-ng process."""
+    """espeak-ng's IPA for each line of plain words, in order: a batch worth one process goes to
+    the resident phonemiser, a larger one is cut into at most one slice per CPU core, each slice
+    one espeak-ng process."""
     if not lines:
         return []
     n = _workers(len(lines))
+    if n == 1 and RESIDENT is not None:
+        return RESIDENT.lines(lines, voice)
     size = math.ceil(len(lines) / n)
     slices = [lines[i : i + size] for i in range(0, len(lines), size)]
     with ThreadPoolExecutor(len(slices)) as pool:
         return [ipa for part in pool.map(lambda s: _espeak_lines(s, voice), slices) for ipa in part]
+
+
+# One for the process: TTS phonemises a sentence at a time, from any thread. None: a process per call.
+RESIDENT: ResidentEspeak | None = ResidentEspeak()
 
 
 def text_to_phonemes(texts: list[str], voice: str = "en-us") -> list[list[str]]:

@@ -16,20 +16,27 @@ from speechkit.runtime.asr import OnlineRecognizer, Stream
 from speechkit.runtime.events import Result, ResultTracker
 
 
-@dataclass(eq=False)
-class Connection:
-    """Engine-side state of one stream. ``outbox`` carries JSON-able dicts to the connection's
-    writer; a ``("close", code, reason)`` tuple tells it to close."""
+@dataclass(eq=False, kw_only=True)
+class StreamConnection:
+    """Engine-side state every kind of stream shares. ``outbox`` carries what goes to the
+    connection's writer (JSON-able dicts, or bytes for audio); a ``("close", code, reason)`` tuple
+    tells it to close."""
 
-    stream: Stream
-    tracker: ResultTracker
-    sample_rate: int
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     pending: list[np.ndarray] = field(default_factory=list)
     samples: int = 0  # received, at the client's rate
     ending: bool = False
     close_with: tuple[int, str] | None = None  # why the stream was ended, when not by `end`
     closed: bool = False
+
+
+@dataclass(eq=False)
+class Connection(StreamConnection):
+    """One recognition stream: the runtime's stream and what its results were so far."""
+
+    stream: Stream
+    tracker: ResultTracker
+    sample_rate: int
 
 
 @dataclass
@@ -40,13 +47,21 @@ class EngineStats:
     connections_total: int = 0
 
 
-class BatchEngine:
-    def __init__(self, rec: OnlineRecognizer, max_batch: int = 64):
-        self.rec, self.max_batch = rec, max_batch
-        self.conns: set[Connection] = set()
+class StreamEngine:
+    """The loop that the recognition and conversion engines share: connections queue audio from
+    the event loop; one background task hands every connection with work (new audio, an end, a
+    chunk ready) to ``_step`` in one worker thread, and delivers what comes back. Subclasses say
+    what "input closed" and "ready" mean (``_closed``, ``_ready``), do the work (``_step``), deliver
+    results (``_deliver``) and word the `done` message (``_done_message``)."""
+
+    thread_name = "speechkit-engine"
+
+    def __init__(self, max_batch: int = 64):
+        self.max_batch = max_batch
+        self.conns: set = set()
         self.stats = EngineStats()
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speechkit-decode")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -61,28 +76,42 @@ class BatchEngine:
                 pass
         self._pool.shutdown(wait=True)
 
-    def open(self, sample_rate: int) -> Connection:
-        conn = Connection(self.rec.create_stream(), ResultTracker(self.rec), sample_rate)
+    def _add(self, conn: StreamConnection) -> StreamConnection:
         self.conns.add(conn)
         self.stats.connections_total += 1
         return conn
 
-    def feed(self, conn: Connection, samples: np.ndarray) -> None:
+    def feed(self, conn: StreamConnection, samples: np.ndarray) -> None:
         conn.pending.append(samples)
         conn.samples += len(samples)
         self._wake.set()
 
-    def end(self, conn: Connection, close_with: tuple[int, str] | None = None) -> None:
-        """No more audio: decode the rest, send the last results and `done`, then close (with
+    def end(self, conn: StreamConnection, close_with: tuple[int, str] | None = None) -> None:
+        """No more audio: process the rest, send the last results and `done`, then close (with
         ``close_with`` = (code, reason) after an `error` message when the end was forced)."""
         if not conn.ending:
             conn.ending, conn.close_with = True, close_with
             self._wake.set()
 
-    def drop(self, conn: Connection) -> None:
-        """The client is gone: forget the stream without decoding the rest."""
+    def drop(self, conn: StreamConnection) -> None:
+        """The client is gone: forget the stream without processing the rest."""
         conn.closed = True
         self.conns.discard(conn)
+
+    def _closed(self, conn) -> bool:
+        raise NotImplementedError
+
+    def _ready(self, conn) -> bool:
+        raise NotImplementedError
+
+    def _step(self, jobs: list) -> list:
+        raise NotImplementedError
+
+    def _deliver(self, conn, out) -> None:
+        raise NotImplementedError
+
+    def _done_message(self, conn) -> dict:
+        raise NotImplementedError
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,18 +122,50 @@ class BatchEngine:
                 jobs = []
                 for c in list(self.conns):
                     audio, c.pending = c.pending, []
-                    finish = c.ending and not c.stream.finished
-                    if audio or finish or self.rec.is_ready(c.stream):
+                    finish = c.ending and not self._closed(c)
+                    if audio or finish or self._ready(c):
                         jobs.append((c, audio, finish))
                 if not jobs:
                     break
-                for conn, results, done in await loop.run_in_executor(self._pool, self._step, jobs):
+                for conn, out, done in await loop.run_in_executor(self._pool, self._step, jobs):
                     if conn.closed:
                         continue
-                    for r in results:
-                        conn.outbox.put_nowait(r.to_dict())
+                    self._deliver(conn, out)
                     if done:
                         self._finish(conn)
+
+    def _finish(self, conn: StreamConnection) -> None:
+        conn.outbox.put_nowait(self._done_message(conn))
+        if conn.close_with is not None:
+            code, reason = conn.close_with
+            conn.outbox.put_nowait({"type": "error", "code": code, "reason": reason})
+            conn.outbox.put_nowait(("close", code, reason))
+        else:
+            conn.outbox.put_nowait(("close", 1000, "done"))
+        self.conns.discard(conn)
+
+
+class BatchEngine(StreamEngine):
+    """Recognition: every ready stream's chunk through the model in batches of ``max_batch``."""
+
+    thread_name = "speechkit-decode"
+
+    def __init__(self, rec: OnlineRecognizer, max_batch: int = 64):
+        super().__init__(max_batch)
+        self.rec = rec
+
+    def open(self, sample_rate: int) -> Connection:
+        return self._add(Connection(self.rec.create_stream(), ResultTracker(self.rec), sample_rate))
+
+    def _closed(self, conn: Connection) -> bool:
+        return conn.stream.finished
+
+    def _ready(self, conn: Connection) -> bool:
+        return self.rec.is_ready(conn.stream)
+
+    def _deliver(self, conn: Connection, results: list[Result]) -> None:
+        for r in results:
+            conn.outbox.put_nowait(r.to_dict())
 
     def _step(self, jobs: list[tuple[Connection, list[np.ndarray], bool]]) -> list[tuple[Connection, list[Result], bool]]:
         """Worker thread: take in the queued audio, then one chunk for every ready stream, in
@@ -124,14 +185,6 @@ class BatchEngine:
         done = [self.rec.is_done(c.stream) for c, _, _ in jobs]
         return [(c, c.tracker.update(c.stream), d) for (c, _, _), d in zip(jobs, done)]
 
-    def _finish(self, conn: Connection) -> None:
-        seconds = conn.samples / conn.sample_rate
-        conn.outbox.put_nowait({"type": "done", "text": " ".join(seg.text for seg in conn.stream.finals),
-                                "audio_seconds": round(seconds, 3)})
-        if conn.close_with is not None:
-            code, reason = conn.close_with
-            conn.outbox.put_nowait({"type": "error", "code": code, "reason": reason})
-            conn.outbox.put_nowait(("close", code, reason))
-        else:
-            conn.outbox.put_nowait(("close", 1000, "done"))
-        self.conns.discard(conn)
+    def _done_message(self, conn: Connection) -> dict:
+        return {"type": "done", "text": " ".join(seg.text for seg in conn.stream.finals),
+                "audio_seconds": round(conn.samples / conn.sample_rate, 3)}

@@ -18,18 +18,14 @@ import soxr
 import speechkit
 from conftest import run_without_torch
 from speechkit.errors import AudioError, SpeechkitError
-from test_bench_vc import make_vc_export
-from test_vc_runtime import RATE, tone
+from test_vc_runtime import RATE, make_vc_export, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vc")
-    (root / "exp").mkdir()
-    (root / "spk").mkdir()
-    return make_vc_export(root)
+    return make_vc_export(tmp_path_factory.mktemp("vc"))
 
 
 @pytest.fixture(scope="module")

@@ -11,48 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from conftest import bench_args, run_bench
-from test_vc_runtime import CFG, FEATURES, RATE, TINY_SPEAKER, tone
+from test_vc_runtime import RATE, make_vc_export, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_vc_export(root: Path) -> Path:
-    """A randomly initialised tiny MeanVC over the shipped codec and ASR (weights drawn wide, as
-    in test_vc_runtime), exported with a tiny speaker encoder beside it → the export dir."""
-    from speechkit.export.speaker import export_speaker
-    from speechkit.export.vc import export_vc
-    from speechkit.models.speaker.ecapa import EcapaConfig, EcapaTdnn
-    from speechkit.models.speaker.io import save_speaker_encoder
-    from speechkit.models.vc.io import save_vc
-    from speechkit.models.vc.model import MeanVC
-
-    threads = torch.get_num_threads()  # module fixtures run before the tests' one_thread
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = MeanVC(CFG)
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.2)
-        model.set_stats(torch.randn(CFG.latent_dim), torch.rand(CFG.latent_dim) + 0.5)
-        save_vc(model.state_dict(), CFG, FEATURES, root / "exp" / "model.pt")
-        spk = EcapaTdnn(EcapaConfig(**TINY_SPEAKER))
-        save_speaker_encoder(spk.state_dict(), spk.cfg, root / "spk" / "model.pt")
-        export_speaker(root / "spk" / "model.pt", root / "spk_onnx")
-        export_vc(root / "exp", root / "onnx", speaker_dir=root / "spk_onnx")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "onnx"
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vc")
-    (root / "exp").mkdir()
-    (root / "spk").mkdir()
-    return make_vc_export(root)
+    return make_vc_export(tmp_path_factory.mktemp("vc"))
 
 
 @pytest.fixture(scope="module")

@@ -39,34 +39,43 @@ def tone(seconds: float, hz: float, seed: int) -> np.ndarray:
     return (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def save_tiny_vc(root: Path) -> Path:
     """A randomly initialised MeanVC (weights drawn wide: the zero-initialised output would make
-    every check trivial) saved with the shipped codec and ASR as its provenance, and a tiny speaker
-    encoder exported beside it."""
+    every check trivial) saved under ``root/exp`` with the shipped codec and ASR as its provenance,
+    and a tiny speaker encoder saved under ``root/spk`` and exported to ``root/spk_onnx`` → root."""
     from speechkit.export.speaker import export_speaker
     from speechkit.models.speaker.ecapa import EcapaConfig, EcapaTdnn
     from speechkit.models.speaker.io import save_speaker_encoder
     from speechkit.models.vc.io import save_vc
 
-    root = tmp_path_factory.mktemp("vc")
-    (root / "exp").mkdir()
-    (root / "spk").mkdir()
-    torch.manual_seed(0)
-    model = MeanVC(CFG)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    model.set_stats(torch.randn(CFG.latent_dim), torch.rand(CFG.latent_dim) + 0.5)
-    save_vc(model.state_dict(), CFG, FEATURES, root / "exp" / "model.pt")
-    spk = EcapaTdnn(EcapaConfig(**TINY_SPEAKER))
-    save_speaker_encoder(spk.state_dict(), spk.cfg, root / "spk" / "model.pt")
+    (root / "exp").mkdir(parents=True, exist_ok=True)
+    (root / "spk").mkdir(exist_ok=True)
     threads = torch.get_num_threads()  # module fixtures run before the tests' one_thread
     torch.set_num_threads(1)
     try:
+        torch.manual_seed(0)
+        model = MeanVC(CFG)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        model.set_stats(torch.randn(CFG.latent_dim), torch.rand(CFG.latent_dim) + 0.5)
+        save_vc(model.state_dict(), CFG, FEATURES, root / "exp" / "model.pt")
+        spk = EcapaTdnn(EcapaConfig(**TINY_SPEAKER))
+        save_speaker_encoder(spk.state_dict(), spk.cfg, root / "spk" / "model.pt")
         export_speaker(root / "spk" / "model.pt", root / "spk_onnx")
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+def make_vc_export(root: Path) -> Path:
+    """The tiny MeanVC of :func:`save_tiny_vc` exported with its speaker encoder → ``root/onnx``
+    (for the bench, API and server tests)."""
+    return _export(save_tiny_vc(root), "onnx", speaker_dir=root / "spk_onnx")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_vc(tmp_path_factory.mktemp("vc"))
 
 
 def _export(model_dir: Path, name: str, **kw) -> Path:

@@ -94,25 +94,29 @@ def test_export_graphs_and_parity(built):
     assert p["steps"] >= 20 and p["max_abs_diff"] <= 1e-3 and p["prefix_positions"] > 30
     assert {"hidden_max_abs_diff", "stop_logit_max_abs_diff", "cache_max_abs_diff", "velocity_max_abs_diff", "sample_max_abs_diff"} <= p.keys()
     assert len(info["latent_mean"]) == len(info["latent_std"]) == info["latent_dim"] == 8 and info["frame_rate"] == 25.0
-    assert {f.name for f in (out / "codec").iterdir()} == {"encoder.onnx", "decoder.onnx", "export.json"}
+    assert info["codec"] == "codec" and {f.name for f in (out / "codec").iterdir()} == {"encoder.onnx", "decoder.onnx", "export.json"}
     assert (out / "phones.txt").read_text() == (exp / "phones.txt").read_text()
+    assert not (out / "ar_prefix.onnx").exists()  # one transformer graph serves the prefix and the steps
+    assert info["size_mb"] == pytest.approx(sum(f.stat().st_size for f in out.glob("*.onnx")) / 1e6, abs=0.01)
+    assert info["total_mb"] == pytest.approx(info["size_mb"] + info["codec_mb"], abs=0.01) and info["codec_mb"] > 0
     io = {}
-    for name in ("ar_prefix.onnx", "ar_step.onnx", "flow.onnx"):
+    for name in ("ar_step.onnx", "flow.onnx"):
         s = cpu_session(out / name)
         assert s.get_modelmeta().custom_metadata_map["model_family"] == "tts-clear"
         io[name] = ([(i.name, i.shape) for i in s.get_inputs()], [(o.name, o.shape) for o in s.get_outputs()])
-    assert io["ar_prefix.onnx"] == ([("kinds", ["B", "T"]), ("phones", ["B", "T"]), ("latents", ["B", "T", 8])],
-                                    [("hidden", ["B", 64]), ("stop_logit", ["B"]), ("cache", [2, 2, "B", 2, "T", 32])])
-    assert io["ar_step.onnx"] == ([("latent", ["B", 8]), ("cache", [2, 2, "B", 2, "T", 32])],
-                                  [("hidden", ["B", 64]), ("stop_logit", ["B"]), ("cache_out", [2, 2, "B", 2, "T_next", 32])])
+    assert io["ar_step.onnx"] == ([("kinds", ["B", "T"]), ("phones", ["B", "T"]), ("latents", ["B", "T", 8]),
+                                   ("cache", [2, 2, "B", 2, "T_cache", 32])],
+                                  [("hidden", ["B", 64]), ("stop_logit", ["B"]), ("cache_out", [2, 2, "B", 2, "T_out", 32])])
     assert io["flow.onnx"] == ([("x", ["N", 8]), ("t", ["N"]), ("c", ["N", 64]), ("cfg_scale", [1])], [("velocity", ["N", 8])])
     # the batch axis is real: two streams of one cache length step together as each alone
     step = cpu_session(out / "ar_step.onnx")
     rng = np.random.default_rng(0)
-    z, cache = rng.standard_normal((2, 8), dtype=np.float32), rng.standard_normal((2, 2, 2, 2, 9, 32), dtype=np.float32)
-    both = step.run(None, {"latent": z, "cache": cache})
+    z, cache = rng.standard_normal((2, 1, 8), dtype=np.float32), rng.standard_normal((2, 2, 2, 2, 9, 32), dtype=np.float32)
+    kinds, phones = np.full((2, 1), 5, np.int64), np.zeros((2, 1), np.int64)
+    both = step.run(None, {"kinds": kinds, "phones": phones, "latents": z, "cache": cache})
     for b in range(2):
-        one = step.run(None, {"latent": z[b : b + 1], "cache": cache[:, :, b : b + 1]})
+        one = step.run(None, {"kinds": kinds[b : b + 1], "phones": phones[b : b + 1], "latents": z[b : b + 1],
+                              "cache": cache[:, :, b : b + 1]})
         for x, y in zip(one, both):
             np.testing.assert_allclose(x, y[:, :, b : b + 1] if x.ndim == 6 else y[b : b + 1], atol=1e-5)
 
@@ -127,7 +131,7 @@ def _tamper(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-@pytest.mark.parametrize("graph", ["ar_prefix.onnx", "ar_step.onnx", "flow.onnx"])
+@pytest.mark.parametrize("graph", ["ar_step.onnx", "flow.onnx"])
 def test_a_tampered_graph_fails_the_export(built, tmp_path, monkeypatch, graph):
     import speechkit.export.tts as ex
 
@@ -145,30 +149,12 @@ def test_a_tampered_graph_fails_the_export(built, tmp_path, monkeypatch, graph):
 
 
 def test_positions_frozen_at_trace_time_fail_the_export(built, tmp_path, monkeypatch):
-    """A step graph whose rotary positions are the traced cache length's, not the input's (what
-    a trace that lost the dynamic length would be), fails the chained steps."""
+    """A transformer graph whose rotary positions start at the traced cache length, not the
+    input's (what a trace that lost the dynamic length would be), fails the prefix and the steps."""
     import speechkit.export.tts as ex
-    from speechkit.models.tts.clear import ClearTTS
 
     _, exp, _, _ = built
-    write, run = ex.write_graphs, ClearTTS.run
-
-    def frozen_run(self, x, cache=None):
-        if not cache:
-            return run(self, x, cache)
-        pos = torch.arange(5, 5 + x.shape[1])  # write_graphs traces the step at a cache of 5 positions
-        new = []
-        for block, past in zip(self.blocks, cache):
-            x, kv = block(x, pos, past)
-            new.append(kv)
-        return self.norm(x), new
-
-    def write_frozen(model, out_dir):
-        with monkeypatch.context() as m:
-            m.setattr(ClearTTS, "run", frozen_run)
-            write(model, out_dir)
-
-    monkeypatch.setattr(ex, "write_graphs", write_frozen)
+    monkeypatch.setattr(ex, "block_positions", lambda cache, t: torch.arange(t) + 5)  # write_graphs traces at a cache of 5
     with pytest.raises(SpeechkitError, match="disagree"):
         ex.export_tts(exp, tmp_path / "bad", TEXTS[0])
 
@@ -263,8 +249,9 @@ def test_int8_export_is_small_and_synthesizes(built, tmp_path):
     assert info["int8"] and info["graphs_mb"] < 0.4 * fp32["graphs_mb"]
     check = info["int8_check"]
     assert check["hidden_rel_err"] < 0.05 and check["velocity_rel_err"] < 0.05, check
-    dq = [n for n in onnx.load(str(tmp_path / "int8" / "flow.onnx")).graph.node if n.op_type == "DequantizeLinear"]
-    assert dq  # the flow head's weights too (its Linears export as MatMul)
+    for name in ("ar_step.onnx", "flow.onnx"):  # the flow head's weights too (its Linears export as MatMul)
+        assert [n for n in onnx.load(str(tmp_path / "int8" / name)).graph.node if n.op_type == "DequantizeLinear"], name
+    assert info["sizes_mb"]["ar_step.onnx"] < 0.4 * fp32["sizes_mb"]["ar_step.onnx"]
     a = Synthesizer(tmp_path / "int8").synthesize(TEXTS[2], prompt, FAST)
     b = Synthesizer(out).synthesize(TEXTS[2], prompt, FAST)
     assert a.shape == b.shape and np.all(np.isfinite(a)) and np.abs(a).max() > 0

@@ -51,9 +51,10 @@ def _train(args) -> None:
 def _export(args) -> None:
     from speechkit.export.tts import export_tts
 
-    info = export_tts(args.exp_dir, args.out_dir, args.check_text, int8=args.int8)
-    print(f"exported {args.out_dir} ({info['size_mb']} MB): ONNX Runtime = PyTorch for the prefix, "
-          f"{info['parity']['steps']} cached steps and the flow head (max |Δ| {info['parity']['max_abs_diff']:.1e})")
+    info = export_tts(args.exp_dir, args.out_dir, args.check_text, int8=args.int8, codec_dir=args.codec_dir)
+    codec = "codec copied in" if info["codec"] == "codec" else f"codec referenced: {info['codec']}"
+    print(f"exported {args.out_dir} ({info['size_mb']} MB; {info['total_mb']} MB with the {codec}): ONNX Runtime = PyTorch "
+          f"for the prefix, {info['parity']['steps']} cached steps and the flow head (max |Δ| {info['parity']['max_abs_diff']:.1e})")
 
 
 def _eval(args) -> None:
@@ -103,7 +104,7 @@ def build_tts_parser(prog: str = "speechkit tts") -> argparse.ArgumentParser:
                                 "for `speechkit tts synth MODEL ...`.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("synth", help="speak --text in the voice of --prompt (zero-shot), whole or streamed")
-    s.add_argument("model", help="exported dir (ar_prefix.onnx ..., run without torch) or an experiment dir (model.pt)")
+    s.add_argument("model", help="exported dir (ar_step.onnx ..., run without torch) or an experiment dir (model.pt)")
     s.add_argument("--text", required=True, help="what to say (English; numbers are read out)")
     s.add_argument("--prompt", required=True, help="a few seconds of the target voice (wav/flac); its first --prompt-seconds are used")
     s.add_argument("--out", required=True, help="output wav")
@@ -124,11 +125,15 @@ def build_tts_parser(prog: str = "speechkit tts") -> argparse.ArgumentParser:
     t.add_argument("--exp-dir", required=True)
     t.add_argument("--device", default=None, help="cuda | cpu (default: cuda when there is one)")
     t.set_defaults(func=_train)
-    e = sub.add_parser("export", help="AR prefix/step (KV cache) and flow head to ONNX, with the codec, checked against PyTorch")
+    e = sub.add_parser("export", help="the AR transformer (one graph: prefix and cached steps) and flow head to ONNX, with the codec, "
+                       "checked against PyTorch")
     e.add_argument("exp_dir")
     e.add_argument("out_dir")
     e.add_argument("--check-text", default="the quick brown fox jumps over the lazy dog", help="sentence of the parity check")
     e.add_argument("--int8", action="store_true", help="weight-only int8 (int8 weights, float arithmetic): about a quarter of the size")
+    e.add_argument("--codec-dir", dest="codec_dir", default=None,
+                   help="reference this exported codec (the one the model was trained on) instead of copying it into OUT_DIR/codec; "
+                        "export.json records it relative to OUT_DIR, so keep the two side by side (e.g. under models/)")
     e.set_defaults(func=_export)
     v = sub.add_parser("eval", help="zero-shot synthesis of a test set: ASR and pocketsphinx WER, speaker similarity, DNSMOS, RTF, first-audio latency")
     v.add_argument("model", help="exported dir or experiment dir")

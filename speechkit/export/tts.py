@@ -1,43 +1,49 @@
-"""CLEAR → ONNX for the torch-free runtime (:mod:`speechkit.runtime.tts`): three graphs, the
+"""CLEAR → ONNX for the torch-free runtime (:mod:`speechkit.runtime.tts`): two graphs, the
 generation loop stays in Python.
 
-- ``ar_prefix.onnx``: the ``[phonemes] [sep] [prompt] [bos]`` positions → hidden state at bos,
-  stop logit, and every layer's keys/values stacked into one cache tensor;
-- ``ar_step.onnx``: one generated latent + the cache → its hidden state, stop logit, cache one
-  position longer (rotary positions follow the cache's length, read from its shape);
+- ``ar_step.onnx``: the transformer over a block of T ≥ 1 new positions (kinds, phones, latents)
+  after a cache of T_cache earlier ones (T_cache may be 0) → the last position's hidden state,
+  stop logit, and the cache T positions longer (every layer's keys/values stacked in one tensor).
+  The ``[phonemes] [sep] [prompt] [bos]`` prefix is one call on an empty cache, every generated
+  latent one call with T = 1. Rotary positions follow the cache's length (read from its shape);
+  attention is causal inside the block and sees all of the cache, as in the model. The text
+  encoder runs over the block's phonemes alone, so a block holds none of them or all of them
+  (then it starts the utterance: phonemes first, an empty cache);
 - ``flow.onnx``: one step's worth of the flow head. Rectified (x, t, c, cfg_scale): the
   classifier-free-guided velocity — the conditional and the null branch batched inside the graph —
   so an Euler step is one call. Mean flow (x, r, t, c): the average velocity from t to r (guidance
   is trained in), a step ``x_r = x_t - (t - r) u``. The objective is in the graph's metadata and
   in export.json (``flow_objective``).
 
-Export refuses to finish unless ONNX Runtime and PyTorch agree on the prefix, on 24 chained
-cached steps fed with the model's own samples, and on the flow velocities and samples (10 guided
-Euler steps, or 2 mean-flow steps).
+Export refuses to finish unless ONNX Runtime (through the runtime's own :class:`ArTransformer`)
+and PyTorch agree on the prefix, on 24 chained cached steps fed with the model's own samples, and
+on the flow velocities and samples (10 guided Euler steps, or 2 mean-flow steps). Exports from
+before the single graph (``ar_prefix.onnx`` + a one-latent ``ar_step.onnx``) still run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechkit.config import to_dict
 from speechkit.decoding.tts_options import STOP_THRESHOLD, SynthOptions
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
-from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, ClearTTS
+from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, Block, ClearTTS
 from speechkit.models.tts.flow import FlowHead
+from speechkit.runtime.tts import FLOW_FILE, GRAPHS, LEGACY_PREFIX_FILE, STEP_FILE, STEP_INPUTS
 
 FAMILY = "tts-clear"
-PREFIX_FILE, STEP_FILE, FLOW_FILE = "ar_prefix.onnx", "ar_step.onnx", "flow.onnx"
-GRAPHS = (PREFIX_FILE, STEP_FILE, FLOW_FILE)
 CODEC_FILES = ("encoder.onnx", "decoder.onnx", "export.json", "codebooks.npy")
 TOL = 1e-3  # float32 hidden states, logits, caches, velocities and samples: ONNX Runtime vs PyTorch
 PARITY_STEPS = 24  # chained cached steps of the check
@@ -49,36 +55,100 @@ def _stack(cache: list[tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack([torch.stack(kv) for kv in cache])
 
 
-class PrefixGraph(nn.Module):
-    """B: batch, T: positions, D: latent dim, d: model dim, L: layers, H: heads, hd: head dim.
+# The transformer written out for export over ClearTTS's own modules (the layer loop of
+# ClearTTS.run and Block.forward, as models/tts/fast.py does for CUDA), so that one call pays only
+# what it needs: the rotary tables and the causal mask made once, not per layer; and no per-layer
+# concatenation of the cache with the block's keys (the scores are joined instead), so the cache
+# is copied once per call, into the output.
 
-    kinds, phones (B, T) int64, latents (B, T, D) normalised (zeros where not a latent) → hidden
-    (B, d) at the last position, stop_logit (B,), cache (L, 2, B, H, T, hd) keys and values."""
+def rotary_tables(pos: Tensor, hd: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos, sin (T, hd/2) of ``clear.rope`` at positions ``pos`` (T,)."""
+    inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    ang = pos.float()[:, None] * inv[None]
+    return ang.cos(), ang.sin()
 
-    def __init__(self, model: ClearTTS):
-        super().__init__()
-        self.model = model
 
-    def forward(self, kinds: Tensor, phones: Tensor, latents: Tensor):
-        h, cache = self.model.run(self.model.embed(kinds, phones, latents))
-        h = h[:, -1]
-        return h, self.model.stop(h)[:, 0], _stack(cache)
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``clear.rope`` of x (B, H, T, hd) from its tables, reshaped back to x's shape where ``rope``
+    flattens: ONNX Runtime cannot resolve flatten's -1 over zero positions (a step's text span)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).reshape(x.shape)
+
+
+def _qkv(block: Block, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``Block.qkv_at``: queries, keys (rotated) and values (B, H, T, hd) of x (B, T, d)."""
+    b, t = x.shape[:2]
+    q, k, v = block.qkv(block.norm1(x)).view(b, t, 3, block.heads, block.hd).permute(2, 0, 3, 1, 4).unbind(0)
+    return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+
+def block_positions(cache: Tensor, t) -> Tensor:
+    """Positions (T,) of a block of ``t`` after ``cache`` (L, 2, B, H, T_cache, hd): from T_cache
+    on, read from the cache's shape."""
+    return torch.arange(t) + cache.shape[4]
+
+
+def causal_bias(pos: Tensor, n) -> Tensor:
+    """The additive attention mask (T, n) of queries at ``pos`` (T,) over keys 0..n-1: 0 where the
+    key is at or before the query, -inf after (causal inside the block; all of the cache seen)."""
+    seen = torch.arange(n)[None, :] <= pos[:, None]
+    return torch.zeros_like(seen, dtype=torch.float32).masked_fill(~seen, float("-inf"))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, past_k: Tensor, past_v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    """Softmax attention of q (B, H, T, hd) over the cached keys/values (B, H, T_cache, hd) and
+    the block's own (B, H, T, hd) under ``bias`` (T, T_cache + T) → (B, H, T, hd)."""
+    tc = past_k.shape[2]
+    p = (torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1) * scale + bias).softmax(-1)
+    return p[..., :tc] @ past_v + p[..., tc:] @ v
+
+
+def encode_phonemes(model: ClearTTS, kinds: Tensor, phones: Tensor) -> Tensor:
+    """The phoneme part of ``ClearTTS.embed`` for a block of positions: kinds, phones (B, T) →
+    (B, T, d), the phoneme embeddings through the text encoder at the phoneme positions, zeros
+    elsewhere. ``embed`` runs the encoder over every position under a key mask; here it runs over
+    the block's phoneme positions alone (the same outputs there when the phonemes come first), so
+    a generation step, which has none, runs it over zero positions: next to no cost, and no query
+    row with nothing to attend to (a NaN that a product with 0 would keep)."""
+    is_phone = kinds == PHONE
+    x = model.phone(phones)
+    if model.text_blocks:
+        span = is_phone.any(0)  # (T,): a phoneme position in some row
+        at = torch.nonzero(span).flatten()  # (Tp,)
+        h, keys = x.index_select(1, at), is_phone.index_select(1, at)[:, None, None, :]
+        cos, sin = rotary_tables(torch.arange(h.shape[1]), model.cfg.d_model // model.cfg.heads, model.cfg.rope_base)
+        for block in model.text_blocks:  # bidirectional under the key mask
+            h = block.finish(h, F.scaled_dot_product_attention(*_qkv(block, h, cos, sin), attn_mask=keys))
+        rank = span.long().cumsum(0) * span  # the k-th phoneme position → k (from 1), others 0
+        x = torch.cat([torch.zeros_like(x[:, :1]), model.text_norm(h)], dim=1).index_select(1, rank)
+    return torch.where(is_phone[..., None], x, torch.zeros_like(x))
 
 
 class StepGraph(nn.Module):
-    """latent (B, D) normalised, cache (L, 2, B, H, T, hd) → hidden (B, d) of that latent's
-    position T, stop_logit (B,), cache_out (L, 2, B, H, T + 1, hd)."""
+    """B: batch, T: new positions, D: latent dim, d: model dim, L: layers, H: heads, hd: head dim.
+
+    kinds, phones (B, T) int64, latents (B, T, D) normalised (zeros where not a latent), cache
+    (L, 2, B, H, T_cache, hd) keys and values of the earlier positions (T_cache may be 0) →
+    hidden (B, d) at the block's last position, stop_logit (B,), cache_out (L, 2, B, H, T_cache + T, hd)."""
 
     def __init__(self, model: ClearTTS):
         super().__init__()
         self.model = model
+        self.hd = model.cfg.d_model // model.cfg.heads
 
-    def forward(self, latent: Tensor, cache: Tensor):
-        kinds = torch.full((latent.shape[0], 1), LATENT, dtype=torch.long)
-        x = self.model.embed(kinds, torch.zeros_like(kinds), latent[:, None], text=False)
-        h, new = self.model.run(x, [(layer[0], layer[1]) for layer in cache.unbind(0)])
-        h = h[:, -1]
-        return h, self.model.stop(h)[:, 0], _stack(new)
+    def forward(self, kinds: Tensor, phones: Tensor, latents: Tensor, cache: Tensor):
+        m = self.model
+        x = m.embed(kinds, phones, latents, text=False) + encode_phonemes(m, kinds, phones)
+        pos = block_positions(cache, x.shape[1])
+        cos, sin = rotary_tables(pos, self.hd, m.cfg.rope_base)
+        bias = causal_bias(pos, cache.shape[4] + x.shape[1])
+        new = []
+        for i, block in enumerate(m.blocks):
+            q, k, v = _qkv(block, x, cos, sin)
+            x = block.finish(x, _attend(q, k, v, cache[i, 0], cache[i, 1], bias, self.hd ** -0.5))
+            new.append(torch.stack([k, v]))
+        h = m.norm(x)[:, -1]
+        return h, m.stop(h)[:, 0], torch.cat([cache, torch.stack(new)], dim=4)
 
 
 class FlowGraph(nn.Module):
@@ -128,25 +198,21 @@ def graph_metadata(model: ClearTTS) -> dict:
 
 
 def write_graphs(model: ClearTTS, out_dir: Path) -> None:
-    """The three graphs, traced at sizes unlike those of the parity check (so the check sees the
-    dynamic axes at work)."""
+    """The two graphs; the transformer traced on a block of 7 positions (phonemes first) after a
+    cache of 5, so that neither the in-block causal mask nor the positions are the parity check's
+    (a prefix on an empty cache, then single latents): a shape frozen at trace time fails it."""
     cfg, meta = model.cfg, graph_metadata(model)
     dim, heads, hd = cfg.latent_dim, cfg.heads, cfg.d_model // cfg.heads
     kinds = torch.tensor([[PHONE, PHONE, PHONE, SEP, PROMPT, PROMPT, BOS]])
     phones = torch.tensor([[4, 5, 6, 0, 0, 0, 0]]).clamp(max=cfg.vocab_size - 1)
     latents = torch.randn(1, 7, dim) * (kinds == PROMPT)[..., None]
     cache = torch.randn(cfg.layers, 2, 1, heads, 5, hd)
-    with warnings.catch_warnings():  # the tracer's notes on the Python branches of Block.forward
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        write_onnx(PrefixGraph(model).eval(), (kinds, phones, latents), out_dir / PREFIX_FILE, ["kinds", "phones", "latents"],
-                   ["hidden", "stop_logit", "cache"],
-                   {"kinds": {0: "B", 1: "T"}, "phones": {0: "B", 1: "T"}, "latents": {0: "B", 1: "T"}, "hidden": {0: "B"},
-                    "stop_logit": {0: "B"}, "cache": {2: "B", 4: "T"}}, {**meta, "graph": "prefix"})
-        write_onnx(StepGraph(model).eval(), (torch.randn(1, dim), cache), out_dir / STEP_FILE, ["latent", "cache"],
-                   ["hidden", "stop_logit", "cache_out"],
-                   {"latent": {0: "B"}, "cache": {2: "B", 4: "T"}, "hidden": {0: "B"}, "stop_logit": {0: "B"},
-                    "cache_out": {2: "B", 4: "T_next"}}, {**meta, "graph": "step"})
-        write_flow_graph(model.head, out_dir / FLOW_FILE, meta)
+    write_onnx(StepGraph(model).eval(), (kinds, phones, latents, cache), out_dir / STEP_FILE, STEP_INPUTS,
+               ["hidden", "stop_logit", "cache_out"],
+               {"kinds": {0: "B", 1: "T"}, "phones": {0: "B", 1: "T"}, "latents": {0: "B", 1: "T"},
+                "cache": {2: "B", 4: "T_cache"}, "hidden": {0: "B"}, "stop_logit": {0: "B"},
+                "cache_out": {2: "B", 4: "T_out"}}, {**meta, "graph": "transformer"})
+    write_flow_graph(model.head, out_dir / FLOW_FILE, meta)
 
 
 def _guided_velocity(head: FlowHead, x: Tensor, t: Tensor, c: Tensor, w: float) -> Tensor:
@@ -204,18 +270,19 @@ def _flow_parity(head: FlowHead, flow, h: Tensor, noise: Tensor, opts: SynthOpti
 def _compare(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, steps: int = PARITY_STEPS,
             opts: SynthOptions = SynthOptions()) -> tuple[_Diffs, int]:
     """Run the graphs in ``out_dir`` next to PyTorch: the prefix of ``phones`` [Tp] and
-    ``prompt`` [P, D] (normalised), then ``steps`` cached steps, each fed the latent PyTorch
-    sampled (the ONNX side keeps its own cache), and at every step the ONNX flow loop from the
-    same noise → (differences, prefix positions)."""
+    ``prompt`` [P, D] (normalised) on an empty cache, then ``steps`` cached steps, each fed the
+    latent PyTorch sampled (the ONNX side keeps its own cache), and at every step the ONNX flow
+    loop from the same noise → (differences, prefix positions)."""
     from speechkit.runtime.session import cpu_session
+    from speechkit.runtime.tts import ArTransformer
 
-    pre, step, flow = (cpu_session(out_dir / name) for name in GRAPHS)
+    ar, flow = ArTransformer(out_dir, LATENT), cpu_session(out_dir / FLOW_FILE)
     g = torch.Generator().manual_seed(opts.seed)
     diffs = _Diffs()
     kinds, ids, lat = model.prefix(phones, prompt)
     hs, cache = model.run(model.embed(kinds, ids, lat))
     h = hs[:, -1]
-    got_h, got_stop, got_cache = pre.run(None, {"kinds": kinds.numpy(), "phones": ids.numpy(), "latents": lat.numpy()})
+    got_h, got_stop, got_cache = ar.prefix({"kinds": kinds.numpy(), "phones": ids.numpy(), "latents": lat.numpy()})
     diffs.add("cache", got_cache, _stack(cache))
     for _ in range(steps):
         diffs.add("hidden", got_h, h)
@@ -223,7 +290,7 @@ def _compare(model: ClearTTS, out_dir: Path, phones: Tensor, prompt: Tensor, ste
         noise = torch.randn(1, model.cfg.latent_dim, generator=g)
         z = _flow_parity(model.head, flow, h, noise, opts, diffs)
         h, cache = model.step(z, cache)
-        got_h, got_stop, got_cache = step.run(None, {"latent": z.numpy(), "cache": got_cache})
+        got_h, got_stop, got_cache = ar.step(z.numpy(), got_cache)
     diffs.add("hidden", got_h, h)
     diffs.add("stop_logit", got_stop, model.stop(h)[:, 0])
     diffs.add("cache", got_cache, _stack(cache))
@@ -276,11 +343,39 @@ def _copy_codec(codec_dir: Path, out: Path) -> None:
             shutil.copy(codec_dir / name, out / name)
 
 
-def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: bool = False) -> dict:
-    """A CLEAR experiment → ``out_dir`` (the three graphs, phones.txt, codec/, export.json), checked
-    against PyTorch on ``check_text`` with a fixed random prompt; with ``int8`` the graphs store
-    their MatMul weights as int8 (float32 arithmetic), checked again and reported."""
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pick_codec(exp_dir: Path, recorded: str, codec_dir: str | Path | None) -> Path:
+    """The codec the export checks with and ships: the experiment's (``EXP/codec`` or the recorded
+    path), or ``codec_dir``, which must hold the same encoder and decoder files whenever the
+    experiment's is on this machine (other latents would not fit the model)."""
     from speechkit.inference.tts import resolve_codec
+
+    if codec_dir is None:
+        return resolve_codec(exp_dir, recorded)
+    codec_dir = Path(codec_dir)
+    if not (codec_dir / "decoder.onnx").is_file():
+        raise SpeechkitError(f"{codec_dir}: no exported codec there (no decoder.onnx)")
+    try:
+        trained = resolve_codec(exp_dir, recorded)
+    except SpeechkitError:
+        return codec_dir  # the training codec is not here to compare: --codec-dir says which it was
+    if any(_digest(trained / n) != _digest(codec_dir / n) for n in ("encoder.onnx", "decoder.onnx")):
+        raise SpeechkitError(f"{codec_dir}: not the codec {exp_dir} was trained on ({trained}); "
+                             f"its latents would not fit the model")
+    return codec_dir
+
+
+def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: bool = False,
+               codec_dir: str | Path | None = None) -> dict:
+    """A CLEAR experiment → ``out_dir`` (ar_step.onnx, flow.onnx, phones.txt, export.json and
+    the codec), checked against PyTorch on ``check_text`` with a fixed random prompt; with
+    ``int8`` the graphs store their MatMul weights as int8 (float32 arithmetic), checked again
+    and reported. The codec is copied into ``out_dir/codec`` (a dir that runs anywhere on its
+    own), or with ``codec_dir`` referenced: export.json's ``codec`` names it relative to
+    ``out_dir`` (a model shipped beside the codec it shares with others)."""
     from speechkit.models.tts.io import load_tts
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
@@ -289,7 +384,8 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
     model, symbols, recorded = load_tts(exp_dir, "cpu")
     model = model.float().eval()
     cfg = model.cfg
-    codec_dir = resolve_codec(exp_dir, recorded)
+    referenced = codec_dir is not None
+    codec_dir = _pick_codec(exp_dir, recorded, codec_dir)
     codec = CodecRuntime(codec_dir)
     if codec.kind != "vae" or codec.latent_dim != cfg.latent_dim:
         raise SpeechkitError(f"{codec_dir}: a {codec.kind} codec of {codec.latent_dim}-dim latents; "
@@ -304,6 +400,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "export.json").unlink(missing_ok=True)  # written last: a dir with it is a finished export
+    (out_dir / LEGACY_PREFIX_FILE).unlink(missing_ok=True)  # an older export's second transformer
     try:
         write_graphs(model, out_dir)
         report = check_parity(model, out_dir, phones, prompt)
@@ -317,17 +414,24 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
             (out_dir / name).unlink(missing_ok=True)
         raise
     vocab.save(out_dir / "phones.txt")
-    _copy_codec(codec_dir, out_dir / "codec")
+    if referenced:
+        codec_entry = Path(os.path.relpath(codec_dir.resolve(), out_dir.resolve())).as_posix()
+    else:
+        _copy_codec(codec_dir, out_dir / "codec")
+        codec_entry = "codec"
     sizes = {name: round((out_dir / name).stat().st_size / 1e6, 3) for name in GRAPHS}
-    codec_mb = sum(f.stat().st_size for f in (out_dir / "codec").glob("*.onnx")) / 1e6
-    info = {"model_family": FAMILY, "exp_dir": str(exp_dir), "codec_source": str(codec_dir), "sample_rate": codec.sample_rate,
+    graphs_mb = round(sum(sizes.values()), 3)
+    codec_mb = round(sum(f.stat().st_size for f in (out_dir / codec_entry).glob("*.onnx")) / 1e6, 3)
+    info = {"model_family": FAMILY, "exp_dir": str(exp_dir), "codec": codec_entry, "codec_source": str(codec_dir),
+            "sample_rate": codec.sample_rate,
             "frame_rate": cfg.frame_rate, "latent_dim": cfg.latent_dim, "flow_objective": cfg.flow.objective, "config": to_dict(cfg),
             "kinds": {"phone": PHONE, "sep": SEP, "prompt": PROMPT, "bos": BOS, "latent": LATENT},
             "stop_threshold": STOP_THRESHOLD,
             "latent_mean": model.latent_mean.tolist(), "latent_std": model.latent_std.tolist(), "int8": int8,
             "check_text": check_text, "parity": report, **({"int8_check": int8_report} if int8_report else {}),
-            "sizes_mb": sizes, "fp32_sizes_mb": fp32_mb, "graphs_mb": round(sum(sizes.values()), 3),
-            "size_mb": round(sum(sizes.values()) + codec_mb, 2)}
+            "sizes_mb": sizes, "fp32_sizes_mb": fp32_mb, "graphs_mb": graphs_mb,
+            "size_mb": round(graphs_mb, 2),  # the ONNX files in out_dir itself
+            "codec_mb": codec_mb, "total_mb": round(graphs_mb + codec_mb, 2)}  # with the codec, copied or referenced
     tmp = out_dir / "export.json.tmp"
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     tmp.replace(out_dir / "export.json")

@@ -1,8 +1,8 @@
 """CLEAR text-to-speech on an exported model dir (:mod:`speechkit.export.tts`), no torch: the
-generation loop of ``ClearTTS.generate`` around three ONNX graphs — the prefix once, then per
-latent a stop check, the flow head's steps (guided Euler steps of a rectified flow, or one or two
-mean-flow steps) and one cached transformer step — with the codec's streaming decoder turning
-every ``chunk_frames`` latents into audio.
+generation loop of ``ClearTTS.generate`` around two ONNX graphs — the transformer over the prefix
+once (one call on an empty cache), then per latent a stop check, the flow head's steps (guided
+Euler steps of a rectified flow, or one or two mean-flow steps) and one cached transformer call on
+that latent — with the codec's streaming decoder turning every ``chunk_frames`` latents into audio.
 
     tts = Synthesizer("models/tts-clear-synth")
     audio = tts.synthesize("hello there", prompt="prompt.wav")
@@ -27,7 +27,10 @@ from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.session import cpu_session
 
 FAMILY = "tts-clear"
-GRAPHS = ("ar_prefix.onnx", "ar_step.onnx", "flow.onnx")
+STEP_FILE, FLOW_FILE, LEGACY_PREFIX_FILE = "ar_step.onnx", "flow.onnx", "ar_prefix.onnx"
+GRAPHS = (STEP_FILE, FLOW_FILE)
+STEP_INPUTS = ["kinds", "phones", "latents", "cache"]  # ar_step.onnx: a block of positions after a cache
+LEGACY_STEP_INPUTS = ["latent", "cache"]  # exports before the single graph: one latent (the prefix had its own graph)
 FLOW_STEPS = {"rectified": 10, "meanflow": 1}  # flow-head steps per latent when the options leave them to the model
 FLOW_INPUTS = {"rectified": ["x", "t", "c", "cfg_scale"], "meanflow": ["x", "r", "t", "c"]}  # flow.onnx's inputs
 
@@ -72,6 +75,66 @@ def decode_chunks(codec: CodecRuntime, latents: Iterable[np.ndarray], chunk_fram
         yield dec.decode(np.stack(buf, axis=1))
 
 
+def model_codec(model_dir: Path, info: dict, codec_dir: str | Path | None = None) -> Path:
+    """The codec of an exported model: ``codec_dir`` when given, else export.json's ``codec``, a
+    path relative to the model dir (``"codec"``, copied in: the default and every older export; or
+    a codec shipped beside the model, such as ``"../codec-vae-synth"``)."""
+    from speechkit.runtime.vc import resolve
+
+    if codec_dir:
+        return resolve(codec_dir, "codec", "codec_dir")
+    path = model_dir / info.get("codec", "codec")
+    if not (path / "decoder.onnx").is_file():
+        raise SpeechkitError(f"{path}: no exported codec there (export.json's codec is relative to {model_dir}: "
+                             f"keep the model beside its codec, or pass codec_dir)")
+    return path
+
+
+class ArTransformer:
+    """The exported transformer. B: batch (1 here), T: new positions, D: latent dim, d: model dim,
+    L: layers, H: heads, hd: head dim; caches are (L, 2, B, H, T_cache, hd), keys and values.
+
+    ``ar_step.onnx`` takes a block of T ≥ 1 positions (kinds, phones (B, T), latents (B, T, D))
+    after the cache of the earlier ones → the last position's hidden (B, d), stop_logit (B,) and
+    the cache T positions longer. The prefix is one call on an empty cache, a latent one call with
+    T = 1. Exports from before the single graph (``ar_prefix.onnx`` + an ``ar_step.onnx`` of one
+    latent) run their two graphs."""
+
+    def __init__(self, model_dir: Path, latent_kind: int, num_threads: int = 1):
+        self.graph = cpu_session(model_dir / STEP_FILE, num_threads)
+        inputs = [i.name for i in self.graph.get_inputs()]
+        self.legacy_prefix = None
+        if inputs == LEGACY_STEP_INPUTS:
+            if not (model_dir / LEGACY_PREFIX_FILE).is_file():
+                raise SpeechkitError(f"{model_dir / LEGACY_PREFIX_FILE}: no such file (an incomplete export)")
+            self.legacy_prefix = cpu_session(model_dir / LEGACY_PREFIX_FILE, num_threads)
+        elif inputs != STEP_INPUTS:
+            raise SpeechkitError(f"{model_dir / STEP_FILE}: inputs {inputs} are not a CLEAR transformer's (re-export the model)")
+        layers, _, _, heads, _, hd = self.graph.get_inputs()[-1].shape
+        self.empty = np.zeros((layers, 2, 1, heads, 0, hd), np.float32)
+        self.latent_kind, self.no_phone = np.full((1, 1), latent_kind, np.int64), np.zeros((1, 1), np.int64)
+
+    def prefix(self, positions: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``positions`` (kinds, phones, latents: the whole prefix) on an empty cache → [hidden, stop_logit, cache]."""
+        if self.legacy_prefix is not None:
+            return self.legacy_prefix.run(None, positions)
+        return self.graph.run(None, {**positions, "cache": self.empty})
+
+    def block(self, positions: dict[str, np.ndarray], cache: np.ndarray) -> list[np.ndarray]:
+        """Any block of positions after ``cache`` → [hidden, stop_logit, cache]. The text encoder
+        sees this block alone: it holds none of the phonemes, or all of them and starts the
+        utterance (phonemes first, ``cache`` empty: ``self.empty``)."""
+        if self.legacy_prefix is not None:
+            raise SpeechkitError("this export's transformer takes one latent at a time (re-export the model for blocks)")
+        return self.graph.run(None, {**positions, "cache": cache})
+
+    def step(self, z: np.ndarray, cache: np.ndarray) -> list[np.ndarray]:
+        """One generated latent z (1, D), normalised, after ``cache`` → [hidden, stop_logit, cache]."""
+        if self.legacy_prefix is not None:
+            return self.graph.run(None, {"latent": z, "cache": cache})
+        return self.graph.run(None, {"kinds": self.latent_kind, "phones": self.no_phone, "latents": z[:, None], "cache": cache})
+
+
 class LatentSynthesizer:
     """Audio from a ``latents(text, prompt, opts)`` generator through ``self.codec``: streamed in
     chunks or whole. The ONNX :class:`Synthesizer` and the torch ``TorchSynthesizer`` share it."""
@@ -92,7 +155,8 @@ class LatentSynthesizer:
 
 
 class Synthesizer(LatentSynthesizer):
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, codec_dir: str | Path | None = None):
+        """``codec_dir``: the codec to use instead of the one export.json names."""
         from speechkit.text.phonemes import PhonemeVocab
 
         model_dir = Path(model_dir)
@@ -105,17 +169,19 @@ class Synthesizer(LatentSynthesizer):
         for name in GRAPHS:
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: no such file (an incomplete export)")
-        self.prefix, self.step, self.flow = (cpu_session(model_dir / name, num_threads) for name in GRAPHS)
+        self.ar = ArTransformer(model_dir, int(info["kinds"]["latent"]), num_threads)
+        self.flow = cpu_session(model_dir / FLOW_FILE, num_threads)
         self.objective = info.get("flow_objective", "rectified")  # exports before mean flow had a rectified head
         inputs = [i.name for i in self.flow.get_inputs()]
         if FLOW_INPUTS.get(self.objective) != inputs:
             raise SpeechkitError(f"{model_dir / 'flow.onnx'}: inputs {inputs} do not fit a {self.objective!r} flow head "
                                  f"(export.json's flow_objective)")
-        self.codec = CodecRuntime(model_dir / "codec", num_threads)
+        codec_dir = model_codec(model_dir, info, codec_dir)
+        self.codec = CodecRuntime(codec_dir, num_threads)
         self.vocab = PhonemeVocab.load(model_dir / "phones.txt")
         self.latent_dim, self.frame_rate = int(info["latent_dim"]), float(info["frame_rate"])
         if self.codec.latent_dim != self.latent_dim:
-            raise SpeechkitError(f"{model_dir}/codec: {self.codec.latent_dim}-dim latents, the model's are {self.latent_dim}-dim")
+            raise SpeechkitError(f"{codec_dir}: {self.codec.latent_dim}-dim latents, the model's are {self.latent_dim}-dim")
         self.mean = np.asarray(info["latent_mean"], np.float32)
         self.std = np.asarray(info["latent_std"], np.float32)
         self.kinds = info["kinds"]
@@ -125,7 +191,7 @@ class Synthesizer(LatentSynthesizer):
         self.device_name = "cpu"
 
     def prefix_inputs(self, ids: list[int], prompt: np.ndarray) -> dict[str, np.ndarray]:
-        """``[phonemes] [sep] [prompt] [bos]`` as the prefix graph's inputs (as ``ClearTTS.prefix``);
+        """``[phonemes] [sep] [prompt] [bos]`` as the transformer's inputs (as ``ClearTTS.prefix``);
         ``prompt`` (P, D) normalised."""
         k, tp, p = self.kinds, len(ids), len(prompt)
         kinds = np.array([k["phone"]] * tp + [k["sep"]] + [k["prompt"]] * p + [k["bos"]], np.int64)
@@ -159,10 +225,10 @@ class Synthesizer(LatentSynthesizer):
         ids = phoneme_ids(self.vocab, text)
         z_prompt = (prompt_latents(self.codec, prompt, opts.prompt_seconds) - self.mean) / self.std
         rng = np.random.default_rng(opts.seed)
-        h, stop, cache = self.prefix.run(None, self.prefix_inputs(ids, z_prompt.astype(np.float32)))
+        h, stop, cache = self.ar.prefix(self.prefix_inputs(ids, z_prompt.astype(np.float32)))
         for _ in range(max_frames(len(ids), self.frame_rate)):
             if float(stop[0]) > self.stop_logit:
                 return
             z = self.sample(h, rng.standard_normal((1, self.latent_dim), dtype=np.float32), opts)
             yield z[0] * self.std + self.mean
-            h, stop, cache = self.step.run(None, {"latent": z, "cache": cache})
+            h, stop, cache = self.ar.step(z, cache)

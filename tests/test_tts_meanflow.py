@@ -323,7 +323,7 @@ def test_runtime_mean_flow_steps_equal_the_torch_loop(exported, steps):
 
 def test_the_torch_synthesiser_takes_the_objectives_default_steps(exported):
     from speechkit.inference.tts import TorchSynthesizer
-    from speechkit.runtime.tts import flow_steps
+    from speechkit.decoding.tts_options import flow_steps
 
     assert flow_steps("rectified", None) == 10 and flow_steps("meanflow", None) == 1 and flow_steps("meanflow", 3) == 3
     with pytest.raises(SpeechkitError, match="at least 1"):

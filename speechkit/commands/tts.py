@@ -25,7 +25,8 @@ def _add_synth_options(p: argparse.ArgumentParser) -> None:
     from speechkit.decoding.tts_options import SynthOptions
 
     d = SynthOptions()
-    p.add_argument("--steps", type=int, default=d.steps, help=f"flow-head Euler steps per latent (default {d.steps})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="flow-head steps per latent (default: the model's, 10 for a rectified-flow head, 1 for mean flow)")
     p.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=d.cfg_scale, help=f"classifier-free guidance, 1 = off (default {d.cfg_scale})")
     p.add_argument("--temperature", type=float, default=d.temperature, help=f"scale of the flow's starting noise (default {d.temperature})")
     p.add_argument("--chunk-frames", dest="chunk_frames", type=int, default=d.chunk_frames, help=f"latents per streamed audio chunk (default {d.chunk_frames})")

@@ -15,6 +15,7 @@ from speechkit.audio.vad import GateConfig
 from speechkit.errors import SpeechkitError
 from speechkit.text.phonemes import SENTENCE_END, clause_texts, text_to_phonemes
 
+FLOW_STEPS = {"rectified": 10, "meanflow": 1}  # flow-head steps per latent when the options leave them to the model
 STOP_THRESHOLD = 0.5  # generation ends before a latent once sigmoid(stop logit) exceeds this
 # The synthetic corpus's sentences (5-20 words) have 19-159 phoneme symbols (median 71): a piece
 # of a long text stays within the lengths the model was trained on.
@@ -23,9 +24,17 @@ MIN_PROMPT_SECONDS = 0.5  # less holds too little of a voice to clone
 SILENT_PROMPT_DB = GateConfig().silence_db  # a prompt whose RMS is below this (dB full scale) is silence
 
 
+def flow_steps(objective: str, steps: int | None) -> int:
+    """Flow-head steps per latent: ``steps`` as asked, or the objective's default when None."""
+    n = FLOW_STEPS[objective] if steps is None else int(steps)
+    if n < 1:
+        raise SpeechkitError(f"steps must be at least 1, got {n}")
+    return n
+
+
 @dataclass(frozen=True)
 class SynthOptions:
-    steps: int = 10  # Euler steps of the flow head per latent
+    steps: int | None = None  # flow-head steps per latent (None: the head's default, FLOW_STEPS)
     cfg_scale: float = 1.5  # classifier-free guidance (1 = none)
     temperature: float = 0.8  # scale of the starting noise
     chunk_frames: int = 4  # latents per streamed audio chunk (160 ms at 25 Hz)

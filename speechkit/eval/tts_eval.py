@@ -202,7 +202,7 @@ def evaluate_tts(model: str | Path, data_dir: str | Path, out_dir: str | Path, o
 
 def summary_lines(r: dict) -> list[str]:
     lines = [f"{r['data']}: {r['utterances']} utterances, zero-shot prompts (another utterance of the same speaker); "
-             f"{r['options']['steps']} flow steps, guidance {r['options']['cfg_scale']}"]
+             f"{r['options']['steps'] or 'default'} flow steps, guidance {r['options']['cfg_scale']}"]
     t = r.get("timing")
     if t:
         lines.append(f"  speed ({t.get('device')}, {t.get('threads')} thread(s)): RTF median {t['rtf_median']}, "

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechkit.config import to_dict
-from speechkit.decoding.tts_options import STOP_THRESHOLD, SynthOptions
+from speechkit.decoding.tts_options import FLOW_STEPS, STOP_THRESHOLD, SynthOptions
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.tts.clear import BOS, LATENT, PHONE, PROMPT, SEP, Block, ClearTTS
@@ -223,7 +223,7 @@ def _guided_velocity(head: FlowHead, x: Tensor, t: Tensor, c: Tensor, w: float) 
 
 def parity_options(head: FlowHead) -> SynthOptions:
     """The synthesis options of the check: the defaults, with ``PARITY_MEANFLOW_STEPS`` for a mean-flow head."""
-    return SynthOptions() if head.objective == "rectified" else replace(SynthOptions(), steps=PARITY_MEANFLOW_STEPS)
+    return replace(SynthOptions(), steps=FLOW_STEPS["rectified"] if head.objective == "rectified" else PARITY_MEANFLOW_STEPS)
 
 
 class _Diffs:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechkit.decoding.tts_options import SynthOptions
+from speechkit.decoding.tts_options import SynthOptions, flow_steps
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.tts import LatentSynthesizer, flow_steps, phoneme_ids, prompt_latents
+from speechkit.runtime.tts import LatentSynthesizer, phoneme_ids, prompt_latents
 
 log = logging.getLogger(__name__)
 

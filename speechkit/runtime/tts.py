@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechkit.decoding.tts_options import SynthOptions, max_frames, read_prompt
+from speechkit.decoding.tts_options import SynthOptions, flow_steps, max_frames, read_prompt
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.session import cpu_session
@@ -31,16 +31,7 @@ STEP_FILE, FLOW_FILE, LEGACY_PREFIX_FILE = "ar_step.onnx", "flow.onnx", "ar_pref
 GRAPHS = (STEP_FILE, FLOW_FILE)
 STEP_INPUTS = ["kinds", "phones", "latents", "cache"]  # ar_step.onnx: a block of positions after a cache
 LEGACY_STEP_INPUTS = ["latent", "cache"]  # exports before the single graph: one latent (the prefix had its own graph)
-FLOW_STEPS = {"rectified": 10, "meanflow": 1}  # flow-head steps per latent when the options leave them to the model
 FLOW_INPUTS = {"rectified": ["x", "t", "c", "cfg_scale"], "meanflow": ["x", "r", "t", "c"]}  # flow.onnx's inputs
-
-
-def flow_steps(objective: str, steps: int | None) -> int:
-    """Flow-head steps per latent: ``steps`` as asked, or the objective's default when None."""
-    n = FLOW_STEPS[objective] if steps is None else int(steps)
-    if n < 1:
-        raise SpeechkitError(f"steps must be at least 1, got {n}")
-    return n
 
 
 def phoneme_ids(vocab, text: str) -> list[int]:

@@ -202,6 +202,26 @@ def test_stream_equals_synthesize_and_seeds(built):
     assert other.shape == whole.shape and np.abs(other - whole).max() > 1e-3
 
 
+def test_long_text_is_spoken_piece_by_piece(built):
+    """Text of several sentences is synthesised one sentence-sized piece after another in the same
+    voice (piece i with seed + i), streamed through one decoder; the stream equals the whole."""
+    from dataclasses import replace
+
+    from speechkit.decoding.tts_options import split_text
+    from speechkit.runtime.tts import Synthesizer
+
+    _, _, out, prompt = built
+    tts = Synthesizer(out, num_threads=1)
+    text = "Hi. Hello there! Hi."
+    pieces = split_text(text)
+    assert pieces == ["Hi.", "Hello there!", "Hi."]
+    want = np.concatenate([np.stack(list(tts.latents(p, prompt, replace(FAST, seed=FAST.seed + i)))) for i, p in enumerate(pieces)])
+    got = np.stack(list(tts.text_latents(text, prompt, FAST)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.concatenate(list(tts.stream(text, prompt, FAST))), tts.synthesize(text, prompt, FAST), atol=1e-5)
+    assert len(tts.synthesize(text, prompt, FAST)) == len(want) * 640
+
+
 def test_stop_head_that_fires_at_once_gives_no_audio(built, tmp_path, run_cli):
     from speechkit.export.tts import export_tts
     from speechkit.runtime.tts import Synthesizer

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from speechkit.decoding.tts_options import SynthOptions, flow_steps, max_frames, read_prompt
+from speechkit.decoding.tts_options import SynthOptions, flow_steps, iter_pieces, max_frames, read_prompt
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.session import cpu_session
@@ -135,13 +136,23 @@ class LatentSynthesizer:
     def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def text_latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
+        """The latents of any length of text: its sentence-sized pieces (:func:`iter_pieces`, at
+        most ``PIECE_PHONEMES`` phoneme symbols each, the lengths the model was trained on) one
+        after another in the prompt's voice, piece i drawing its noise from ``seed + i``. Memory
+        and the time to the first latent do not grow with the text; a text of one piece gives
+        exactly ``latents(text, ...)``."""
+        samples = read_prompt(prompt, self.codec.sample_rate)  # read once for every piece
+        for i, piece in enumerate(iter_pieces(text)):
+            yield from self.latents(piece, samples, replace(opts, seed=opts.seed + i))
+
     def stream(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
         """Audio chunks (float32 mono at ``sample_rate``), one per ``chunk_frames`` latents."""
-        yield from decode_chunks(self.codec, self.latents(text, prompt, opts), opts.chunk_frames)
+        yield from decode_chunks(self.codec, self.text_latents(text, prompt, opts), opts.chunk_frames)
 
     def synthesize(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> np.ndarray:
-        """The whole utterance: every latent first, then one decoder call (what the stream must equal)."""
-        z = list(self.latents(text, prompt, opts))
+        """The whole text: every latent first, then one decoder call (what the stream must equal)."""
+        z = list(self.text_latents(text, prompt, opts))
         return self.codec.decode(np.stack(z, axis=1)) if z else np.zeros(0, np.float32)
 
 

@@ -220,6 +220,25 @@ def test_long_text_is_spoken_piece_by_piece(built):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(np.concatenate(list(tts.stream(text, prompt, FAST))), tts.synthesize(text, prompt, FAST), atol=1e-5)
     assert len(tts.synthesize(text, prompt, FAST)) == len(want) * 640
+    assert len(tts._prompt_cache) == 1  # one voice, encoded once for every piece and call
+
+
+def test_prompt_latents_are_cached_by_the_samples(built):
+    from speechkit.runtime.tts import Synthesizer, prompt_latents
+
+    _, _, out, prompt = built
+    tts = Synthesizer(out, num_threads=1)
+    calls = []
+    encode = tts.codec.encode
+    tts.codec.encode = lambda x: calls.append(len(x)) or encode(x)
+    samples = sf.read(prompt, dtype="float32")[0]
+    first = tts.prompt_latents(prompt, 1.0)
+    np.testing.assert_array_equal(first, prompt_latents(tts.codec, samples, 1.0))
+    assert len(calls) == 2  # the cached call and the reference
+    np.testing.assert_array_equal(tts.prompt_latents(samples, 1.0), first)  # a path or its samples: one entry
+    assert len(calls) == 2
+    tts.prompt_latents(samples[::-1].copy(), 1.0)  # another voice
+    assert len(calls) == 3 and len(tts._prompt_cache) == 2
 
 
 def test_stop_head_that_fires_at_once_gives_no_audio(built, tmp_path, run_cli):

@@ -89,7 +89,7 @@ class TorchSynthesizer(LatentSynthesizer):
         (a mean-flow head's guidance is trained in)."""
         g = torch.Generator(device=self.device).manual_seed(opts.seed)
         ids = torch.tensor(phoneme_ids(self.vocab, text), dtype=torch.long)
-        prompt_z = torch.from_numpy(prompt_latents(self.codec, prompt, opts.prompt_seconds))
+        prompt_z = torch.from_numpy(self.prompt_latents(prompt, opts.prompt_seconds))
         generate = self.generator.generate if self.generator is not None else self.model.generate
         for z in generate(ids, prompt_z, steps=self.steps(opts), cfg_scale=opts.cfg_scale, temperature=opts.temperature, generator=g):
             yield z.float().cpu().numpy()

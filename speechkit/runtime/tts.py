@@ -15,7 +15,9 @@ but not the same audio as the torch synthesiser, whose noise is torch's.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -132,6 +134,21 @@ class LatentSynthesizer:
     chunks or whole. The ONNX :class:`Synthesizer` and the torch ``TorchSynthesizer`` share it."""
 
     codec: CodecRuntime
+    PROMPT_CACHE = 16  # prompts whose latents are kept: a voice used again skips the codec encoder
+
+    def prompt_latents(self, prompt, seconds: float) -> np.ndarray:
+        """:func:`prompt_latents` through a small cache keyed by the prompt's samples (a server or
+        a long text that speaks in the same voice again encodes it once)."""
+        x = read_prompt(prompt, self.codec.sample_rate)[: int(seconds * self.codec.sample_rate)]
+        key = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
+        cache: OrderedDict = self.__dict__.setdefault("_prompt_cache", OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = prompt_latents(self.codec, x, seconds)
+            if len(cache) > self.PROMPT_CACHE:
+                cache.popitem(last=False)
+        return cache[key]
 
     def latents(self, text: str, prompt, opts: SynthOptions = SynthOptions()) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -225,7 +242,7 @@ class Synthesizer(LatentSynthesizer):
         """Generated latents (D,), denormalised for the codec, one by one until the stop head
         fires or the length limit."""
         ids = phoneme_ids(self.vocab, text)
-        z_prompt = (prompt_latents(self.codec, prompt, opts.prompt_seconds) - self.mean) / self.std
+        z_prompt = (self.prompt_latents(prompt, opts.prompt_seconds) - self.mean) / self.std
         rng = np.random.default_rng(opts.seed)
         h, stop, cache = self.ar.prefix(self.prefix_inputs(ids, z_prompt.astype(np.float32)))
         for _ in range(max_frames(len(ids), self.frame_rate)):

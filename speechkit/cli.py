@@ -208,11 +208,13 @@ def _serve(args: argparse.Namespace) -> None:
     from speechkit.serve.server import run_server
 
     try:
-        limits = Limits(args.max_frame_bytes, args.max_stream_seconds, args.idle_timeout, args.max_connections)
+        limits = Limits(args.max_frame_bytes, args.max_stream_seconds, args.idle_timeout, args.max_connections,
+                        args.max_text_chars)
     except ValueError as e:
         raise SpeechkitError(str(e)) from None
     run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
-               att_context=_context(args.att_context), vc_dir=args.vc, references=args.references)
+               att_context=_context(args.att_context), vc_dir=args.vc, references=args.references, tts_dir=args.tts,
+               prompts=args.prompts)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -361,15 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
     st.set_defaults(func=_stream)
 
-    sv = sub.add_parser("serve", help="WebSocket streaming recognition / voice-conversion server + browser demo page (protocol: docs/serve.md)",
+    sv = sub.add_parser("serve", help="WebSocket streaming recognition / voice-conversion / TTS server + browser demo page (protocol: docs/serve.md)",
                         description="Serve a streaming model: the browser demo page at http://HOST:PORT/ and recognition over "
-                                    "a WebSocket at ws://HOST:PORT/asr, voice conversion at ws://HOST:PORT/vc "
-                                    "(protocol, close codes and limits: docs/serve.md).")
+                                    "a WebSocket at ws://HOST:PORT/asr, voice conversion at ws://HOST:PORT/vc, speech "
+                                    "synthesis at ws://HOST:PORT/tts (protocol, close codes and limits: docs/serve.md).")
     sv.add_argument("model_dir", help="exported streaming ASR model dir (e.g. models/asr-stream-synth), or an exported "
-                                      "voice-conversion dir (then /vc alone)")
+                                      "voice-conversion dir (then /vc alone), or an exported CLEAR TTS dir (then /tts alone)")
     sv.add_argument("--vc", default=None, metavar="VC_MODEL", help="also serve this exported voice-conversion dir at /vc")
     sv.add_argument("--references", default=None, metavar="DIR",
                     help="/vc: preset target voices, one .wav each, named by the file (default: VC_MODEL/references/, if any)")
+    sv.add_argument("--tts", default=None, metavar="TTS_MODEL", help="also serve this exported CLEAR TTS dir at /tts")
+    sv.add_argument("--prompts", default=None, metavar="DIR",
+                    help="/tts: preset prompt voices, one .wav each, named by the file (default: TTS_MODEL/prompts/, if any)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     sv.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the batched model calls (default 1)")
@@ -378,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-frame-bytes", type=int, default=256 * 1024, help="larger audio frames are closed with 1009 (default 262144)")
     sv.add_argument("--max-stream-seconds", type=float, default=600.0, help="longer streams are decoded to the limit, then closed with 4002 (default 600)")
     sv.add_argument("--idle-timeout", type=float, default=10.0, help="seconds without a message before closing with 4001 (default 10)")
+    sv.add_argument("--max-text-chars", type=int, default=5000, help="/tts: a longer text message is closed with 4000 (default 5000)")
     sv.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     sv.set_defaults(func=_serve)
 

@@ -295,3 +295,73 @@ def test_browser_page_converts_the_fake_microphone_into_an_uploaded_voice(tmp_pa
     assert abs(out - seconds) <= 0.08 and float(said[0]) == round(out, 3) and float(said[1]) == round(seconds, 3), report
     assert re.fullmatch(r"\d+ ms", first) and 0 < float(first_ms) < 10_000, report
     assert replay.startswith("blob:"), report
+
+
+def test_browser_page_speaks_typed_text_in_a_chosen_prompt_voice(tmp_path):
+    """TTS mode of the same page, served by `speechkit serve TTS_MODEL` (a tiny random CLEAR with
+    two preset prompt voices, see tests/test_serve_tts.py): the second preset is chosen, text is
+    typed into the box and Speak clicked; speech frames come back and are scheduled for playback
+    as they arrive, and they are exactly what the runtime makes of the same text, prompt and seed;
+    the page shows the duration and the first-audio time."""
+    import pytest
+    from selenium.webdriver.common.by import By
+
+    from speechkit.runtime.tts import Synthesizer
+    from test_serve_tts import export_tiny_tts, runtime_frames
+
+    problem = browser_problem()
+    if problem:
+        pytest.fail(problem)
+    tts_dir = export_tiny_tts(tmp_path)
+    text = "Hello there. How are you?"
+    want = runtime_frames(Synthesizer(tts_dir), [text], str(tts_dir / "prompts" / "gb.wav"), 0)
+    want_samples = sum(len(f) for f in want) // 2
+
+    with served(tts_dir, log=tmp_path / "serve.log") as port, chromium(tts_dir / "prompts" / "f3.wav") as driver:
+        driver.get(f"http://127.0.0.1:{port}/")
+        deadline = time.monotonic() + 10  # /health read: a TTS-only server opens the page in TTS mode
+        while driver.execute_script("return document.body.dataset.mode") != "tts" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [driver.find_element(By.ID, f"mode-{m}").get_attribute("disabled") is not None for m in ("asr", "vc")] == [True, True]
+        prompts = driver.find_element(By.ID, "tts-prompt")
+        assert [o.get_attribute("value") for o in prompts.find_elements(By.TAG_NAME, "option")] == ["f3", "gb", "upload"]
+        prompts.find_element(By.CSS_SELECTOR, 'option[value="gb"]').click()
+        box = driver.find_element(By.ID, "tts-text")
+        box.clear()
+        box.send_keys(text)
+        start = driver.find_element(By.ID, "start")
+        assert start.text == "Speak" and not driver.find_element(By.ID, "clock").is_displayed()  # no microphone here
+        start.click()
+        state = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = driver.execute_script("return document.body.dataset.state")
+            if state in ("done", "error"):
+                break
+            time.sleep(0.05)
+        received = driver.find_element(By.ID, "tts-received")
+        frames, samples, scheduled = (int(received.get_attribute(f"data-{k}")) for k in ("frames", "samples", "scheduled"))
+        first_el = driver.find_element(By.ID, "tts-first-audio")
+        first, first_ms = first_el.text, first_el.get_attribute("data-ms")
+        summary = driver.find_element(By.ID, "tts-summary")
+        said = (summary.get_attribute("data-audio-seconds"), summary.get_attribute("data-first-audio-ms"))
+        player = driver.execute_script("return window.speechkitPlayer && window.speechkitPlayer.state")
+        replay = driver.find_element(By.ID, "tts-audio").get_attribute("src")
+        heard = driver.execute_async_script(  # the replay wav's samples: what was played, frame after frame
+            "const done = arguments[arguments.length - 1];"
+            "fetch(document.getElementById('tts-audio').src).then((r) => r.arrayBuffer())"
+            ".then((b) => done(Array.from(new Int16Array(b, 44))), (e) => done(String(e)));") if state == "done" else []
+        status = driver.find_element(By.ID, "status-text").text
+        console = [e.get("message", "") for e in driver.get_log("browser")]
+
+    report = (f"state={state!r} status={status!r} frames={frames} (runtime {len(want)}) samples={samples} (runtime "
+              f"{want_samples}) done={said!r} first={first!r} player={player!r} console={console[-5:]!r}")
+    print(report)
+    assert state == "done", f"the page did not finish: {report}; server log:\n{(tmp_path / 'serve.log').read_text()[-2000:]}"
+    assert frames == len(want) and samples == want_samples, report  # the runtime's chunks, every one
+    assert scheduled == frames and player == "running", report  # every frame went to the speakers as it came
+    assert float(said[0]) == round(samples / RATE, 3) and 0 < float(said[1]) < 10_000, report
+    assert re.fullmatch(r"\d+ ms", first) and 0 < float(first_ms) < 10_000, report
+    assert replay.startswith("blob:"), report
+    # the chosen voice's speech, sample for sample (the other preset gives other audio: tests/test_serve_tts.py)
+    assert np.array_equal(np.asarray(heard, np.int16), np.frombuffer(b"".join(want), "<i2")), report

@@ -144,7 +144,8 @@ def test_parse_start_of_a_vc_stream():
         ('{"type": "start", "sample_rate": 16000, "reference": "gb", "seed": -1}', "vc", "seed"),
         ('{"type": "start", "sample_rate": 16000, "reference": "gb", "seed": 1.5}', "vc", "seed"),
         ('{"type": "start", "mode": "vc", "sample_rate": 16000, "reference": "gb"}', "asr", "served at /vc"),
-        ('{"type": "start", "mode": "tts", "sample_rate": 16000}', "asr", "one of"),
+        ('{"type": "start", "mode": "tts", "sample_rate": 16000}', "asr", "served at /tts"),
+        ('{"type": "start", "mode": "music", "sample_rate": 16000}', "asr", "one of"),
         ('{"type": "start", "sample_rate": 16000, "reference": "gb"}', "asr", "unknown field 'reference'"),
     ]:
         with pytest.raises(ProtocolError) as e:

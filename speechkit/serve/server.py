@@ -1,11 +1,12 @@
 """`speechkit serve`: the streaming recognizer behind a WebSocket (``/asr``, protocol in
-docs/serve.md), the streaming voice converter behind another (``/vc``), and the browser demo page
-over HTTP, from one asyncio process built on the ``websockets`` library. Limits close only the
-offending connection, with a documented code.
+docs/serve.md), the streaming voice converter behind another (``/vc``), streaming speech synthesis
+behind a third (``/tts``), and the browser demo page over HTTP, from one asyncio process built on
+the ``websockets`` library. Limits close only the offending connection, with a documented code.
 
-``speechkit serve MODEL`` serves what MODEL is: a streaming ASR export (``/asr``) or a MeanVC export
-(``/vc`` alone); ``--vc VC_MODEL`` adds ``/vc`` beside an ASR model, so that one page offers both
-modes. Each endpoint has its own batching engine: the two models share nothing a batch could."""
+``speechkit serve MODEL`` serves what MODEL is: a streaming ASR export (``/asr``), a MeanVC export
+(``/vc`` alone) or a CLEAR export (``/tts`` alone); ``--vc VC_MODEL`` and ``--tts TTS_MODEL`` add
+``/vc`` and ``/tts`` beside it, so that one page offers every mode. Each endpoint has its own
+engine: the models share nothing a batch could."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import mimetypes
 import signal
 import sys
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -25,20 +27,29 @@ from websockets.http11 import Request, Response
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.proc import rss_mb
 from speechkit.runtime.asr import OnlineRecognizer
+from speechkit.runtime.console import model_family
+from speechkit.runtime.tts import FAMILY as TTS_FAMILY
+from speechkit.runtime.tts import Synthesizer
 from speechkit.runtime.vc import CONFIG_FILE as VC_CONFIG
 from speechkit.runtime.vc import SPEAKER_DIR, Target, VoiceConverter
 from speechkit.serve.engine import BatchEngine, Connection
 from speechkit.serve.protocol import (PROTOCOL_VERSION, UPLOAD, Close, Limits, ProtocolError, Start, decode_audio,
-                                      parse_control, parse_start)
+                                      parse_control, parse_start, parse_text)
+from speechkit.serve.tts_engine import TtsConnection, TtsEngine, TtsStats, load_prompts
 from speechkit.serve.vc_engine import VcConnection, VcEngine
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/capture-worklet.js": "capture-worklet.js"}
 REFERENCES_DIR = "references"  # in a VC export: preset target voices, one wav each, named by the file
+PROMPTS_DIR = "prompts"  # in a TTS export: preset prompt voices, one wav each, named by the file
 
 
 def is_vc_model(model_dir: str | Path) -> bool:
     return (Path(model_dir) / VC_CONFIG).is_file()
+
+
+def is_tts_model(model_dir: str | Path) -> bool:
+    return model_family(model_dir) == TTS_FAMILY
 
 
 def load_references(vc: VoiceConverter, folder: Path) -> dict[str, Target]:
@@ -58,23 +69,32 @@ def load_references(vc: VoiceConverter, folder: Path) -> dict[str, Target]:
 
 
 class SpeechServer:
-    """``model_dir``: a streaming ASR export or a MeanVC export (then ``/vc`` alone); ``vc_dir``: a
-    MeanVC export served at ``/vc`` beside the ASR model; ``references``: a folder of preset
-    reference wavs (default: the VC export's ``references/``, if any)."""
+    """``model_dir``: a streaming ASR export, a MeanVC export (then ``/vc`` without ``/asr``) or a
+    CLEAR export (then ``/tts`` without ``/asr``); ``vc_dir``, ``tts_dir``: a MeanVC or CLEAR
+    export served at ``/vc`` or ``/tts`` beside it; ``references``, ``prompts``: folders of preset
+    reference or prompt wavs (default: the export's ``references/`` or ``prompts/``, if any)."""
 
     def __init__(self, model_dir: str | Path, *, vc_dir: str | Path | None = None, references: str | Path | None = None,
-                 limits: Limits = Limits(), num_threads: int = 1, max_batch: int = 64,
-                 att_context: tuple[int, int] | None = None):
+                 tts_dir: str | Path | None = None, prompts: str | Path | None = None, limits: Limits = Limits(),
+                 num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None):
         self.model_dir = str(model_dir)
+        self.rec = None
         if is_vc_model(model_dir):
             if vc_dir is not None:
                 raise SpeechkitError(f"{model_dir} is a voice-conversion model; --vc adds one beside a streaming ASR model")
-            vc_dir, self.rec = model_dir, None
-        elif vc_dir is None and references is not None:
-            raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
+            vc_dir = model_dir
+        elif is_tts_model(model_dir):
+            if tts_dir is not None:
+                raise SpeechkitError(f"{model_dir} is a TTS model; --tts adds one beside a streaming ASR or "
+                                     "voice-conversion model")
+            tts_dir = model_dir
         else:
             # no memory arena: working memory follows the batch size instead of staying at its peak
             self.rec = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
+        if vc_dir is None and references is not None:
+            raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
+        if tts_dir is None and prompts is not None:
+            raise SpeechkitError("--prompts needs a TTS model (MODEL or --tts)")
         self.vc = self.presets = None
         self.vc_dir = None if vc_dir is None else str(vc_dir)
         if vc_dir is not None:
@@ -84,14 +104,21 @@ class SpeechServer:
                                      "reference voices: export it with --speaker-model")
             folder = Path(references) if references is not None else Path(vc_dir) / REFERENCES_DIR
             self.presets = load_references(self.vc, folder) if references is not None or folder.is_dir() else {}
+        self.tts = self.prompts = None
+        self.tts_dir = None if tts_dir is None else str(tts_dir)
+        if tts_dir is not None:
+            self.tts = Synthesizer(tts_dir, num_threads=num_threads)
+            folder = Path(prompts) if prompts is not None else Path(tts_dir) / PROMPTS_DIR
+            self.prompts = load_prompts(folder, self.tts.sample_rate) if prompts is not None or folder.is_dir() else {}
         self.limits, self.max_batch = limits, max_batch
         self.engine: BatchEngine | None = None
         self.vc_engine: VcEngine | None = None
+        self.tts_engine: TtsEngine | None = None
         self.active = 0  # open WebSocket connections, counted at the handshake
 
     @property
     def modes(self) -> list[str]:
-        return [m for m, on in (("asr", self.rec is not None), ("vc", self.vc is not None)) if on]
+        return [m for m, on in (("asr", self.rec is not None), ("vc", self.vc is not None), ("tts", self.tts is not None)) if on]
 
     # --- HTTP ---------------------------------------------------------------------------------
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -113,7 +140,7 @@ class SpeechServer:
 
     def health(self) -> dict:
         """The server's state; the recognizer's figures at the top level (when it serves ``/asr``),
-        the converter's under ``"vc"``."""
+        the converter's under ``"vc"``, the synthesiser's under ``"tts"``."""
         out = {"status": "ok", "model": self.model_dir, "modes": self.modes, "connections": self.active,
                "rss_mb": round(rss_mb(), 1)}
         if self.rec is not None:
@@ -121,6 +148,10 @@ class SpeechServer:
         if self.vc is not None:
             out["vc"] = {"model": self.vc_dir, "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
                          "output_rate": self.vc.sample_rate, "references": sorted(self.presets), **_stats(self.vc_engine)}
+        if self.tts is not None:
+            stats = self.tts_engine.stats if self.tts_engine else TtsStats()
+            out["tts"] = {"model": self.tts_dir, "output_rate": self.tts.sample_rate, "prompts": sorted(self.prompts),
+                          "max_text_chars": self.limits.max_text_chars, **stats.as_dict()}
         return out
 
     @property
@@ -138,17 +169,21 @@ class SpeechServer:
             await ws.close(Close.BUSY, f"server full ({self.limits.max_connections} connections); try again later")
             return
         self.active += 1
-        engine = self.engine if mode == "asr" else self.vc_engine
+        engine = {"asr": self.engine, "vc": self.vc_engine, "tts": self.tts_engine}[mode]
+        opener = {"asr": self._open_asr, "vc": self._open_vc, "tts": self._open_tts}[mode]
         conn = None
         writer: asyncio.Task | None = None
         try:
             start = parse_start(await self._recv(ws, "no start message"), mode)
-            conn, ready = await (self._open_asr(start) if mode == "asr" else self._open_vc(ws, start))
+            conn, ready = await opener(ws, start)
             writer = asyncio.create_task(self._writer(ws, conn))
             conn.outbox.put_nowait({"type": "ready", "protocol": PROTOCOL_VERSION, "mode": mode, **ready,
                                     "max_frame_bytes": self.limits.max_frame_bytes,
                                     "max_stream_seconds": self.limits.max_stream_seconds, "idle_timeout": self.limits.idle_timeout})
-            await self._read_audio(ws, engine, conn, start)
+            if mode == "tts":
+                await self._read_texts(ws, conn)
+            else:
+                await self._read_audio(ws, engine, conn, start)
             await writer  # sends the last results and `done`, then closes
         except ProtocolError as e:
             if conn is not None:
@@ -172,7 +207,7 @@ class SpeechServer:
             if writer is not None and not writer.done():
                 writer.cancel()
 
-    async def _open_asr(self, start: Start) -> tuple[Connection, dict]:
+    async def _open_asr(self, ws: ServerConnection, start: Start) -> tuple[Connection, dict]:
         return self.engine.open(start.sample_rate), {"model_rate": self.rec.sample_rate, "chunk_ms": round(self.rec.chunk_ms)}
 
     async def _open_vc(self, ws: ServerConnection, start: Start) -> tuple[VcConnection, dict]:
@@ -195,6 +230,51 @@ class SpeechServer:
         return conn, {"model_rate": self.vc.sample_rate, "output_rate": self.vc.sample_rate, "output_format": "pcm16",
                       "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
                       "reference": start.reference, "seed": start.seed}
+
+    async def _open_tts(self, ws: ServerConnection, start: Start) -> tuple[TtsConnection, dict]:
+        """The start's prompt voice (a preset, or the prompt frame that follows) → the connection
+        and what `ready` tells about it."""
+        if start.prompt == UPLOAD:
+            msg = await self._recv(ws, "no prompt audio")
+            if isinstance(msg, str):
+                raise ProtocolError(f'start: prompt "{UPLOAD}": the next message must be the prompt audio (binary)')
+            try:
+                prompt = await self.tts_engine.prompt(decode_audio(msg, start), start.sample_rate)
+            except SpeechkitError as e:
+                raise ProtocolError(str(e)) from None
+        elif start.prompt in self.prompts:
+            prompt = self.prompts[start.prompt]
+        else:
+            names = ", ".join(sorted(self.prompts)) or "none"
+            raise ProtocolError(f'start: unknown prompt {start.prompt!r} (presets: {names}; or "{UPLOAD}")')
+        rate = self.tts.sample_rate
+        conn = self.tts_engine.open(prompt, start.seed, int(self.limits.max_stream_seconds * rate))
+        return conn, {"model_rate": rate, "output_rate": rate, "output_format": "pcm16", "prompt": start.prompt,
+                      "seed": start.seed, "max_text_chars": self.limits.max_text_chars}
+
+    async def _read_texts(self, ws: ServerConnection, conn: TtsConnection) -> None:
+        """/tts: text messages to the engine, in order, until `end`; no reading while the
+        connection's queued text is at its bound."""
+        while True:
+            await self.tts_engine.room(conn)
+            text = parse_text(await self._recv_text(ws, conn), self.limits.max_text_chars)
+            if text is None:
+                self.tts_engine.end(conn)
+                return
+            self.tts_engine.say(conn, text)
+
+    async def _recv_text(self, ws: ServerConnection, conn: TtsConnection):
+        """The next message on /tts. A client waiting for its speech is not idle: the idle time
+        counts from the later of its last message and the end of the speech it asked for."""
+        idle, since = self.limits.idle_timeout, time.monotonic()
+        while True:
+            busy = self.tts_engine.busy(conn)
+            wait = idle if busy else max(since, conn.quiet_since) + idle - time.monotonic()
+            try:
+                return await asyncio.wait_for(ws.recv(), max(wait, 0.01))
+            except TimeoutError:
+                if not self.tts_engine.busy(conn) and time.monotonic() >= max(since, conn.quiet_since) + idle:
+                    raise _Idle(f"no message for {idle:g} s") from None
 
     async def _recv(self, ws: ServerConnection, what: str):
         try:
@@ -249,6 +329,9 @@ class SpeechServer:
         if self.vc is not None:
             self.vc_engine = VcEngine(self.vc, self.max_batch)
             engines.append(self.vc_engine)
+        if self.tts is not None:
+            self.tts_engine = TtsEngine(self.tts, self.limits.max_text_chars)
+            engines.append(self.tts_engine)
         for engine in engines:
             engine.start()
         async with serve(self._handler, host, port, process_request=self._http, max_size=self.limits.max_frame_bytes,
@@ -283,9 +366,10 @@ def _stats(engine: BatchEngine | VcEngine | None) -> dict:
 
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
-               att_context=None, vc_dir: str | None = None, references: str | None = None) -> None:
-    server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, limits=limits, num_threads=num_threads,
-                          max_batch=max_batch, att_context=att_context)
+               att_context=None, vc_dir: str | None = None, references: str | None = None, tts_dir: str | None = None,
+               prompts: str | None = None) -> None:
+    server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, tts_dir=tts_dir, prompts=prompts, limits=limits,
+                          num_threads=num_threads, max_batch=max_batch, att_context=att_context)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -301,6 +385,9 @@ def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_thre
             if server.vc is not None:
                 parts.append(f"ws://{host}:{bound}/vc, chunk {server.vc_chunk_ms:.0f} ms, "
                              f"{len(server.presets)} preset reference(s)")
+            if server.tts is not None:
+                parts.append(f"ws://{host}:{bound}/tts, {len(server.prompts)} preset prompt(s), "
+                             "streams take turns a chunk at a time")
             print(f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket {'; '.join(parts)}); "
                   f"{num_threads} thread(s); Ctrl-C to stop", file=sys.stderr, flush=True)
         await task

@@ -1,11 +1,14 @@
 // speechkit serve demo page: microphone -> AudioWorklet (resampled to 16 kHz, 16-bit PCM,
-// 100 ms frames) -> WebSocket (protocol: docs/serve.md). Two modes: /asr -> live partial text,
+// 100 ms frames) -> WebSocket (protocol: docs/serve.md). Three modes: /asr -> live partial text,
 // final segments, latency; /vc (the reference voice first: a preset, or an uploaded file decoded
 // and resampled here, sent as one 16-bit frame) -> converted 16-bit frames, played as they come,
-// first-audio time and latency, the whole conversion to replay at the end. URL options:
-// ?seconds=N stops after N s of audio were sent; ?autostart=1 starts without a click; ?mode=vc;
-// ?reference=NAME. document.body.dataset.state is idle | connecting | streaming | finishing |
-// done | error, for tests to wait on; document.body.dataset.mode is asr | vc.
+// first-audio time and latency, the whole conversion to replay at the end; /tts (no microphone:
+// the prompt voice as /vc's reference, then the typed text) -> speech frames, played as they
+// come, first-audio time, the whole speech to replay at the end. URL options: ?seconds=N stops
+// after N s of audio were sent; ?autostart=1 starts without a click; ?mode=vc|tts;
+// ?reference=NAME; ?prompt=NAME; ?text=... . document.body.dataset.state is idle | connecting |
+// streaming | finishing | done | error, for tests to wait on; document.body.dataset.mode is
+// asr | vc | tts.
 "use strict";
 
 const RATE = 16000; // what we send: the worklet resamples to this
@@ -27,7 +30,7 @@ function setState(state, text) {
   const running = state === "connecting" || state === "streaming" || state === "finishing";
   $("start").disabled = running;
   $("stop").disabled = !(state === "connecting" || state === "streaming");
-  for (const el of document.querySelectorAll('input[name="mode"], #vc-reference, #vc-file')) {
+  for (const el of document.querySelectorAll('input[name="mode"], #vc-reference, #vc-file, #tts-prompt, #tts-file, #tts-text')) {
     el.disabled = running || (el.name === "mode" && el.dataset.unavailable === "1");
   }
 }
@@ -40,6 +43,11 @@ function setMode(m) {
   document.body.dataset.mode = m;
   $(`mode-${m}`).checked = true;
   $("vc-file").hidden = !(m === "vc" && $("vc-reference").value === "upload");
+  $("tts-file").hidden = !(m === "tts" && $("tts-prompt").value === "upload");
+  $("start").textContent = m === "tts" ? "Speak" : "Start";
+  if (document.body.dataset.state === "idle") {
+    $("status-text").textContent = m === "tts" ? "idle — choose a voice, type, press Speak" : "idle — press Start and allow the microphone";
+  }
 }
 
 function fmtMs(ms) {
@@ -84,7 +92,7 @@ async function loadHealth() {
     const h = await r.json();
     if (h.model) $("model-name").textContent = h.model;
     const modes = h.modes || ["asr"];
-    for (const m of ["asr", "vc"]) {
+    for (const m of ["asr", "vc", "tts"]) {
       const input = $(`mode-${m}`);
       input.dataset.unavailable = modes.includes(m) ? "0" : "1";
       input.disabled = !modes.includes(m);
@@ -99,6 +107,16 @@ async function loadHealth() {
     const asked = params.get("reference");
     if (asked && [...select.options].some((o) => o.value === asked)) select.value = asked;
     else if (h.vc && h.vc.references && h.vc.references.length) select.value = h.vc.references[0];
+    const prompts = $("tts-prompt");
+    for (const name of (h.tts && h.tts.prompts) || []) {
+      const opt = document.createElement("option");
+      opt.value = opt.textContent = name;
+      prompts.insertBefore(opt, prompts.querySelector('option[value="upload"]'));
+    }
+    const prompt = params.get("prompt");
+    if (prompt && [...prompts.options].some((o) => o.value === prompt)) prompts.value = prompt;
+    else if (h.tts && h.tts.prompts && h.tts.prompts.length) prompts.value = h.tts.prompts[0];
+    if (h.tts && h.tts.max_text_chars) $("tts-text").maxLength = h.tts.max_text_chars;
     const wanted = params.get("mode") || mode();
     setMode(modes.includes(wanted) ? wanted : modes[0]);
   } catch (e) {
@@ -120,6 +138,21 @@ async function referencePcm(file) {
     pcm[i] = v < 0 ? Math.round(v * 32768) : Math.round(v * 32767);
   }
   return { pcm, seconds: audio.duration };
+}
+
+// 16-bit PCM -> played on `player` right after what was scheduled before it (`at`: the player
+// time the previous frame ends; a frame that comes late starts PLAY_AHEAD_S from now); returns
+// the player time this one ends
+function schedule(pcm, rate, at) {
+  const audio = player.createBuffer(1, pcm.length, rate);
+  const ch = audio.getChannelData(0);
+  for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
+  const src = player.createBufferSource();
+  src.buffer = audio;
+  src.connect(player.destination);
+  const start = Math.max(at, player.currentTime + PLAY_AHEAD_S);
+  src.start(start);
+  return start + audio.duration;
 }
 
 // 16-bit mono PCM chunks -> a WAV file
@@ -307,15 +340,7 @@ class Session {
     el.textContent = (this.outSamples / this.outRate).toFixed(1) + " s";
     el.dataset.samples = String(this.outSamples);
     el.dataset.frames = String(this.outChunks.length);
-    const audio = player.createBuffer(1, pcm.length, this.outRate);
-    const ch = audio.getChannelData(0);
-    for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
-    const src = player.createBufferSource();
-    src.buffer = audio;
-    src.connect(player.destination);
-    this.playAt = Math.max(this.playAt, player.currentTime + PLAY_AHEAD_S);
-    src.start(this.playAt);
-    this.playAt += audio.duration;
+    this.playAt = schedule(pcm, this.outRate, this.playAt);
     el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
   }
 
@@ -440,17 +465,154 @@ class Session {
   }
 }
 
+// /tts: the prompt voice, the typed text as one message, `end`; speech frames played as they come
+class TtsSession {
+  constructor() {
+    this.mode = "tts";
+    this.ws = null;
+    this.ready = false;
+    this.doneMsg = null;
+    this.errorMsg = null;
+    this.failed = false;
+    this.aborted = false;
+    this.tSent = NaN; // performance.now() when the text was sent
+    this.outRate = RATE; // from `ready`
+    this.outChunks = []; // every speech frame, Int16Array
+    this.outSamples = 0;
+    this.playAt = 0;
+  }
+
+  async start() {
+    for (const [id, text] of [["tts-first-audio", "–"], ["tts-received", "0.0 s"], ["tts-rtf", "–"],
+      ["tts-summary", "(the whole speech appears here when it is done)"]]) $(id).textContent = text;
+    delete $("tts-first-audio").dataset.ms;
+    for (const k of ["samples", "frames", "scheduled"]) $("tts-received").dataset[k] = "0";
+    for (const k of ["audioSeconds", "firstAudioMs"]) delete $("tts-summary").dataset[k];
+    $("tts-audio").hidden = true;
+    $("tts-audio").removeAttribute("src");
+    const text = $("tts-text").value.trim();
+    if (!text) return this.fail("type some text to speak");
+    const start = { type: "start", mode: "tts", prompt: $("tts-prompt").value };
+    let prompt = null;
+    if (start.prompt === "upload") {
+      const file = $("tts-file").files[0];
+      if (!file) return this.fail("choose a recording of the prompt voice (or a preset)");
+      setState("connecting", `reading ${file.name} …`);
+      try {
+        prompt = await referencePcm(file);
+      } catch (err) {
+        return this.fail(`${file.name}: cannot decode this audio file (${err && err.message ? err.message : err})`);
+      }
+      if (this !== session) return;
+      Object.assign(start, { sample_rate: RATE, format: "pcm16" });
+      showModel({ prompt: `${file.name} (${prompt.seconds.toFixed(1)} s)` });
+    } else {
+      showModel({ prompt: start.prompt });
+    }
+    if (player.state !== "running") player.resume().catch(() => {});
+
+    setState("connecting", `connecting to ${wsUrl()} …`);
+    const ws = new WebSocket(wsUrl());
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      ws.send(JSON.stringify(start));
+      if (prompt) ws.send(prompt.pcm.buffer);
+      ws.send(JSON.stringify({ type: "text", text }));
+      this.tSent = performance.now();
+      ws.send(JSON.stringify({ type: "end" }));
+    };
+    ws.onmessage = (e) => this.onMessage(e);
+    ws.onclose = (e) => this.onClose(e);
+    ws.onerror = () => {}; // the close event that follows says more
+  }
+
+  onAudio(buf) {
+    const pcm = new Int16Array(buf);
+    if (!pcm.length) return;
+    if (!this.outChunks.length) {
+      const ms = performance.now() - this.tSent;
+      $("tts-first-audio").textContent = fmtMs(ms);
+      $("tts-first-audio").dataset.ms = ms.toFixed(1);
+    }
+    this.outChunks.push(pcm);
+    this.outSamples += pcm.length;
+    const el = $("tts-received");
+    el.textContent = (this.outSamples / this.outRate).toFixed(1) + " s";
+    el.dataset.samples = String(this.outSamples);
+    el.dataset.frames = String(this.outChunks.length);
+    this.playAt = schedule(pcm, this.outRate, this.playAt);
+    el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
+  }
+
+  onMessage(e) {
+    if (typeof e.data !== "string") return this.onAudio(e.data);
+    let msg;
+    try { msg = JSON.parse(e.data); } catch (err) { return; }
+    if (msg.type === "ready") {
+      this.ready = true;
+      this.outRate = msg.output_rate || RATE;
+      showModel({ protocol: msg.protocol, model_rate: `${msg.model_rate} Hz`, max_text_chars: msg.max_text_chars,
+        max_stream_seconds: `${msg.max_stream_seconds} s` });
+      setState("streaming", "speaking — the speech plays as it is made");
+    } else if (msg.type === "done") {
+      this.doneMsg = msg;
+      const secs = Number(msg.audio_seconds);
+      const summary = `${secs.toFixed(2)} s of speech, first audio after ${fmtMs(msg.first_audio_ms || 0)} (server)`;
+      $("tts-summary").textContent = summary;
+      $("tts-summary").dataset.audioSeconds = String(msg.audio_seconds);
+      $("tts-summary").dataset.firstAudioMs = String(msg.first_audio_ms);
+      if (secs > 0) $("tts-rtf").textContent = (Number(msg.compute_seconds) / secs).toFixed(2);
+      $("tts-audio").src = URL.createObjectURL(wavBlob(this.outChunks, this.outRate));
+      $("tts-audio").hidden = false;
+      if (!this.failed) setState("done", `done — ${summary}`);
+    } else if (msg.type === "error") {
+      this.errorMsg = msg;
+      this.fail(`server error ${msg.code}: ${msg.reason}`);
+    }
+  }
+
+  onClose(e) {
+    const why = `connection closed (code ${e.code}${e.reason ? ": " + e.reason : ""})`;
+    if (this.aborted) {
+      setState("idle", `stopped — ${why}`);
+    } else if (this.errorMsg || this.failed || (this.doneMsg && e.code === 1000)) {
+      $("status-text").textContent += ` — ${why}`;
+    } else {
+      this.fail(this.ready ? why : `could not speak: ${why}`);
+    }
+    if (session === this) session = null;
+    setState(document.body.dataset.state); // refresh the buttons
+  }
+
+  fail(text) {
+    this.failed = true;
+    setState("error", text);
+    if (!this.ws && session === this) session = null; // failed before connecting: no close event will come
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN && !this.errorMsg) this.ws.close();
+  }
+
+  // Stop: hang up; the server stops synthesising for this connection
+  stop() {
+    this.aborted = true;
+    if (this.ws) this.ws.close(1000);
+    else if (session === this) session = null;
+  }
+}
+
 $("start").addEventListener("click", () => {
   if (session) return;
-  if (mode() === "vc" && !player) player = new AudioContext(); // made inside the click: allowed to play
-  session = new Session(mode());
+  if (mode() !== "asr" && !player) player = new AudioContext(); // made inside the click: allowed to play
+  session = mode() === "tts" ? new TtsSession() : new Session(mode());
   window.speechkitPlayer = player;
   window.speechkitSession = session; // for debugging and tests
   session.start();
 });
 $("stop").addEventListener("click", () => { if (session) session.stop(true); });
-for (const m of ["asr", "vc"]) $(`mode-${m}`).addEventListener("change", () => setMode(m));
+for (const m of ["asr", "vc", "tts"]) $(`mode-${m}`).addEventListener("change", () => setMode(m));
 $("vc-reference").addEventListener("change", () => setMode(mode()));
+$("tts-prompt").addEventListener("change", () => setMode(mode()));
+if (params.get("text")) $("tts-text").value = params.get("text");
 
 setState("idle");
 loadHealth().then(() => { if (params.get("autostart") === "1") $("start").click(); });

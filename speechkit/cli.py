@@ -429,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.commands import augment as augment_commands
 
     augment_commands.add_parser(sub)
+    from speechkit.commands import audiogen as audiogen_commands
+
+    audiogen_commands.add_parser(sub)
+    from speechkit.commands import generate as generate_commands
+
+    generate_commands.add_parser(sub)
 
     from speechkit.bench import asr_decode, asr_stream, serve_load, train as train_bench, tts_synth, vc_convert
 

@@ -15,7 +15,7 @@
 # metrics, a few generated clips per system, and the fp16 weights in < 16 MB parts
 # (python tools/state_parts.py join REPORT exp/magnet/model.pt --stem magnet).
 #   bash egs/synth/audiogen/local/gpu_audiogen_run.sh [--hours 20] [--codec_minutes 7] [--judge_minutes 4]
-#        [--minutes 7] [--eval_clips 64] [--eval_batch 32] [--stage N] [--stop_stage N]
+#        [--minutes 7] [--eval_clips 64] [--eval_batch 32] [--soundfont SF2] [--stage N] [--stop_stage N]
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/audiogen/local/gpu_audiogen_run.sh > /tmp/gpu_audiogen.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -29,12 +29,13 @@ minutes=7
 eval_clips=64
 eval_batch=32
 report_clips=6
+soundfont=  # a General-MIDI .sf2 (default: the corpus builder's, Debian's TimGM6mb)
 stage=1
 stop_stage=100
 WORK=${WORK:-/tmp/audiogen_gpu}
 SRC=${SRC:-$WORK/src}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours clip_seconds codec_minutes judge_minutes minutes eval_clips eval_batch report_clips stage stop_stage"
+_speechkit_opts="hours clip_seconds codec_minutes judge_minutes minutes eval_clips eval_batch report_clips soundfont stage stop_stage"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$SRC"
@@ -54,7 +55,7 @@ command_line="bash egs/synth/audiogen/local/gpu_audiogen_run.sh ${args[*]}"
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "corpus: $hours h of $clip_seconds-s clips"
   [ -f "$data/test/labels.jsonl" ] || speechkit corpus music --out "$data" --hours "$hours" --clip-seconds "$clip_seconds" \
-    --seed 0 --nj "$(nproc)" 2>&1 | grep -v "clip/s"
+    --seed 0 --nj "$(nproc)" ${soundfont:+--soundfont "$soundfont"} 2>&1 | grep -v "clip/s"
 fi
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 2 ]; then
   # recipe stages 2 (codec + judge) to 6 (RESULTS.md); the corpus builder's own dirs need no validation

@@ -11,6 +11,10 @@ sessions that report partial and final results as audio arrives.
     ...             print(r.kind, r.text)                         # "partial" ... then "final"
     >>> print(s.text)
 
+An exported text-to-music model generates: ``music = speechkit.load("exp/audiogen/onnx")``,
+``music.generate("calm piano in c major", seconds=10)`` → samples at ``music.sample_rate`` (a list
+of captions → a list of clips, generated as one batch).
+
 An exported voice-conversion model converts the same way: ``vc = speechkit.load("exp/vc/onnx")``,
 ``vc.convert("source.wav", "reference.wav")`` → samples at ``vc.sample_rate``, and
 ``live = vc.stream("reference.wav", sample_rate=48000)`` → ``live.accept(block)`` ... ``live.finish()``.
@@ -229,6 +233,33 @@ class VoiceConversion:
         return VcSession(self.converter.stream(self.target(reference, sample_rate), seed=seed), sample_rate or self.sample_rate)
 
 
+class TextToMusic:
+    """An exported text-to-music model (``audiogen.json``: MAGNeT, optionally the delay-pattern AR
+    model, and the RVQ codec). Clips come back as float32 mono at :attr:`sample_rate`."""
+
+    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+        from speechkit.runtime.audiogen import MusicGenerator
+
+        self.generator = MusicGenerator(model_dir, num_threads=num_threads)
+        self.sample_rate = self.generator.sample_rate
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The decoding modes this export can run (``hybrid`` and ``ar`` need the AR model)."""
+        return self.generator.modes
+
+    def generate(self, texts, seconds: float, mode: str = "magnet", rescore: float = 0.0, seed: int = 0,
+                 steps: Sequence[int] | None = None, cfg=None, temperature=None, top_p: float | None = None):
+        """A caption → one clip of ``seconds``; a list of captions → a list of clips (one batch).
+        ``mode``: ``magnet``, ``hybrid`` or ``ar``; ``rescore``: the AR model's weight in MAGNeT's
+        confidences; ``cfg``/``temperature``: a number, or MAGNeT's (start, end); ``steps``: MAGNeT's
+        per codebook; None keeps the model's defaults (:meth:`speechkit.runtime.audiogen.MusicGenerator.generate`).
+        The same seed gives the same clips."""
+        one = isinstance(texts, str)
+        clips = self.generator.generate([texts] if one else texts, seconds, mode, rescore, seed, steps, cfg, temperature, top_p)
+        return clips[0] if one else clips
+
+
 def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     """Open an exported model directory (``model.onnx`` + tokenizer + ``export.json``) by its
     family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
@@ -236,10 +267,15 @@ def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks), a
     voice-conversion model (``step.onnx`` + ``vc.json``) :class:`VoiceConversion`
     (``convert(source, reference)`` → samples, ``stream(reference)`` → ``accept``/``finish``; its
-    ``options``: ``codec_dir``, ``asr_dir``). ``options`` go to the recognizer (streaming:
-    ``att_context=(64, 4)``, ``beam=4``; both families: ``gate=None`` keeps tokens the
-    speech-activity gate would drop as silence or noise)."""
+    ``options``: ``codec_dir``, ``asr_dir``), a text-to-music model (``audiogen.json``, its graphs
+    and ``codec/``) :class:`TextToMusic` (``generate(texts, seconds, mode="magnet"|"hybrid"|"ar",
+    rescore=0.0, seed=0, ...)`` → a clip per caption, one clip for a single caption string; only
+    ``num_threads`` applies). ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``,
+    ``beam=4``; both families: ``gate=None`` keeps tokens the speech-activity gate would drop as
+    silence or noise)."""
     model_dir = Path(model_dir)
+    if (model_dir / "audiogen.json").is_file():
+        return TextToMusic(model_dir, num_threads=num_threads)
     if (model_dir / "ar_step.onnx").is_file() and model_family(model_dir) == "tts-clear":
         from speechkit.runtime.tts import Synthesizer
 

@@ -258,6 +258,12 @@ def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when there is one)")
 
 
+def _export(args) -> None:
+    from speechkit.export.audiogen import run_export
+
+    run_export(args)
+
+
 def _decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", default=None, help="MAGNeT decoding steps per codebook, comma-separated (default 20,10,10,...)")
     p.add_argument("--hybrid-seconds", type=float, default=2.0, help="hybrid mode: seconds made by the AR model first (default 2)")
@@ -320,3 +326,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--rescore-weight", type=float, default=0.5, help="the AR weight of magnet_rescore (default 0.5)")
     _decoding_args(e)
     e.set_defaults(func=_eval)
+    x = a.add_parser("export", help="MAGNeT (+ the AR baseline) and the codec decoder to ONNX, checked against PyTorch; "
+                     "the folder `speechkit generate` and speechkit.load run without torch")
+    x.add_argument("magnet", help="a MAGNeT experiment dir or model.pt")
+    x.add_argument("out", help="the folder for the graphs, codec/, audiogen.json and export.json")
+    x.add_argument("--ar", default=None, metavar="MODEL",
+                   help="a delay-pattern AR experiment dir or model.pt (modes ar, hybrid; rescoring)")
+    x.add_argument("--codec", default=None, metavar="DIR",
+                   help="the RVQ codec: an export or an experiment (default: the one MAGNeT's tokens came from)")
+    x.add_argument("--weights", choices=("fp32", "fp16", "int8"), default="fp16",
+                   help="stored weights (float32 arithmetic either way; default fp16: half the file)")
+    x.set_defaults(func=_export)

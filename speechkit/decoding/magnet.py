@@ -124,12 +124,32 @@ def sample_tokens(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: 
     return (j if order is None else order[np.arange(len(order)), j]).astype(np.int64)
 
 
-def _guided(logits_fn: LogitsFn, tokens: np.ndarray, stage: int, scale: float) -> np.ndarray:
-    cond = np.asarray(logits_fn(tokens, stage, False), dtype=np.float32)
-    if scale == 1.0:
-        return cond
-    null = np.asarray(logits_fn(tokens, stage, True), dtype=np.float32)
-    return null + np.float32(scale) * (cond - null)
+class NumpySampler:
+    """MAGNeT's per-step arithmetic on the logits (guidance, sampling the masked frames, each
+    frame's log-probability) in numpy: the default, and the torch-free runtime's. A sampler for
+    logits that stay on a GPU (``inference/audiogen.py``) offers the same three methods, so only
+    the sampled ids and confidences ([B, T]) cross to the host."""
+
+    def guided(self, cond, null, scale: float) -> np.ndarray:
+        cond = np.asarray(cond, dtype=np.float32)
+        return cond if null is None else np.asarray(null, dtype=np.float32) + np.float32(scale) * (cond - np.asarray(null, dtype=np.float32))
+
+    def sample(self, logits: np.ndarray, where: np.ndarray, u: np.ndarray, temperature: float, top_k: int | None,
+               top_p: float | None) -> np.ndarray:
+        """logits [B, T, V], where [B, T] bool, u [B, T] → ids of the ``where`` frames [N] (int64)."""
+        return sample_tokens(logits[where], u[where], temperature, top_k, top_p)
+
+    def token_logprob(self, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """log p(tokens [B, T]) under softmax(logits [B, T, V]) → [B, T] float64."""
+        return np.take_along_axis(log_softmax(logits), tokens[..., None], axis=-1)[..., 0]
+
+
+NUMPY_SAMPLER = NumpySampler()
+
+
+def _guided(logits_fn: LogitsFn, tokens: np.ndarray, stage: int, scale: float, sampler=NUMPY_SAMPLER):
+    cond = logits_fn(tokens, stage, False)
+    return sampler.guided(cond, None if scale == 1.0 else logits_fn(tokens, stage, True), scale)
 
 
 # ---- MAGNeT -------------------------------------------------------------------------------------
@@ -187,9 +207,12 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 def magnet_generate(logits_fn: LogitsFn, batch: int, frames: int, k: int, card: int, options: MagnetOptions = MagnetOptions(),
                     prompt: np.ndarray | None = None, rescore_fn: RescoreFn | None = None,
-                    rng: np.random.Generator | int | None = None) -> np.ndarray:
+                    rng: np.random.Generator | int | None = None, sampler=None) -> np.ndarray:
     """Codes [B, K, frames] (int64) by MAGNeT's decoding (see the module doc). ``prompt`` [B, K, P]
-    (P < frames): frames kept as given. ``rng``: a Generator, a seed, or None (seed 0)."""
+    (P < frames): frames kept as given. ``rng``: a Generator, a seed, or None (seed 0).
+    ``sampler``: where the per-step arithmetic runs (default :class:`NumpySampler`; ``logits_fn``
+    then returns arrays numpy can read)."""
+    sampler = sampler or NUMPY_SAMPLER
     _check_sizes(batch, frames, k, card)
     if len(options.steps) != k:
         raise SpeechkitError(f"steps must give one count per codebook ({k}), got {len(options.steps)}: {list(options.steps)}")
@@ -218,9 +241,9 @@ def magnet_generate(logits_fn: LogitsFn, batch: int, frames: int, k: int, card: 
             frame_masked = np.zeros((batch, frames), dtype=bool)
             frame_masked[:, p:] = masked[:, span_of]
             row[frame_masked] = mask
-            logits = _guided(logits_fn, tokens, stage, scale)
-            row[frame_masked] = sample_tokens(logits[frame_masked], u[frame_masked], temp, options.top_k, options.top_p)
-            conf = np.take_along_axis(log_softmax(logits), row[..., None], axis=-1)[..., 0]
+            logits = _guided(logits_fn, tokens, stage, scale, sampler)
+            row[frame_masked] = sampler.sample(logits, frame_masked, u, temp, options.top_k, options.top_p)
+            conf = sampler.token_logprob(logits, row)
             if options.rescore_weight > 0:
                 ar = np.asarray(rescore_fn(tokens.copy()), dtype=np.float64)[:, stage]
                 conf = (1.0 - options.rescore_weight) * conf + options.rescore_weight * ar
@@ -280,7 +303,7 @@ def ar_generate(init_fn: InitFn, step_fn: StepFn, batch: int, frames: int, k: in
 def hybrid_generate(logits_fn: LogitsFn, init_fn: InitFn, step_fn: StepFn, batch: int, frames: int, k: int, card: int,
                     ar_frames: int, magnet: MagnetOptions = MagnetOptions(), ar: ArOptions = ArOptions(),
                     prompt: np.ndarray | None = None, rescore_fn: RescoreFn | None = None,
-                    rng: np.random.Generator | int | None = None) -> np.ndarray:
+                    rng: np.random.Generator | int | None = None, sampler=None) -> np.ndarray:
     """Codes [B, K, frames]: the first ``ar_frames`` autoregressively (after ``prompt``, if any),
     the rest by MAGNeT with all of them as its fixed prompt."""
     _check_sizes(batch, frames, k, card)
@@ -289,4 +312,4 @@ def hybrid_generate(logits_fn: LogitsFn, init_fn: InitFn, step_fn: StepFn, batch
         raise SpeechkitError(f"ar_frames must lie between the prompt ({p} frames) and the {frames} frames to generate, got {ar_frames}")
     rng = _rng(rng)
     head = ar_generate(init_fn, step_fn, batch, ar_frames, k, card, ar, prompt=prompt, rng=rng)
-    return magnet_generate(logits_fn, batch, frames, k, card, magnet, prompt=head, rescore_fn=rescore_fn, rng=rng)
+    return magnet_generate(logits_fn, batch, frames, k, card, magnet, prompt=head, rescore_fn=rescore_fn, rng=rng, sampler=sampler)

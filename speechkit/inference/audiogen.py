@@ -44,6 +44,47 @@ class GenerationOptions:
     ar: ArOptions = ArOptions()
     hybrid_seconds: float = 2.0  # hybrid mode: seconds made autoregressively before MAGNeT takes over
     batch: int = 32  # captions per decoding call
+    # where MAGNeT's per-step sampling runs: "auto" (on a GPU there, else numpy), "torch" or "numpy"
+    # (numpy is the torch-free runtime's arithmetic: the same seed gives the runtime's tokens)
+    sampler: str = "auto"
+
+
+class TorchSampler:
+    """:class:`speechkit.decoding.magnet.NumpySampler`'s three steps on torch tensors, so MAGNeT's
+    logits never leave the device: only the sampled ids and the frames' log-probabilities do. The
+    same inverse-CDF draw from the same uniforms, in float32 (the numpy one uses float64), so ids
+    can differ where a uniform falls within rounding of a boundary."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def guided(self, cond: torch.Tensor, null: torch.Tensor | None, scale: float) -> torch.Tensor:
+        return cond if null is None else null + scale * (cond - null)
+
+    def sample(self, logits: torch.Tensor, where: np.ndarray, u: np.ndarray, temperature: float, top_k: int | None,
+               top_p: float | None) -> np.ndarray:
+        rows = logits[torch.from_numpy(where).to(self.device)]
+        if temperature <= 0:
+            return rows.argmax(-1).cpu().numpy()
+        z = rows / temperature
+        v = z.shape[-1]
+        if top_k is not None and top_k < v:
+            z = z.masked_fill(z < z.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
+        p = (z - z.amax(-1, keepdim=True)).exp()
+        order = None
+        if top_p is not None and top_p < 1.0:
+            p, order = p.sort(dim=-1, descending=True)
+            before = p.cumsum(-1) - p
+            p = torch.where(before < top_p * p.sum(-1, keepdim=True), p, torch.zeros_like(p))
+        c = p.cumsum(-1)
+        uu = torch.from_numpy(u[where]).to(self.device, torch.float32)[:, None]
+        j = (c <= uu * c[:, -1:]).sum(-1).clamp(max=v - 1)
+        ids = j if order is None else order.gather(-1, j[:, None])[:, 0]
+        return ids.cpu().numpy().astype(np.int64)
+
+    def token_logprob(self, logits: torch.Tensor, tokens: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(tokens).to(self.device)
+        return logits.log_softmax(-1).gather(-1, t[..., None])[..., 0].double().cpu().numpy()
 
 
 class MusicGeneratorTorch:
@@ -129,6 +170,10 @@ class MusicGeneratorTorch:
         ar_frames = self.hybrid_frames(options)
         rng = np.random.default_rng(seed)
         k, card = self.codebooks, self.card
+        if options.sampler not in ("auto", "torch", "numpy"):
+            raise SpeechkitError(f"unknown sampler '{options.sampler}' (known: auto, torch, numpy)")
+        use_torch = options.sampler == "torch" or (options.sampler == "auto" and self.device.type == "cuda")
+        sampler = TorchSampler(self.device) if use_torch else None
         out = []
         for at in range(0, len(captions), options.batch):
             part = captions[at : at + options.batch]
@@ -139,11 +184,13 @@ class MusicGeneratorTorch:
                 ar_text = self.ar_words.batch(part, self.ar.cfg.text.max_tokens).to(self.device)
                 init_fn, step_fn = self.ar.decoding_fns(ar_text)
                 rescore_fn = self.ar.rescore_fn(ar_text) if rescore > 0 else None
+            on_device = sampler is not None
             if mode == "magnet":
-                codes = magnet_generate(self.magnet.logits_fn(text), b, frames, k, card, mopts, rescore_fn=rescore_fn, rng=rng)
+                codes = magnet_generate(self.magnet.logits_fn(text, on_device), b, frames, k, card, mopts, rescore_fn=rescore_fn,
+                                        rng=rng, sampler=sampler)
             elif mode == "hybrid":
-                codes = hybrid_generate(self.magnet.logits_fn(text), init_fn, step_fn, b, frames, k, card, ar_frames, mopts,
-                                        options.ar, rescore_fn=rescore_fn, rng=rng)
+                codes = hybrid_generate(self.magnet.logits_fn(text, on_device), init_fn, step_fn, b, frames, k, card, ar_frames,
+                                        mopts, options.ar, rescore_fn=rescore_fn, rng=rng, sampler=sampler)
             else:
                 codes = ar_generate(init_fn, step_fn, b, frames, k, card, options.ar, rng=rng)
             out.append(codes)

@@ -197,9 +197,10 @@ class Magnet(nn.Module):
         return loss, metrics
 
     @torch.no_grad()
-    def logits_fn(self, text_tokens: Tensor) -> Callable[[np.ndarray, int, bool], np.ndarray]:
+    def logits_fn(self, text_tokens: Tensor, on_device: bool = False) -> Callable[[np.ndarray, int, bool], np.ndarray | Tensor]:
         """The decoder's ``logits_fn`` (``speechkit.decoding.magnet``) for captions [B, L]: numpy
-        tokens [B, K, T], stage, null_text → float32 logits [B, T, card]. Call in eval mode."""
+        tokens [B, K, T], stage, null_text → float32 logits [B, T, card], as numpy, or with
+        ``on_device`` as a tensor left on the model's device (for a torch sampler). Call in eval mode."""
         cond = self.text(text_tokens)
         null = self.text(torch.full_like(text_tokens[:, :1], PAD))
         device = text_tokens.device
@@ -207,6 +208,7 @@ class Magnet(nn.Module):
         @torch.no_grad()
         def logits(tokens: np.ndarray, stage: int, null_text: bool) -> np.ndarray:
             states, mask = null if null_text else cond
-            return self(torch.from_numpy(tokens).to(device), states, mask, stage).float().cpu().numpy()
+            out = self(torch.from_numpy(tokens).to(device), states, mask, stage).float()
+            return out if on_device else out.cpu().numpy()
 
         return logits

@@ -380,31 +380,6 @@ def _within(rows: dict[str, dict], what: str) -> None:
 
 # ---- smaller weights ------------------------------------------------------------------------------
 
-def _tables_to_fp16(proto, min_elements: int = MIN_ELEMENTS) -> int:
-    """Float32 Gather tables (embeddings, MAGNeT's per-stage heads) of at least ``min_elements``
-    → float16 behind a Cast (folded once at load). Returns how many."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    done, casts = set(), []
-    for node in graph.node:
-        name = node.input[0] if node.op_type == "Gather" and node.input else None
-        if name not in inits or name in done:
-            continue
-        w = numpy_helper.to_array(inits[name])
-        if w.dtype != np.float32 or w.size < min_elements:
-            continue
-        graph.initializer.remove(inits[name])
-        graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), f"{name}_fp16"))
-        casts.append(helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT, name=f"{name}_Cast"))
-        done.add(name)
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return len(done)
-
-
 def _fold_identities(proto) -> None:
     """Readers of an Identity of an initializer read the initializer itself (the exporter writes
     such Identities for equal weights, e.g. the caption encoder's cloned layers before training),
@@ -428,8 +403,7 @@ def convert_weights(folder: Path, names: list[str], weights: str) -> dict[str, i
     tables in half precision. → how many weights each graph stored smaller."""
     import onnx
 
-    from speechkit.export.quantize import quantize_weights_int8
-    from speechkit.export.vc import weights_to_fp16
+    from speechkit.export.quantize import MATRICES, TABLES, quantize_weights_int8, weights_to_fp16
 
     counts = {}
     for name in names:
@@ -437,11 +411,11 @@ def convert_weights(folder: Path, names: list[str], weights: str) -> dict[str, i
         _fold_identities(proto)
         before = len(proto.graph.initializer)
         if weights == "fp16":
-            n = weights_to_fp16(proto, MIN_ELEMENTS)
+            n = weights_to_fp16(proto, MIN_ELEMENTS, {**MATRICES, **TABLES})
         else:
             quantize_weights_int8(proto, MIN_ELEMENTS)
             n = len(proto.graph.initializer) - before  # each quantized weight adds a scale
-        counts[name] = n + _tables_to_fp16(proto)
+            n += weights_to_fp16(proto, MIN_ELEMENTS, TABLES)
         tmp = folder / (name + ".tmp")
         onnx.save(proto, str(tmp))
         tmp.replace(folder / name)

@@ -101,3 +101,34 @@ def weight_only_from_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
     return model
+
+
+MATRICES = {"MatMul": 1, "Gemm": 1}  # op type -> the input that holds its weight
+TABLES = {"Gather": 0}
+
+
+def weights_to_fp16(model, min_elements: int = MIN_ELEMENTS, ops: dict[str, int] = MATRICES) -> int:
+    """Float32 weight initializers of at least ``min_elements`` read by the ``ops`` (op type → the
+    input index of its weight: MatMul/Gemm matrices by default, ``TABLES`` for embeddings) →
+    float16 initializers behind a Cast to float32 (in place; ONNX Runtime folds the Cast once at
+    load). The Cast's output keeps the weight's name, so every reader of it sees float32. Returns
+    the number of weights converted."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    done, casts = set(), []
+    for node in graph.node:
+        at = ops.get(node.op_type)
+        name = node.input[at] if at is not None and len(node.input) > at else None
+        if name not in inits or name in done:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        if w.dtype != np.float32 or w.size < min_elements:
+            continue
+        graph.initializer.remove(inits[name])
+        graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), f"{name}_fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}_fp16"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}_Cast"))
+        done.add(name)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(done)

@@ -122,35 +122,10 @@ def write_graphs(model: MeanVC, out_dir: Path, steps: int) -> None:
 # float16 weights
 
 
-def weights_to_fp16(model, min_elements: int = FP16_MIN_ELEMENTS):
-    """Float32 MatMul/Gemm weight initializers of at least ``min_elements`` → float16 initializers
-    behind a Cast to float32 (in place; ONNX Runtime folds the Cast once at load). Returns the
-    number of weights converted."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    done, casts = set(), []
-    for node in graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits or node.input[1] in done:
-            continue
-        name = node.input[1]
-        w = numpy_helper.to_array(inits[name])
-        if w.dtype != np.float32 or w.size < min_elements:
-            continue
-        # the Cast's output keeps the weight's name, so every reader of it (not only this node) sees float32
-        graph.initializer.remove(inits[name])
-        graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), f"{name}_fp16"))
-        casts.append(helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT, name=f"{name}_Cast"))
-        done.add(name)
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return len(done)
-
-
 def _to_fp16(out_dir: Path) -> int:
     import onnx
+
+    from speechkit.export.quantize import weights_to_fp16
 
     converted = 0
     for name in GRAPHS:

@@ -26,7 +26,7 @@ ENCODERS = {
 }
 
 
-HEAD_NAMES = ("ctc", "paraformer", "attention")
+HEAD_NAMES = ("ctc", "paraformer", "attention", "transducer")
 
 
 @dataclass(frozen=True)

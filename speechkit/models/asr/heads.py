@@ -10,11 +10,13 @@ from speechkit.models.asr.attention_decoder import AttentionDecoderConfig
 from speechkit.models.asr.attention_model import AttentionAsrModel
 from speechkit.models.asr.ctc_model import AsrEncoderModel, AsrModelConfig, CtcAsrModel, CtcHeadConfig
 from speechkit.models.asr.paraformer import ParaformerConfig, ParaformerModel
+from speechkit.models.asr.transducer import HybridTransducerModel, TransducerHeadConfig
 
 HEADS = {
     "ctc": (CtcHeadConfig, CtcAsrModel),
     "paraformer": (ParaformerConfig, ParaformerModel),
     "attention": (AttentionDecoderConfig, AttentionAsrModel),
+    "transducer": (TransducerHeadConfig, HybridTransducerModel),
 }
 
 

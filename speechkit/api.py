@@ -30,7 +30,7 @@ import numpy as np
 
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream, array_blocks
-from speechkit.runtime.console import file_blocks, model_family
+from speechkit.runtime.console import file_blocks, model_family, open_recognizer
 from speechkit.runtime.events import Result, ResultTracker
 
 
@@ -109,11 +109,12 @@ class StreamSession:
 
 
 class StreamingAsr:
-    """A cache-aware streaming CTC model (``model_family: ctc-streaming-conformer``)."""
+    """A cache-aware streaming model: CTC (``model_family: ctc-streaming-conformer``) or a
+    transducer in sherpa-onnx's format (``transducer-streaming-conformer``)."""
 
     def __init__(self, model_dir: str | Path, num_threads: int = 1, att_context: tuple[int, int] | None = None, beam: int = 1,
                  **options):
-        self.recognizer = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam, **options)
+        self.recognizer = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam, **options)
         self.sample_rate = self.recognizer.sample_rate
 
     def transcribe(self, audio, sample_rate: int | None = None):
@@ -262,7 +263,7 @@ class TextToMusic:
 
 def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     """Open an exported model directory (``model.onnx`` + tokenizer + ``export.json``) by its
-    family: a streaming model gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
+    family: a streaming model (CTC, or a transducer exported by ``speechkit export sherpa``) gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
     CLEAR TTS model (``ar_step.onnx`` ...) :class:`speechkit.runtime.tts.Synthesizer`
     (``synthesize(text, prompt)`` → samples, ``stream(text, prompt)`` → a generator of chunks), a
     voice-conversion model (``step.onnx`` + ``vc.json``) :class:`VoiceConversion`
@@ -282,6 +283,8 @@ def load(model_dir: str | Path, *, num_threads: int = 1, **options):
         return Synthesizer(model_dir, num_threads=num_threads)
     if (model_dir / "step.onnx").is_file() and (model_dir / "vc.json").is_file():
         return VoiceConversion(model_dir, num_threads=num_threads, **options)
+    if model_family(model_dir) == "transducer-streaming-conformer":  # sherpa-onnx's layout: encoder/decoder/joiner.onnx
+        return StreamingAsr(model_dir, num_threads=num_threads, **options)
     if not (model_dir / "model.onnx").is_file():
         raise SpeechkitError(f"{model_dir}: not a model directory (no model.onnx; export one with `speechkit export onnx`)")
     family = model_family(model_dir)

@@ -120,6 +120,7 @@ def _decode(args: argparse.Namespace) -> None:
 
     rec = Recognizer.from_exp_dir(args.exp_dir, args.checkpoint, args.device)
     rec.att_context = _context(args.att_context)
+    rec.decoder = args.decoder
     if args.ctc_weight:
         if not hasattr(rec.model, "ctc_rescore_weight") or rec.model.ctc is None:
             raise SpeechkitError(f"--ctc-weight needs an attention head trained with CTC; {args.exp_dir} has head '{rec.model.cfg.head}'")
@@ -180,6 +181,15 @@ def _export_onnx(args: argparse.Namespace) -> None:
         agree = (f"same tokens on {c['same_token_chunks']:.1%} of {c['chunks']} chunks" if "chunks" in c
                  else f"token error rate {c['token_error_rate']:.1%} on {c['utterances']} utterances")
         print(f"int8 against float32: {agree} ({c['tolerance']})")
+
+
+def _export_sherpa(args: argparse.Namespace) -> None:
+    from speechkit.export.sherpa_experiment import export_sherpa_exp_dir
+
+    info = export_sherpa_exp_dir(args.exp_dir, args.out_dir, checkpoint=args.checkpoint, att_context=_context(args.att_context))
+    left, right = info["att_context"]
+    print(f"exported {args.out_dir} ({info['format']}, att_context {left},{right}); ONNX Runtime = PyTorch over "
+          f"{info['parity']['chunks']} chained chunks (max |Δ| {info['parity']['max_abs_diff']:.1e})")
 
 
 def _decode_stream(args: argparse.Namespace) -> None:
@@ -336,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beam", type=int, default=1,
                    help="1: greedy; >1: beam search — CTC prefix beam (ctc head) or batched attention beam (attention head); "
                         "a Paraformer decodes in one pass and ignores it (default 1)")
+    d.add_argument("--decoder", choices=["transducer", "ctc"], default=None,
+                   help="a transducer head: its transducer search (default; --beam > 1: modified beam search) or its CTC head")
     d.add_argument("--ctc-weight", type=float, default=0.0,
                    help="attention head with --beam > 1: rescore the N-best with this weight on the CTC score (default 0)")
     d.add_argument("--length-bonus", type=float, default=0.0,
@@ -355,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
     eo.add_argument("--int8", action="store_true", help="ship the dynamic int8 quantization (checked model is fp32)")
     eo.set_defaults(func=_export_onnx)
+    es = ex.add_parser("sherpa", help="streaming transducer (or CTC) model to sherpa-onnx's online format, which "
+                                      "speechkit's runtime also runs")
+    es.add_argument("exp_dir")
+    es.add_argument("out_dir")
+    es.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",
+                    help="the one attention context of the export (default: the first finite one trained)")
+    es.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
+    es.set_defaults(func=_export_sherpa)
 
     ds = sub.add_parser("decode-stream", aliases=["decode-onnx"],
                         help="recognise a data dir with an exported model and ONNX Runtime: a streaming model chunk by chunk, "

@@ -17,10 +17,14 @@ from speechkit.audio.fbank import compute_fbank, pad_feats
 from speechkit.audio.io import load_audio
 from speechkit.checkpoint import load_checkpoint
 from speechkit.data.kaldi import load_data_dir, write_table
+from speechkit.decoding.transducer import BeamState, modified_beam_search
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.models.asr.ctc_model import AsrEncoderModel
 from speechkit.models.asr.heads import build_asr_model
+from speechkit.models.asr.transducer import HybridTransducerModel
 from speechkit.text.tokenizer import load_tokenizer
+
+UNK_ID = 1  # both tokenizers' <unk>; the transducer search treats it as blank, as sherpa-onnx does
 from speechkit.train.config import experiment_config_from_dict
 
 
@@ -30,6 +34,7 @@ class Recognizer:
     tokenizer: object
     device: torch.device
     att_context: tuple[int, int] | None = None  # streaming encoders: None = the config's first
+    decoder: str | None = None  # a hybrid transducer's head: "transducer" (None) or "ctc"
 
     @classmethod
     def from_exp_dir(cls, exp_dir: str | Path, checkpoint: str = "model_avg.pt", device: str | None = None) -> "Recognizer":
@@ -47,8 +52,39 @@ class Recognizer:
     def recognize_feats(self, feats: list[np.ndarray], beam: int = 1) -> list[str]:
         """feats: list of (T, F) fbank arrays → one text each."""
         x, lens = (torch.from_numpy(a).to(self.device) for a in pad_feats(feats))
-        ids = self.model.recognize(x, lens, beam, self.att_context)
+        if isinstance(self.model, HybridTransducerModel):
+            if self.decoder in (None, "transducer") and beam > 1:
+                ids = transducer_beam_search(self.model, x, lens, beam, self.att_context)
+            else:
+                ids = self.model.recognize(x, lens, beam, self.att_context, decoder=self.decoder or "transducer")
+        elif self.decoder not in (None, "ctc"):
+            raise SpeechkitError(f"--decoder {self.decoder} needs a transducer head; this model's head is '{self.model.cfg.head}'")
+        else:
+            ids = self.model.recognize(x, lens, beam, self.att_context)
         return [self.tokenizer.decode(list(i)) for i in ids]
+
+
+@torch.no_grad()
+def transducer_beam_search(model: HybridTransducerModel, feats: torch.Tensor, feat_lens: torch.Tensor, beam: int,
+                           att_context=None) -> list[list[int]]:
+    """feats (B, T, F), feat_lens (B,) → token ids per utterance: the torch encoder, then the numpy
+    modified beam search of speechkit.decoding (the runtime's) over the torch decoder and joiner."""
+    enc, lens = model.encode(feats, feat_lens, att_context)
+    enc_p = model.joiner.encoder_proj(enc).float().cpu().numpy()
+    param = next(model.parameters())
+
+    def decoder_fn(contexts: np.ndarray) -> np.ndarray:
+        y = torch.from_numpy(contexts).to(param.device)
+        return model.joiner.decoder_proj(model.decoder(y)).float().cpu().numpy()
+
+    def joiner_fn(e: np.ndarray, d: np.ndarray) -> np.ndarray:
+        e, d = (torch.from_numpy(a).to(param.device, param.dtype) for a in (e, d))
+        return model.joiner(e, d).float().cpu().numpy()
+
+    starts = [BeamState.start(model.hc.context_size) for _ in range(len(enc_p))]
+    states = modified_beam_search([e[:n] for e, n in zip(enc_p, lens.tolist())], starts, decoder_fn, joiner_fn, beam=beam,
+                                  unk_id=UNK_ID)
+    return [s.best(length_norm=True)[0] for s in states]
 
 
 class _Features(torch.utils.data.Dataset):

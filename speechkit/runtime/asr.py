@@ -197,19 +197,29 @@ class OnlineRecognizer:
         if s.search is not None:
             s.search.accept(log_probs)
             ids, frames = s.search.best()
-            kept = [(i, s.segment_start + f) for i, f in zip(ids, frames) if self._speech_near(s, s.segment_start + f)]
-            s.ids, s.id_frames = [i for i, _ in kept], [f for _, f in kept]
-            s.last_token_frame = s.id_frames[-1] if s.id_frames else s.last_token_frame
+            self._set_segment(s, ids, [s.segment_start + f for f in frames])
         else:
             for t, tok in enumerate(log_probs.argmax(-1).tolist()):
                 if tok != BLANK_ID and tok != s.prev:
                     s.pending.append((tok, s.enc_frames + t))
                 s.prev = tok
-        s.enc_frames += len(log_probs)
+        self._advance(s, len(log_probs))
+
+    def _advance(self, s: Stream, frames: int) -> None:
+        """After ``frames`` more encoder frames of ``s`` were searched: let the gate settle
+        pending tokens, then close the segment at an endpoint or at the end of the input."""
+        s.enc_frames += frames
         last = s.finished and s.frames_done >= s.fbank.num_frames_ready
         self._settle(s, last)
         if self._endpoint(s) or last:
             self._finalize(s)
+
+    def _set_segment(self, s: Stream, ids: list[int], frames: list[int]) -> None:
+        """A beam search's current best for the open segment (``frames``: encoder frames from the
+        start of the stream) → the segment's tokens, those without speech around them dropped."""
+        kept = [(i, f) for i, f in zip(ids, frames) if self._speech_near(s, f)]
+        s.ids, s.id_frames = [i for i, _ in kept], [f for _, f in kept]
+        s.last_token_frame = s.id_frames[-1] if s.id_frames else s.last_token_frame
 
     def _speech_near(self, s: Stream, frame: int) -> bool:
         """Whether the gate heard speech around encoder frame ``frame``, looking no further than

@@ -46,6 +46,16 @@ def model_family(model_dir: str | Path) -> str:
     return "ctc-streaming-conformer"
 
 
+def open_recognizer(model_dir: str | Path, **options) -> OnlineRecognizer:
+    """The streaming recognizer for an exported folder, by its family: a sherpa-format transducer
+    (``speechkit export sherpa``) or our streaming CTC graph; ``options`` go to its constructor."""
+    if model_family(model_dir) == "transducer-streaming-conformer":
+        from speechkit.runtime.transducer import TransducerRecognizer
+
+        return TransducerRecognizer(model_dir, **options)
+    return OnlineRecognizer(model_dir, **options)
+
+
 def _skipped(path: str, e: AudioError) -> None:
     msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
     print(f"speechkit: skipped: {msg}", file=sys.stderr)
@@ -72,7 +82,7 @@ def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_con
     stderr and skipped. Returns the number of files that failed."""
     if model_family(model_dir) == "paraformer":
         return transcribe_files_offline(model_dir, files, threads)
-    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
     failed = 0
     for path in files:
         try:
@@ -105,7 +115,7 @@ class _Printer:
 
 
 def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1) -> str:
-    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
     s, printer = rec.create_stream(), _Printer(rec)
     piece = rec.chunk_ms / 1000.0
     start = time.monotonic()
@@ -134,7 +144,7 @@ def stream_mic(model_dir: str, threads: int = 1, att_context=None, device=None) 
         info = sd.query_devices(device, kind="input")
     except Exception as e:  # sounddevice raises PortAudioError / ValueError when nothing is there
         raise SpeechkitError(f"no audio input device ({str(e).splitlines()[0] if str(e) else type(e).__name__}); use --wav FILE") from None
-    rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context)
     s, printer = rec.create_stream(), _Printer(rec)
     print(f"listening on {info['name']} at {rec.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
     block = int(rec.sample_rate * rec.chunk_ms / 1000)

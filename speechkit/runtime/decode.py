@@ -18,7 +18,7 @@ from speechkit.audio.io import read_blocks
 from speechkit.data.kaldi import load_data_dir, write_table
 from speechkit.errors import AudioError
 from speechkit.runtime.asr import OnlineRecognizer, decoding_error
-from speechkit.runtime.console import model_family
+from speechkit.runtime.console import model_family, open_recognizer
 
 _rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
 
@@ -30,7 +30,7 @@ def _init(model_dir: str, att_context, threads: int, beam: int = 1) -> None:
 
         _rec = OfflineRecognizer(model_dir, num_threads=threads)
     else:
-        _rec = OnlineRecognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
+        _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:

@@ -26,8 +26,7 @@ from websockets.http11 import Request, Response
 
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.proc import rss_mb
-from speechkit.runtime.asr import OnlineRecognizer
-from speechkit.runtime.console import model_family
+from speechkit.runtime.console import model_family, open_recognizer
 from speechkit.runtime.tts import FAMILY as TTS_FAMILY
 from speechkit.runtime.tts import Synthesizer
 from speechkit.runtime.vc import CONFIG_FILE as VC_CONFIG
@@ -90,7 +89,7 @@ class SpeechServer:
             tts_dir = model_dir
         else:
             # no memory arena: working memory follows the batch size instead of staying at its peak
-            self.rec = OnlineRecognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
+            self.rec = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
         if vc_dir is None and references is not None:
             raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
         if tts_dir is None and prompts is not None:

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 import kaldi_native_fbank as knf
 import numpy as np
 
+# kaldi-native-fbank floors mel energies at FLT_EPSILON: the log fbank of digital silence
+LOG_FLOOR = float(np.log(np.finfo(np.float32).eps))
+
 
 @dataclass(frozen=True)
 class FbankConfig:
@@ -40,9 +43,14 @@ def _options(cfg: FbankConfig) -> knf.FbankOptions:
     return opts
 
 
+def online_fbank(cfg: FbankConfig) -> knf.OnlineFbank:
+    """A streaming fbank extractor with ``cfg``'s settings (the runtimes' per-stream front end)."""
+    return knf.OnlineFbank(_options(cfg))
+
+
 def compute_fbank(samples: np.ndarray, cfg: FbankConfig = FbankConfig()) -> np.ndarray:
     """samples: float32 (N,) in [-1, 1] at ``cfg.sample_rate`` → (T, num_mel_bins) float32."""
-    fbank = knf.OnlineFbank(_options(cfg))
+    fbank = online_fbank(cfg)
     fbank.accept_waveform(cfg.sample_rate, np.asarray(samples, dtype=np.float32) * 32768.0)
     fbank.input_finished()
     n = fbank.num_frames_ready

@@ -40,14 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechkit.audio.fbank import FbankConfig
+from speechkit.audio.fbank import LOG_FLOOR, FbankConfig
 from speechkit.errors import SpeechkitError
 from speechkit.export.onnx_file import write_onnx
 
 MODEL_TYPE = "zipformer2"
 EMBED_CHANNELS, EMBED_FRAMES = 128, 3  # sherpa-onnx's zipformer2 embed cache: (B, 128, 3, ((F-1)//2-1)//2)
 INT16_LOG_GAIN = 2.0 * math.log(32768.0)  # log-mel of int16-scaled samples minus that of [-1, 1] samples
-LOG_FLOOR = math.log(float(np.finfo(np.float32).eps))  # kaldi-native-fbank's floor on mel energies
 FLOOR_MARGIN = 1e-3  # a value within this of the floor was floored
 FBANK = {"feature_dim": 80, "sample_rate": 16000, "high_freq": 0.0, "low_freq": 20.0, "dither": 0.0}  # as sherpa-onnx names them
 ENCODER_OUT_TOL = 1e-4  # ONNX Runtime vs PyTorch, float32

@@ -21,7 +21,7 @@ from pathlib import Path
 import kaldi_native_fbank as knf
 import numpy as np
 
-from speechkit.audio.fbank import _options
+from speechkit.audio.fbank import online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
@@ -164,7 +164,7 @@ class OnlineRecognizer:
             state.append(np.zeros(shape, dtype=np.int64 if name == "cached_len" else np.float32))
         search = CtcPrefixBeamSearch(self.beam) if self.beam > 1 else None
         gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
-        return Stream(knf.OnlineFbank(_options(self.fbank_cfg)), state, self.sample_rate, search=search, gate=gate,
+        return Stream(online_fbank(self.fbank_cfg), state, self.sample_rate, search=search, gate=gate,
                       tokenizer=self.tokenizer)
 
     def is_ready(self, s: Stream) -> bool:

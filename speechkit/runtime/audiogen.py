@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import cached_property
@@ -34,6 +33,7 @@ import numpy as np
 
 from speechkit.decoding.magnet import ArOptions, MagnetOptions, ar_generate, hybrid_generate, magnet_generate
 from speechkit.errors import SpeechkitError
+from speechkit.text.captions import caption_words
 from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.session import cpu_session
 
@@ -48,14 +48,8 @@ CODEC_DIR = "codec"
 MODES = ("magnet", "hybrid", "ar")
 HYBRID_AR_SECONDS = 1.0  # hybrid mode: this much from the start autoregressively, the rest by MAGNeT
 PAD, UNK = 0, 1  # the caption vocabulary's first two ids (``models/audiogen/text.py``)
-_WORD = re.compile(r"[a-z]+|[0-9]")  # as the caption tokenizer splits (a test holds the two equal)
 
 Progress = Callable[[int, int], None]  # (model calls done, calls expected)
-
-
-def caption_words(caption: str) -> list[str]:
-    """'An upbeat tune at 124 BPM!' → ['an', 'upbeat', 'tune', 'at', '1', '2', '4', 'bpm']."""
-    return _WORD.findall(caption.lower().replace("'", ""))
 
 
 class CaptionIds:

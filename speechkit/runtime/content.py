@@ -19,11 +19,10 @@ import re
 import tempfile
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import numpy as np
 import onnx
 
-from speechkit.audio.fbank import _options
+from speechkit.audio.fbank import online_fbank
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks
 from speechkit.runtime.session import open_model
@@ -192,7 +191,7 @@ class ContentStream:
     def __init__(self, encoder: ContentEncoder, keep_log_probs: bool = False):
         self.encoder = encoder
         # the ASR stream: input checks, resampling from other rates, the online fbank
-        self._feed = Stream(knf.OnlineFbank(_options(encoder.fbank_cfg)), encoder.init_state(), encoder.sample_rate)
+        self._feed = Stream(online_fbank(encoder.fbank_cfg), encoder.init_state(), encoder.sample_rate)
         self.frames = 0  # content frames given out so far
         self.log_probs: list[np.ndarray] | None = [] if keep_log_probs else None
 

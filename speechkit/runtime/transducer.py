@@ -15,10 +15,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import numpy as np
 
-from speechkit.audio.fbank import FbankConfig, _options
+from speechkit.audio.fbank import LOG_FLOOR, FbankConfig, online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.transducer import BeamState, GreedyState, Hypothesis, greedy_search, modified_beam_search
 from speechkit.errors import SpeechkitError
@@ -28,9 +27,6 @@ from speechkit.text.tokenizer import load_tokenizer
 
 FAMILY = "transducer-streaming-conformer"  # export.json's model_family (speechkit.export.sherpa_experiment)
 MODEL_TYPE = "zipformer2"
-# kaldi-native-fbank's floor, log(FLT_EPSILON): the fbank of digital silence, which pads a last
-# partial chunk (the graph takes whole chunks); the same value as speechkit.export.sherpa.LOG_FLOOR
-LOG_FLOOR = float(np.log(np.finfo(np.float32).eps))
 
 
 @dataclass
@@ -100,7 +96,7 @@ class TransducerRecognizer(OnlineRecognizer):
     def create_stream(self) -> TransducerStream:
         search = (BeamState if self.beam > 1 else GreedyState).start(self.context_size)
         gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
-        return TransducerStream(knf.OnlineFbank(_options(self.fbank_cfg)), [z.copy() for z in self._state_zeros], self.sample_rate,
+        return TransducerStream(online_fbank(self.fbank_cfg), [z.copy() for z in self._state_zeros], self.sample_rate,
                                 gate=gate, tokenizer=self.tokenizer, search_state=search)
 
     def _decoder_fn(self, contexts: np.ndarray) -> np.ndarray:
@@ -117,6 +113,7 @@ class TransducerRecognizer(OnlineRecognizer):
         ready = [s for s in streams if self.is_ready(s)]
         if not ready:
             return
+        # a last partial chunk is padded with the fbank of digital silence (the graph takes whole chunks)
         x = np.full((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), LOG_FLOOR, dtype=np.float32)
         n_feats = []
         for b, s in enumerate(ready):

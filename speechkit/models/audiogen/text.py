@@ -10,7 +10,6 @@ NULL token to every caption; the null condition of classifier-free guidance is a
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,17 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from speechkit.errors import SpeechkitError
+from speechkit.text.captions import caption_words
 from speechkit.models.audiogen.config import TextEncoderConfig
 from speechkit.nn.attention import sinusoidal_positions
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
-_WORD = re.compile(r"[a-z]+|[0-9]")  # words of letters, digits one by one; everything else separates
-
-
-def caption_words(caption: str) -> list[str]:
-    """'An upbeat tune at 124 BPM!' → ['an', 'upbeat', 'tune', 'at', '1', '2', '4', 'bpm']."""
-    return _WORD.findall(caption.lower().replace("'", ""))
 
 
 class CaptionTokenizer:

@@ -232,3 +232,34 @@ def _descendants(pid: int) -> list[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+def sherpa_transducer_recognizer(out, unit_range_samples: bool = False, **kw):
+    """sherpa-onnx's online recognizer on a `speechkit export sherpa` folder, one CPU thread, with
+    the feature settings that make its fbank ours (``export.sherpa.recognizer_options``)."""
+    import sherpa_onnx
+
+    from speechkit.export.sherpa import recognizer_options
+
+    return sherpa_onnx.OnlineRecognizer.from_transducer(
+        tokens=str(out / "tokens.txt"), encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
+        joiner=str(out / "joiner.onnx"), num_threads=1, provider="cpu", **{**recognizer_options(unit_range_samples), **kw})
+
+
+def sherpa_decode(rec, waves, sample_rate: int = 16000) -> list[tuple[list[str], list[int], str, int]]:
+    """Every wave as its own sherpa-onnx stream, the ready ones decoded together each round → per
+    stream (token pieces, encoder frames (40 ms), text, chunks decoded). sherpa-onnx spells a
+    leading ▁ as a space; the pieces here are spelled as in tokens.txt."""
+    streams, chunks = [rec.create_stream() for _ in waves], [0] * len(waves)
+    for s, w in zip(streams, waves):
+        s.accept_waveform(sample_rate, w)
+        s.input_finished()
+    while ready := [i for i, s in enumerate(streams) if rec.is_ready(s)]:
+        rec.decode_streams([streams[i] for i in ready])
+        for i in ready:
+            chunks[i] += 1
+    out = []
+    for s, n in zip(streams, chunks):
+        r = rec.get_result_all(s)
+        out.append(([t.replace(" ", "▁") for t in r.tokens], [round(t / 0.04) for t in r.timestamps], r.text.strip(), n))
+    return out

@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import sherpa_onnx
+from conftest import sherpa_decode as decode_with_sherpa
+from conftest import sherpa_transducer_recognizer
 import torch
 from torch import nn
 
@@ -116,29 +118,13 @@ def exported(tmp_path_factory):
 
 
 def recognizer(out, unit_range_samples: bool = False, **kw):
-    return sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(out / "tokens.txt"), encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
-        joiner=str(out / "joiner.onnx"), num_threads=1, provider="cpu", **{**recognizer_options(unit_range_samples), **kw})
+    return sherpa_transducer_recognizer(out, unit_range_samples, **kw)
 
 
 def sherpa_decode(rec, waves: list[np.ndarray]) -> list[tuple[list[int], list[int], int]]:
-    """Every wave as its own stream, the ready ones decoded together each round → per stream
-    (token ids, token frames, chunks decoded)."""
+    """Every wave as its own stream, decoded together → per stream (token ids, token frames, chunks)."""
     ids = {t: i for i, t in enumerate(TOKENS)}
-    streams, chunks = [rec.create_stream() for _ in waves], [0] * len(waves)
-    for s, w in zip(streams, waves):
-        s.accept_waveform(SR, w)
-        s.input_finished()
-    while ready := [i for i, s in enumerate(streams) if rec.is_ready(s)]:
-        rec.decode_streams([streams[i] for i in ready])
-        for i in ready:
-            chunks[i] += 1
-    out = []
-    for s, n in zip(streams, chunks):
-        r = rec.get_result_all(s)
-        # sherpa-onnx spells a leading ▁ as a space
-        out.append(([ids[t.replace(" ", "▁")] for t in r.tokens], [round(ts / 0.04) for ts in r.timestamps], n))
-    return out
+    return [([ids[p] for p in pieces], frames, n) for pieces, frames, _, n in decode_with_sherpa(rec, waves, SR)]
 
 
 def torch_fns(decoder, joiner):

@@ -14,16 +14,14 @@ import sys
 
 import numpy as np
 import pytest
-import sherpa_onnx
 import torch
 
-from conftest import make_tiny_data_dir
+from conftest import make_tiny_data_dir, sherpa_decode, sherpa_transducer_recognizer
 from speechkit.audio.fbank import compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.checkpoint import save_atomic
 from speechkit.cli import main
 from speechkit.errors import SpeechkitError
-from speechkit.export.sherpa import recognizer_options
 from speechkit.models.asr.heads import build_asr_model
 from speechkit.runtime.asr import EndpointConfig
 from speechkit.runtime.transducer import TransducerRecognizer
@@ -83,29 +81,6 @@ def waves_of(paths) -> list[np.ndarray]:
     return [load_audio(p, SR)[0] for p in paths]
 
 
-def sherpa_recognizer(out, **kw):
-    return sherpa_onnx.OnlineRecognizer.from_transducer(
-        tokens=str(out / "tokens.txt"), encoder=str(out / "encoder.onnx"), decoder=str(out / "decoder.onnx"),
-        joiner=str(out / "joiner.onnx"), num_threads=1, provider="cpu", **{**recognizer_options(), **kw})
-
-
-def sherpa_decode(rec, waves) -> list[tuple[list[str], list[int], str, int]]:
-    """All waves as streams decoded together → per stream (pieces, encoder frames, text, chunks)."""
-    streams, chunks = [rec.create_stream() for _ in waves], [0] * len(waves)
-    for s, w in zip(streams, waves):
-        s.accept_waveform(SR, w)
-        s.input_finished()
-    while ready := [i for i, s in enumerate(streams) if rec.is_ready(s)]:
-        rec.decode_streams([streams[i] for i in ready])
-        for i in ready:
-            chunks[i] += 1
-    out = []
-    for s, n in zip(streams, chunks):
-        r = rec.get_result_all(s)
-        out.append(([t.replace(" ", "▁") for t in r.tokens], [round(t / 0.04) for t in r.timestamps], r.text.strip(), n))
-    return out
-
-
 def whole_chunks(wave: np.ndarray, chunks: int) -> np.ndarray:
     """The wave cut so that sherpa-onnx (after input_finished) and our runtime (before it) both
     decode exactly ``chunks`` chunks: 2 fbank frames past them."""
@@ -152,7 +127,7 @@ def test_sherpa_and_our_runtime_give_the_same_tokens_times_and_text(folder, beam
     kw = {"decoding_method": "modified_beam_search", "max_active_paths": BEAM} if beam > 1 else {}
     counts = [(len(w) // 160 - 3) // CHUNK for w in waves_of(wavs)]  # as many whole chunks as each wave has
     waves = [whole_chunks(w, k) for w, k in zip(waves_of(wavs), counts)]
-    theirs = sherpa_decode(sherpa_recognizer(out, **kw), waves)
+    theirs = sherpa_decode(sherpa_transducer_recognizer(out, **kw), waves, SR)
     rec = TransducerRecognizer(out, beam=beam, gate=None, endpoint=None)
     batched = ours_whole_chunks(rec, waves)
     for wave, t, o, k in zip(waves, theirs, batched, counts):
@@ -167,7 +142,7 @@ def test_transcribe_with_the_tail_extends_sherpas_result(folder):
     tokens are the start of ours, with the same times in seconds."""
     out, wavs, _ = folder
     rec = TransducerRecognizer(out, gate=None, endpoint=None)
-    theirs = sherpa_decode(sherpa_recognizer(out), waves_of(wavs))
+    theirs = sherpa_decode(sherpa_transducer_recognizer(out), waves_of(wavs), SR)
     for wave, (pieces, frames, _, chunks) in zip(waves_of(wavs), theirs):
         s = rec.run_streams([[(wave, SR)]])[0]
         (seg,) = s.finals

@@ -22,3 +22,17 @@ def emit(result: dict, lines: list[str], args: argparse.Namespace) -> None:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result), flush=True)
+
+
+def comma_list(kind=int, positive: bool = False):
+    """An argparse ``type``: "4,10" → [4, 10] of ``kind`` (at least one value; ``positive``: all ≥ 1)."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {kind.__name__}") from None
+        if not values or (positive and min(values) < 1):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {'positive ' if positive else ''}{kind.__name__}")
+        return values
+
+    return parse

@@ -16,24 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
-from speechkit.bench import add_output_args, emit
+from speechkit.bench import add_output_args, comma_list, emit
 from speechkit.errors import SpeechkitError
 
 CAPTIONS = ("an upbeat pop song with piano drums and bass at 120 bpm", "a calm ambient piece with strings in a minor",
             "fast rock with electric guitar", "slow jazz with saxophone and double bass")
-
-
-def _list(kind):
-    def parse(text: str) -> list:
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list")
-        return values
-
-    return parse
 
 
 def time_generation(gen, mode: str, batch: int, frames: int, rescore: float, steps, seed: int = 0) -> tuple[float, float]:
@@ -100,11 +87,11 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                              description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="an exported text-to-music folder (audiogen.json)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each clip (default 10)")
-    p.add_argument("--batch", type=_list(int), default=[1], metavar="N,N,..", help="clips per call, comma-separated (default 1)")
-    p.add_argument("--modes", type=_list(str), default=["magnet"], metavar="MODE,..",
+    p.add_argument("--batch", type=comma_list(int, positive=True), default=[1], metavar="N,N,..", help="clips per call, comma-separated (default 1)")
+    p.add_argument("--modes", type=comma_list(str), default=["magnet"], metavar="MODE,..",
                    help="magnet, hybrid, ar, comma-separated (default magnet; hybrid and ar need the AR graphs)")
     p.add_argument("--rescore", type=float, default=0.0, metavar="W", help="MAGNeT's rescoring weight (default 0: off)")
-    p.add_argument("--steps", type=_list(int), default=None, metavar="N,N,..", help="MAGNeT's steps per codebook (default the model's)")
+    p.add_argument("--steps", type=comma_list(int), default=None, metavar="N,N,..", help="MAGNeT's steps per codebook (default the model's)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per mode and batch; medians reported (default 3)")
     add_output_args(p)

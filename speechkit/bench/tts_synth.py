@@ -36,21 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from speechkit.bench import add_output_args, emit
+from speechkit.bench import add_output_args, comma_list, emit
 from speechkit.errors import SpeechkitError
 
 PROMPT_SECONDS = 3.0
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs into the forest before anyone sees it."
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
-    return values
 
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,8 +54,8 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="exported codec (default: the one the experiment was trained on; models/codec-vae-synth for a config)")
     p.add_argument("--frames", type=int, default=100, help="latents per utterance (default 100: 4 s at 25/s)")
     p.add_argument("--text", default=TEXT, help="what is said (default: a sentence of ~90 phoneme symbols)")
-    p.add_argument("--steps", type=int_list, default=[4, 10], help="flow steps, comma-separated (default 4,10)")
-    p.add_argument("--chunk-frames", type=int_list, default=[4, 8], help="latents per audio chunk, comma-separated (default 4,8)")
+    p.add_argument("--steps", type=comma_list(int, positive=True), default=[4, 10], help="flow steps, comma-separated (default 4,10)")
+    p.add_argument("--chunk-frames", type=comma_list(int, positive=True), default=[4, 8], help="latents per audio chunk, comma-separated (default 4,8)")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (default 1.5, as synthesis)")
     p.add_argument("--repeats", type=int, default=5, help="timed utterances per configuration; medians reported (default 5)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="torch device (default: cuda if available)")

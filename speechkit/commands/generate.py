@@ -10,22 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from speechkit.bench import comma_list
 from speechkit.errors import SpeechkitError
 
 EXAMPLE = 'speechkit generate exp/audiogen/onnx --text "calm piano in c major at 90 bpm" --seconds 10 --out piano.wav'
-
-
-def _numbers(kind):
-    def parse(text: str):
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers")
-        return values
-
-    return parse
 
 
 def _one_or_pair(values: list[float] | None):
@@ -119,11 +107,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rescore", type=float, default=0.0, metavar="W",
                    help="weigh MAGNeT's span confidences with the AR model's log-probs, w in [0, 1] (default 0: off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0): the same seed gives the same clips")
-    p.add_argument("--steps", type=_numbers(int), default=None, metavar="N,N,..",
+    p.add_argument("--steps", type=comma_list(int), default=None, metavar="N,N,..",
                    help="MAGNeT's decoding steps per codebook (default the model's, 20,10,10,10)")
-    p.add_argument("--cfg", type=_numbers(float), default=None, metavar="S[,E]",
+    p.add_argument("--cfg", type=comma_list(float), default=None, metavar="S[,E]",
                    help="guidance scale: one number throughout, or start,end annealed over MAGNeT's steps (default 3,1; AR 3)")
-    p.add_argument("--temperature", type=_numbers(float), default=None, metavar="T[,E]",
+    p.add_argument("--temperature", type=comma_list(float), default=None, metavar="T[,E]",
                    help="sampling temperature: one number, or start,end annealed (default MAGNeT 3,0.1; AR 1)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default MAGNeT 0.9; AR top-k 250)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")

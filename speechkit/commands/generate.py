@@ -98,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="an exported text-to-music folder (audiogen.json, text.onnx, magnet.onnx, codec/)")
     p.add_argument("--text", action="append", required=True, metavar="CAPTION",
                    help="what to generate; repeat for several clips, generated as one batch")
-    p.add_argument("--seconds", type=float, required=True, help="length of each clip")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each clip (default 10)")
     p.add_argument("--out", default=None, metavar="WAV", help="the clip's file (one --text)")
     p.add_argument("--out-dir", default=None, metavar="DIR", help="write NN_caption.wav per --text here")
     p.add_argument("--mode", default="magnet",

@@ -143,6 +143,24 @@ async function referencePcm(file) {
 // 16-bit PCM -> played on `player` right after what was scheduled before it (`at`: the player
 // time the previous frame ends; a frame that comes late starts PLAY_AHEAD_S from now); returns
 // the player time this one ends
+// an audio frame from the server (/vc or /tts): time the first one from `sentAt` (when given),
+// count it on the `receivedId` element, and play it right after the previous one
+function receiveFrame(player, pcm, firstId, receivedId, sentAt) {
+  if (!player.outChunks.length && sentAt !== undefined) {
+    const ms = performance.now() - sentAt;
+    $(firstId).textContent = fmtMs(ms);
+    $(firstId).dataset.ms = ms.toFixed(1);
+  }
+  player.outChunks.push(pcm);
+  player.outSamples += pcm.length;
+  const el = $(receivedId);
+  el.textContent = (player.outSamples / player.outRate).toFixed(1) + " s";
+  el.dataset.samples = String(player.outSamples);
+  el.dataset.frames = String(player.outChunks.length);
+  player.playAt = schedule(pcm, player.outRate, player.playAt);
+  el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
+}
+
 function schedule(pcm, rate, at) {
   const audio = player.createBuffer(1, pcm.length, rate);
   const ch = audio.getChannelData(0);
@@ -328,20 +346,8 @@ class Session {
   onAudio(buf) {
     const pcm = new Int16Array(buf);
     if (!pcm.length) return;
-    if (!this.outChunks.length && this.sendLog.length) {
-      const ms = performance.now() - this.sendLog[0][1];
-      $("first-audio").textContent = fmtMs(ms);
-      $("first-audio").dataset.ms = ms.toFixed(1);
-    }
-    this.outChunks.push(pcm);
-    this.outSamples += pcm.length;
+    receiveFrame(this, pcm, "first-audio", "audio-received", this.sendLog.length ? this.sendLog[0][1] : undefined);
     this.noteLatency({ type: "audio", end: this.outSamples / this.outRate }); // output sample k is input sample k
-    const el = $("audio-received");
-    el.textContent = (this.outSamples / this.outRate).toFixed(1) + " s";
-    el.dataset.samples = String(this.outSamples);
-    el.dataset.frames = String(this.outChunks.length);
-    this.playAt = schedule(pcm, this.outRate, this.playAt);
-    el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
   }
 
   onMessage(e) {
@@ -530,19 +536,7 @@ class TtsSession {
   onAudio(buf) {
     const pcm = new Int16Array(buf);
     if (!pcm.length) return;
-    if (!this.outChunks.length) {
-      const ms = performance.now() - this.tSent;
-      $("tts-first-audio").textContent = fmtMs(ms);
-      $("tts-first-audio").dataset.ms = ms.toFixed(1);
-    }
-    this.outChunks.push(pcm);
-    this.outSamples += pcm.length;
-    const el = $("tts-received");
-    el.textContent = (this.outSamples / this.outRate).toFixed(1) + " s";
-    el.dataset.samples = String(this.outSamples);
-    el.dataset.frames = String(this.outChunks.length);
-    this.playAt = schedule(pcm, this.outRate, this.playAt);
-    el.dataset.scheduled = String(Number(el.dataset.scheduled || 0) + 1);
+    receiveFrame(this, pcm, "tts-first-audio", "tts-received", this.tSent);
   }
 
   onMessage(e) {

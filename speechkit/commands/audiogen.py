@@ -5,16 +5,12 @@ judge, a torch sample, and the comparison of the decoding systems on a test spli
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
+from speechkit.bench import comma_list
 from speechkit.errors import SpeechkitError
+from speechkit.eval.audiogen_eval import SYSTEMS, num, pct
 
-# eval's systems: (mode, rescored); a rescored system uses --rescore-weight
-SYSTEMS = {"magnet": ("magnet", False), "magnet_rescore": ("magnet", True), "hybrid": ("hybrid", False), "ar": ("ar", False)}
-CEILING = "codec"  # the test renders through the codec (K codebooks): what a perfect token model could reach
 
 
 def _prepare(args) -> None:
@@ -47,8 +43,8 @@ def _judge(args) -> None:
                                     minutes=args.minutes, device=args.device, exp=exp)
     acc, prec, ap = r["instrument_accuracy"], r["instrument_precision"], r["mean_ap"]
     print(f"instrument judge -> {args.out_dir}: {r['steps']} steps in {r['minutes']} min; on {r['clips']} held-out clips "
-          f"({args.test}): instrument accuracy {_pct(acc)}, precision {_pct(prec)}, mean AP {_num(ap)}, "
-          f"exact-set accuracy {_pct(r['exact_set_accuracy'])}")
+          f"({args.test}): instrument accuracy {pct(acc)}, precision {pct(prec)}, mean AP {num(ap)}, "
+          f"exact-set accuracy {pct(r['exact_set_accuracy'])}")
 
 
 def _generation_options(args):
@@ -57,11 +53,7 @@ def _generation_options(args):
 
     magnet = None
     if args.steps:
-        try:
-            steps = tuple(int(s) for s in args.steps.split(","))
-        except ValueError:
-            raise SpeechkitError(f"--steps {args.steps}: expected comma-separated counts, one per codebook (e.g. 20,10,10,10)") from None
-        magnet = MagnetOptions(steps=steps)
+        magnet = MagnetOptions(steps=tuple(args.steps))
     return GenerationOptions(magnet=magnet, hybrid_seconds=args.hybrid_seconds, batch=getattr(args, "batch", 1))
 
 
@@ -92,163 +84,13 @@ def _sample(args) -> None:
           f"(seed {args.seed})")
 
 
-# -- eval -------------------------------------------------------------------------------------------
-def evaluate_audiogen(args) -> dict:
-    """Generate the test captions with each system, judge them beside the codec's resynthesis of the
-    real renders, time 10-s generation at batch 1 and B; writes OUT/wav/*, OUT/<system>.jsonl,
-    OUT/eval.json and OUT/eval.md and returns the result."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from speechkit.audio.io import load_audio, save_audio
-    from speechkit.eval.music_classifier import InstrumentJudge
-    from speechkit.eval.music_judges import JUDGE_RATE, judge_clips, read_music_dir
-    from speechkit.inference.audiogen import MusicGeneratorTorch
-
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or not systems:
-        raise SpeechkitError(f"--systems: unknown '{','.join(unknown)}' (known: {', '.join(SYSTEMS)})")
-    if args.clips < 2 or args.batch < 1:
-        raise SpeechkitError("--clips must be at least 2 (the Fréchet distance needs two) and --batch at least 1")
-    every = read_music_dir(args.data)
-    clips = every[: args.clips]
-    if len(clips) < 2:
-        raise SpeechkitError(f"{args.data}: {len(clips)} clip; the eval needs at least 2")
-    captions = [c.labels.get("caption") for c in clips]
-    if not all(isinstance(c, str) and c.strip() for c in captions):
-        raise SpeechkitError(f"{args.data}/labels.jsonl: every row needs its 'caption'")
-    gen, opts = _generator(args, args.magnet)
-    for s in systems:  # checked before any work
-        gen.check_request(captions, args.seconds, SYSTEMS[s][0], args.rescore_weight if SYSTEMS[s][1] else 0.0, opts)
-    judge = InstrumentJudge.load(args.judge, gen.device)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    labels = [c.labels for c in clips]
-
-    log(f"reference: the judge's embeddings of {len(every)} real renders of {args.data}")
-    real, reference = [], []
-    for c in tqdm(every, desc="reference", unit="clip", file=sys.stderr, dynamic_ncols=True, mininterval=2):
-        x, _ = load_audio(c.wav, JUDGE_RATE, resample=True, downmix=True)
-        reference.append(judge.embed(x, JUDGE_RATE))
-        if len(real) < len(clips):
-            real.append(x)
-    reference = np.stack(reference)
-    results, timing = {}, {}
-
-    def judged(name: str, audio: list, rate: int, fd: bool = True) -> None:
-        log(f"judging {name} ({len(audio)} clips)")
-        rows, summary = judge_clips(audio, labels, judge, reference if fd else None, sample_rate=rate)
-        if not fd:
-            summary["fd"] = None  # its clips are in the reference set
-        results[name] = summary
-        with open(out / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-
-    judged("real", real, JUDGE_RATE, fd=False)
-    resynth = _resynthesise(gen, real, JUDGE_RATE)
-    _save_all(out / "wav" / CEILING, clips, resynth, gen.sample_rate, save_audio)
-    judged(CEILING, resynth, gen.sample_rate)
-    for name in systems:
-        mode, rescored = SYSTEMS[name]
-        weight = args.rescore_weight if rescored else 0.0
-        audio = []
-        for i, at in enumerate(tqdm(range(0, len(captions), args.batch), desc=f"generate {name}", unit="batch", file=sys.stderr,
-                                    dynamic_ncols=True)):
-            audio += gen.generate(captions[at : at + args.batch], args.seconds, mode, weight, args.seed + i, opts)
-        _save_all(out / "wav" / name, clips, audio, gen.sample_rate, save_audio)
-        judged(name, audio, gen.sample_rate)
-        timing[name] = _time_generation(gen, captions, args.seconds, mode, weight, opts, args.batch)
-        results[name]["timing"] = timing[name]
-        log(f"{name}: {args.seconds:g} s in {timing[name]['batch1_s']:.2f} s at batch 1, "
-            f"{timing[name]['batchB_s_per_clip']:.3f} s a clip at batch {args.batch}")
-    result = {"data": str(Path(args.data).resolve()), "clips": len(clips), "reference_clips": len(every), "seconds": args.seconds,
-              "magnet": str(args.magnet), "ar": str(args.ar) if args.ar else None, "codec": str(gen.codec_path),
-              "device": str(gen.device) + (f" ({torch.cuda.get_device_name(gen.device)})" if gen.device.type == "cuda" else ""),
-              "rescore_weight": args.rescore_weight, "hybrid_seconds": args.hybrid_seconds,
-              "magnet_steps": list(gen.magnet_options(opts, 0.0).steps), "seed": args.seed, "batch": args.batch,
-              "judge": judge.card, "systems": results}
-    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "eval.md").write_text("\n".join(table_lines(result)) + "\n")
-    return result
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%T')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _resynthesise(gen, clips: list, rate: int) -> list:
-    """Real renders through the codec's first K codebooks (the ceiling row)."""
-    import numpy as np
-
-    from speechkit.audio.io import resample_audio
-    from speechkit.train.audiogen_prepare import encode_batch
-
-    x = [resample_audio(c, rate, gen.sample_rate) for c in clips]
-    out = []
-    for at in range(0, len(x), 16):
-        part = x[at : at + 16]
-        codes = encode_batch(gen.codec, part, gen.codebooks)
-        n = max(c.shape[1] for c in codes)
-        padded = np.stack([np.pad(c, ((0, 0), (0, n - c.shape[1]))) for c in codes])
-        out += [a[: len(p)] for a, p in zip(gen.decode(padded), part)]
-    return out
-
-
-def _save_all(folder: Path, clips, audio, rate: int, save_audio) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for c, a in zip(clips, audio):
-        save_audio(folder / f"{c.utt}.wav", a, rate)
-
-
-def _time_generation(gen, captions: list[str], seconds: float, mode: str, weight: float, opts, batch: int) -> dict:
-    """Wall seconds to generate ``seconds`` of audio for one caption and for ``batch`` captions (cycled);
-    the models were warmed up by the eval's own generation."""
-    import torch
-
-    def timed(part: list[str]) -> float:
-        if gen.device.type == "cuda":
-            torch.cuda.synchronize(gen.device)
-        t0 = time.perf_counter()
-        gen.generate(part, seconds, mode, weight, 0, opts)
-        return time.perf_counter() - t0  # generate returns host arrays: the device is done
-
-    one = timed(captions[:1])
-    many = timed([captions[i % len(captions)] for i in range(batch)])
-    return {"seconds": seconds, "batch1_s": round(one, 3), "batch1_rtf": round(one / seconds, 4), "batch": batch,
-            "batchB_s": round(many, 3), "batchB_s_per_clip": round(many / batch, 4), "batchB_rtf": round(many / batch / seconds, 5)}
-
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.1f} %"
-
-
-def _num(v, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def table_lines(result: dict) -> list[str]:
-    """The eval as a markdown table, one row a system, the real renders and the codec ceiling first."""
-    b = result["batch"]
-    lines = [f"Text-to-music on {result['clips']} captions of {result['data']} ({result['seconds']:g} s each; FD against "
-             f"{result['reference_clips']} real renders in the instrument judge's embedding; device {result['device']})", "",
-             f"| system | tempo Acc1 | tempo Acc2 | key exact | key weighted | instruments found | instrument precision | FD "
-             f"| {result['seconds']:g} s at batch 1 (s) | per clip at batch {b} (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"real": "real renders (the judges' own score)", CEILING: "ceiling: real renders through the codec",
-             "magnet": "MAGNeT", "magnet_rescore": f"MAGNeT + AR rescoring (w = {result['rescore_weight']:g})",
-             "hybrid": f"hybrid ({result['hybrid_seconds']:g} s AR, then MAGNeT)", "ar": "AR (delay pattern)"}
-    for name, s in result["systems"].items():
-        t = s.get("timing") or {}
-        lines.append(f"| {names.get(name, name)} | {_pct(s['tempo_acc1'])} | {_pct(s['tempo_acc2'])} | {_pct(s['key_exact'])} "
-                     f"| {_pct(s['key_weighted'])} | {_pct(s.get('instrument_accuracy'))} | {_pct(s.get('instrument_precision'))} "
-                     f"| {_num(s.get('fd'), 2)} | {_num(t.get('batch1_s'), 2)} | {_num(t.get('batchB_s_per_clip'), 3)} |")
-    return lines
-
-
 def _eval(args) -> None:
-    result = evaluate_audiogen(args)
+    from speechkit.eval.audiogen_eval import evaluate_audiogen, table_lines
+
+    gen, opts = _generator(args, args.magnet)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    result = evaluate_audiogen(gen, opts, args.data, args.judge, args.out_dir, systems, clips_wanted=args.clips,
+                               seconds=args.seconds, batch=args.batch, rescore_weight=args.rescore_weight, seed=args.seed)
     print("\n".join(table_lines(result)))
     print(f"-> {args.out_dir}/eval.json, eval.md")
 
@@ -265,7 +107,8 @@ def _export(args) -> None:
 
 
 def _decoding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", default=None, help="MAGNeT decoding steps per codebook, comma-separated (default 20,10,10,...)")
+    p.add_argument("--steps", type=comma_list(int, positive=True), default=None, metavar="N,N,..",
+                   help="MAGNeT decoding steps per codebook, comma-separated (default 20,10,10,...)")
     p.add_argument("--hybrid-seconds", type=float, default=2.0, help="hybrid mode: seconds made by the AR model first (default 2)")
     p.add_argument("--codec", default=None, help="the RVQ codec the models were trained on (default: the one recorded in the model)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0): the same seed gives the same audio")

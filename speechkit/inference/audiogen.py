@@ -96,6 +96,7 @@ class MusicGeneratorTorch:
                  device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.magnet, self.magnet_words, self.tokens = _load_kind(magnet, "magnet", self.device)
+        self.magnet_path, self.ar_path = Path(magnet), Path(ar) if ar is not None else None
         self.ar: DelayAR | None = None
         self.ar_words: CaptionTokenizer | None = None
         if ar is not None:

@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soxr
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.runtime import OnlineRecognizer
+from serve_harness import LiveServer, raw_session
 from speechkit.serve.client import pcm16, stream_audio
 from speechkit.serve.protocol import Close, Limits, ProtocolError, Start, decode_audio, parse_control, parse_start
-from speechkit.serve.server import AsrServer
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "asr-stream-synth"
 SENTENCES = ["the museum opened a new hall for old maps", "she walked to the station before the rain started",
@@ -68,42 +64,6 @@ def test_limits_must_be_positive():
 
 
 # --- a live server ----------------------------------------------------------------------------
-class LiveServer:
-    """AsrServer on its own event loop in a thread, on a free port."""
-
-    def __init__(self, limits: Limits):
-        self.server = AsrServer(MODEL, limits=limits, max_batch=16)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(60), "server did not start"
-
-    async def _main(self):
-        self.stop = self.loop.create_future()
-        ready = self.loop.create_future()
-        ready.add_done_callback(lambda f: (setattr(self, "port", f.result()), self.ready.set()))
-        await self.server.serve("127.0.0.1", 0, ready, self.stop)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/asr"
-
-    def http(self, path: str) -> tuple[int, str, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
-                return r.status, r.headers.get("Content-Type", ""), r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers.get("Content-Type", ""), e.read()
-
-    def health(self) -> dict:
-        return json.loads(self.http("/health")[2])
-
-    def close(self):
-        self.loop.call_soon_threadsafe(lambda: self.stop.done() or self.stop.set_result(None))
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def speech():
     """Three utterances, already on the 16-bit grid, so the pcm16 the clients send is exact."""
@@ -119,7 +79,7 @@ def alone(speech):
 
 @pytest.fixture(scope="module")
 def live():
-    server = LiveServer(LIMITS)
+    server = LiveServer(MODEL, LIMITS)
     yield server
     server.close()
 
@@ -137,9 +97,9 @@ def test_concurrent_streams_equal_the_runtime_and_are_batched(live, speech, alon
     x48 = soxr.resample(speech[2], 16000, 48000).astype(np.float32)
 
     async def run():
-        return await asyncio.gather(stream_audio(live.url, speech[0], 16000, frame_ms=40),
-                                    stream_audio(live.url, speech[1], 16000, frame_ms=250),
-                                    stream_audio(live.url, x48, 48000, fmt="float32", frame_ms=100))
+        return await asyncio.gather(stream_audio(live.url(), speech[0], 16000, frame_ms=40),
+                                    stream_audio(live.url(), speech[1], 16000, frame_ms=250),
+                                    stream_audio(live.url(), x48, 48000, fmt="float32", frame_ms=100))
 
     before = live.health()["max_batch_seen"]
     results = asyncio.run(run())
@@ -159,29 +119,13 @@ def test_concurrent_streams_equal_the_runtime_and_are_batched(live, speech, alon
     assert max(before, live.health()["max_batch_seen"]) >= 2
 
 
-async def _raw(url, *messages, wait_close: float = 10.0):
-    """Send messages as given (str → text, bytes → binary), then read until the server closes;
-    → (messages received, close code)."""
-    got = []
-    async with connect(url, max_size=None) as ws:
-        try:
-            for m in messages:
-                await ws.send(m)
-            async with asyncio.timeout(wait_close):
-                async for raw in ws:
-                    got.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-    return got, ws.close_code
-
-
 def test_bad_clients_are_closed_with_their_codes_and_the_good_one_is_untouched(live, speech, alone):
     start = json.dumps({"type": "start", "sample_rate": 16000, "format": "pcm16"})
     half = pcm16(speech[0][: len(speech[0]) // 2])
     three = pcm16(np.concatenate([speech[2]] * 3))
 
     async def quits_mid_stream():  # sends half, then the connection drops without a close
-        async with connect(live.url) as ws:
+        async with connect(live.url()) as ws:
             await ws.send(start)
             for i in range(0, len(half), 3200):
                 await ws.send(half[i : i + 3200])
@@ -189,56 +133,52 @@ def test_bad_clients_are_closed_with_their_codes_and_the_good_one_is_untouched(l
 
     async def run():
         return await asyncio.gather(
-            stream_audio(live.url, speech[1], 16000, realtime=True),  # the good client
-            _raw(live.url, "hello there"),  # garbage instead of start
-            _raw(live.url, start, b"\x01\x02\x03"),  # not a whole number of samples
-            _raw(live.url, start, pcm16(np.zeros(1000, np.float32)), '{"type": "pause"}'),  # unknown control
-            _raw(live.url, start, b"\x00" * (LIMITS.max_frame_bytes + 2)),  # oversized frame
-            _raw(live.url),  # never sends anything
-            _raw(live.url, start, *[half[i : i + 3200] for i in range(0, len(half), 3200)]),  # stops sending
-            _raw(live.url, start, *[three[i : i + 32000] for i in range(0, len(three), 32000)]),  # longer than max_stream_seconds
+            stream_audio(live.url(), speech[1], 16000, realtime=True),  # the good client
+            raw_session(live.url(), "hello there"),  # garbage instead of start
+            raw_session(live.url(), start, b"\x01\x02\x03"),  # not a whole number of samples
+            raw_session(live.url(), start, pcm16(np.zeros(1000, np.float32)), '{"type": "pause"}'),  # unknown control
+            raw_session(live.url(), start, b"\x00" * (LIMITS.max_frame_bytes + 2)),  # oversized frame
+            raw_session(live.url()),  # never sends anything
+            raw_session(live.url(), start, *[half[i : i + 3200] for i in range(0, len(half), 3200)]),  # stops sending
+            raw_session(live.url(), start, *[three[i : i + 32000] for i in range(0, len(three), 32000)]),  # longer than max_stream_seconds
             quits_mid_stream(),
         )
 
     good, garbage, odd, control, big, silent, stalled, too_long, _ = asyncio.run(run())
     assert good.text == alone[1] and good.close_code == 1000
-    for got, code in (garbage, odd, control):
+    for got, _, code, _ in (garbage, odd, control):
         assert code == Close.BAD_MESSAGE and got[-1]["type"] == "error" and got[-1]["code"] == Close.BAD_MESSAGE
-    assert big[1] == Close.TOO_BIG
-    assert silent[1] == Close.IDLE and silent[0][-1]["code"] == Close.IDLE
+    assert big[2] == Close.TOO_BIG
+    assert silent[2] == Close.IDLE and silent[0][-1]["code"] == Close.IDLE
     # a stalled stream is decoded up to where it stopped, and told why it was closed
-    got, code = stalled
+    got, _, code, _ = stalled
     assert code == Close.IDLE and [m["type"] for m in got[-2:]] == ["done", "error"] and got[-2]["text"]
     assert got[-2]["text"].split()[0] == alone[0].split()[0]
-    got, code = too_long
+    got, _, code, _ = too_long
     assert code == Close.TOO_LONG and got[-2]["type"] == "done" and got[-2]["audio_seconds"] == LIMITS.max_stream_seconds
     assert got[-2]["text"].startswith(alone[2].split()[0])
     # nothing left behind
-    for _ in range(50):
-        if live.health()["connections"] == 0 and not live.server.engine.conns:
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert live.health()["connections"] == 0 and not live.server.engine.conns
+    assert live.settled(live.server.engine)
 
 
 def test_connections_past_the_limit_get_1013(live):
     async def run():
-        held = [await connect(live.url) for _ in range(LIMITS.max_connections)]
+        held = [await connect(live.url()) for _ in range(LIMITS.max_connections)]
         try:
-            return await _raw(live.url)
+            return await raw_session(live.url())
         finally:
             for ws in held:
                 await ws.close()
 
-    got, code = asyncio.run(run())
+    got, _, code, _ = asyncio.run(run())
     assert code == Close.BUSY and got == []
 
 
 def test_shutdown_closes_open_streams_with_1001(speech):
-    server = LiveServer(Limits(idle_timeout=30))
+    server = LiveServer(MODEL, Limits(idle_timeout=30))
 
     async def client():
-        async with connect(server.url) as ws:
+        async with connect(server.url()) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
             await ws.send(pcm16(speech[0][:16000]))
             await asyncio.sleep(0.5)

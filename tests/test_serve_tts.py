@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from serve_harness import LiveServer, raw_session
 from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.decoding.tts_options import SynthOptions, split_text
 from speechkit.serve.client import speak
 from speechkit.serve.protocol import Close, Limits, ProtocolError, Start, decode_audio, parse_start, parse_text, pcm16
-from test_serve_vc import LiveServer, _raw
 
 ROOT = Path(__file__).resolve().parents[1]
 ASR_MODEL = ROOT / "models" / "asr-stream-synth"
@@ -198,18 +198,18 @@ def test_bad_input_closes_with_its_code_and_reason(live):
 
     async def run():
         return await asyncio.gather(
-            _raw(url, text("hello")),  # text before start
-            _raw(url, start(prompt="gb"), text("   "), end),  # empty text
-            _raw(url, start(prompt="gb"), text("x" * 10_000), end),  # over max_text_chars
-            _raw(url, start(prompt="upload", sample_rate=RATE), pcm16(voice[: RATE // 5]), text("hi"), end),  # 0.2 s prompt
-            _raw(url, start(prompt="upload", sample_rate=RATE), pcm16(np.zeros(2 * RATE, np.float32)), text("hi"), end),  # silent
-            _raw(url, start(prompt="upload", sample_rate=RATE), text("hi")),  # text where the prompt goes
-            _raw(url, start(prompt="nobody"), text("hi"), end),  # no such preset
-            _raw(url, start(prompt="gb"), text("hi"), text("🙂 🙂 ..."), end),  # nothing speakable, after a text said
-            _raw(url, start(prompt="gb"), pcm16(voice[:1600])),  # audio where text goes
-            _raw(url, start(prompt="f3"), text("héllo ☃ 你好 wörld"), end),  # unknown characters: said, not an error
-            _raw(url, start(prompt="gb"), text("hi")),  # says it, then hears nothing more
-            _raw(url, start(prompt="gb"), text(many), end),  # speech past max_stream_seconds
+            raw_session(url, text("hello")),  # text before start
+            raw_session(url, start(prompt="gb"), text("   "), end),  # empty text
+            raw_session(url, start(prompt="gb"), text("x" * 10_000), end),  # over max_text_chars
+            raw_session(url, start(prompt="upload", sample_rate=RATE), pcm16(voice[: RATE // 5]), text("hi"), end),  # 0.2 s prompt
+            raw_session(url, start(prompt="upload", sample_rate=RATE), pcm16(np.zeros(2 * RATE, np.float32)), text("hi"), end),  # silent
+            raw_session(url, start(prompt="upload", sample_rate=RATE), text("hi")),  # text where the prompt goes
+            raw_session(url, start(prompt="nobody"), text("hi"), end),  # no such preset
+            raw_session(url, start(prompt="gb"), text("hi"), text("🙂 🙂 ..."), end),  # nothing speakable, after a text said
+            raw_session(url, start(prompt="gb"), pcm16(voice[:1600])),  # audio where text goes
+            raw_session(url, start(prompt="f3"), text("héllo ☃ 你好 wörld"), end),  # unknown characters: said, not an error
+            raw_session(url, start(prompt="gb"), text("hi")),  # says it, then hears nothing more
+            raw_session(url, start(prompt="gb"), text(many), end),  # speech past max_stream_seconds
         )
 
     (early, empty, too_long, short, silent, not_audio, unknown, unspeakable, audio, unknown_chars, idle,
@@ -235,11 +235,7 @@ def test_bad_input_closes_with_its_code_and_reason(live):
     assert code == Close.TOO_LONG and [m["type"] for m in got] == ["ready", "done", "error"]
     assert samples == LIMITS.max_stream_seconds * RATE and got[1]["audio_seconds"] == LIMITS.max_stream_seconds
     assert "longer than 20 s" in got[-1]["reason"]
-    for _ in range(50):  # nothing left behind
-        if live.health()["connections"] == 0 and not live.server.tts_engine.conns:
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert live.health()["connections"] == 0 and not live.server.tts_engine.conns
+    assert live.settled(live.server.tts_engine)  # nothing left behind
 
 
 def test_tts_beside_asr_setup_errors_and_no_torch(tts_dir, tmp_path, run_cli):

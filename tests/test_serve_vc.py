@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
+from serve_harness import LiveServer, raw_session
 from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.serve.client import stream_audio
 from speechkit.serve.protocol import Close, Limits, ProtocolError, Start, decode_audio, parse_start, pcm16
@@ -58,37 +55,6 @@ def vc_dir(tmp_path_factory) -> Path:
     sf.write(out / "references" / "gb.wav", speech("gb", "a quiet voice reads the morning news"), RATE, subtype="PCM_16")
     sf.write(out / "references" / "f3.wav", speech("f3", "the garden was full of yellow flowers"), RATE, subtype="PCM_16")
     return out
-
-
-class LiveServer:
-    """A SpeechServer on its own event loop in a thread, on a free port."""
-
-    def __init__(self, model: Path, limits: Limits):
-        from speechkit.serve.server import SpeechServer
-
-        self.server = SpeechServer(model, limits=limits, max_batch=16)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(60), "server did not start"
-
-    async def _main(self):
-        self.stop = self.loop.create_future()
-        ready = self.loop.create_future()
-        ready.add_done_callback(lambda f: (setattr(self, "port", f.result()), self.ready.set()))
-        await self.server.serve("127.0.0.1", 0, ready, self.stop)
-
-    def url(self, path: str = "/vc") -> str:
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-    def health(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10) as r:
-            return json.load(r)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(lambda: self.stop.done() or self.stop.set_result(None))
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +117,9 @@ def test_streamed_files_equal_convert_each_in_its_own_voice_and_are_batched(live
 
     async def run():
         return await asyncio.gather(
-            stream_audio(live.url(), source, RATE, frame_ms=100, start={"mode": "vc", "reference": "upload", "seed": 5},
+            stream_audio(live.url("/vc"), source, RATE, frame_ms=100, start={"mode": "vc", "reference": "upload", "seed": 5},
                          reference=upload),
-            stream_audio(live.url(), other, RATE, frame_ms=40, start={"reference": "gb"}))
+            stream_audio(live.url("/vc"), other, RATE, frame_ms=40, start={"reference": "gb"}))
 
     mine, preset = asyncio.run(run())
     after = live.health()["vc"]
@@ -181,25 +147,6 @@ def test_streamed_files_equal_convert_each_in_its_own_voice_and_are_batched(live
     assert calls < chunks and after["max_batch_seen"] >= 2, (calls, chunks)
 
 
-async def _raw(url, *messages, wait_close: float = 10.0):
-    """Send messages as given (str → text, bytes → binary), then read until the server closes;
-    → (JSON messages received, binary frames received, close code, close reason)."""
-    got, audio = [], 0
-    async with connect(url, max_size=None) as ws:
-        try:
-            for m in messages:
-                await ws.send(m)
-            async with asyncio.timeout(wait_close):
-                async for raw in ws:
-                    if isinstance(raw, bytes):
-                        audio += len(raw) // 2
-                    else:
-                        got.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-    return got, audio, ws.close_code, ws.close_reason
-
-
 def test_bad_references_and_limits_close_with_their_codes(live):
     def start(**kw) -> str:
         return json.dumps({"type": "start", "mode": "vc", "sample_rate": RATE, "format": "pcm16", **kw})
@@ -209,15 +156,15 @@ def test_bad_references_and_limits_close_with_their_codes(live):
 
     async def run():
         return await asyncio.gather(
-            _raw(live.url(), start(reference="upload"), pcm16(voice[: RATE // 2])),  # half a second
-            _raw(live.url(), start(reference="upload"), pcm16(np.zeros(2 * RATE, np.float32))),  # silent
-            _raw(live.url(), start(reference="upload"), '{"type": "end"}'),  # text where the reference goes
-            _raw(live.url(), start(reference="nobody")),  # no such preset
-            _raw(live.url(), start()),  # no reference at all
-            _raw(live.url(), start(reference="upload")),  # never sends the reference
-            _raw(live.url(), start(reference="f3"), *[pcm16(long_source[i : i + 8000])
+            raw_session(live.url("/vc"), start(reference="upload"), pcm16(voice[: RATE // 2])),  # half a second
+            raw_session(live.url("/vc"), start(reference="upload"), pcm16(np.zeros(2 * RATE, np.float32))),  # silent
+            raw_session(live.url("/vc"), start(reference="upload"), '{"type": "end"}'),  # text where the reference goes
+            raw_session(live.url("/vc"), start(reference="nobody")),  # no such preset
+            raw_session(live.url("/vc"), start()),  # no reference at all
+            raw_session(live.url("/vc"), start(reference="upload")),  # never sends the reference
+            raw_session(live.url("/vc"), start(reference="f3"), *[pcm16(long_source[i : i + 8000])
                                                       for i in range(0, len(long_source), 8000)]),
-            _raw(live.url("/asr"), start(reference="f3")),  # this server converts only
+            raw_session(live.url("/asr"), start(reference="f3")),  # this server converts only
         )
 
     short, silent, text, unknown, missing, idle, too_long, asr = asyncio.run(run())
@@ -233,11 +180,7 @@ def test_bad_references_and_limits_close_with_their_codes(live):
     assert code == Close.TOO_LONG and [m["type"] for m in got] == ["ready", "done", "error"]
     assert got[1]["audio_seconds"] == LIMITS.max_stream_seconds and abs(audio / RATE - LIMITS.max_stream_seconds) <= 0.08
     assert asr[2] == Close.BAD_MESSAGE and "serves /vc" in asr[3]
-    for _ in range(50):  # nothing left behind
-        if live.health()["connections"] == 0 and not live.server.vc_engine.conns:
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert live.health()["connections"] == 0 and not live.server.vc_engine.conns
+    assert live.settled(live.server.vc_engine)  # nothing left behind
 
 
 def test_vc_beside_asr_setup_errors_and_no_torch(vc, vc_dir, tmp_path, run_cli):

@@ -6,6 +6,7 @@ small blocks equals it fed whole; ``speechkit.load`` and ``speechkit transcribe`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_data_dir, sherpa_decode, sherpa_transducer_recognizer
+from serve_harness import LiveServer
 from speechkit.audio.fbank import compute_fbank
 from speechkit.audio.io import load_audio
 from speechkit.checkpoint import save_atomic
@@ -25,6 +27,8 @@ from speechkit.errors import SpeechkitError
 from speechkit.models.asr.heads import build_asr_model
 from speechkit.runtime.asr import EndpointConfig
 from speechkit.runtime.transducer import TransducerRecognizer
+from speechkit.serve.client import stream_audio
+from speechkit.serve.protocol import Limits
 from speechkit.text.tokenizer import train_tokenizer
 from speechkit.train.config import load_experiment_config
 
@@ -218,3 +222,32 @@ def test_decode_stream_command_reads_the_folder_like_the_runtime(folder, run_cli
     keys = sorted(hyp)
     assert len(keys) == len(wavs)
     assert [hyp[k] for k in keys] == [rec.transcribe(w) for w in waves_of(sorted(wavs))]
+
+
+@pytest.mark.parametrize("beam", [1, BEAM])
+def test_server_streams_the_folder_like_the_runtime(folder, beam):
+    """``speechkit serve`` on the sherpa-format folder: three clients at once (frames of 40, 100
+    and 250 ms) are batched into shared model calls and each gets the runtime's own text, finals
+    with one time per token; greedy and modified beam search."""
+    out, wavs, _ = folder
+    waves = waves_of(wavs)  # 16-bit wav files: the pcm16 on the wire is exact
+    rec = TransducerRecognizer(out, beam=beam)
+    alone = [rec.transcribe(w) for w in waves]
+    assert any(alone)
+    live = LiveServer(out, Limits(idle_timeout=5.0), beam=beam)
+    try:
+        async def run():
+            return await asyncio.gather(*(stream_audio(live.url(), w, SR, frame_ms=ms) for w, ms in zip(waves, (40, 100, 250))))
+
+        results = asyncio.run(run())
+        assert [r.text for r in results] == alone
+        for r in results:
+            assert r.close_code == 1000 and [m["type"] for m in r.messages][-1] == "done"
+            assert " ".join(m["text"] for m in r.finals) == r.text
+            for m in r.finals:
+                assert len(m["times"]) == len(m["tokens"])
+        health = live.health()
+        assert health["max_batch_seen"] >= 2 and health["chunk_ms"] == rec.chunk_ms
+        assert live.settled(live.server.engine)
+    finally:
+        live.close()

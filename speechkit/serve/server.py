@@ -75,7 +75,7 @@ class SpeechServer:
 
     def __init__(self, model_dir: str | Path, *, vc_dir: str | Path | None = None, references: str | Path | None = None,
                  tts_dir: str | Path | None = None, prompts: str | Path | None = None, limits: Limits = Limits(),
-                 num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None):
+                 num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None, beam: int = 1):
         self.model_dir = str(model_dir)
         self.rec = None
         if is_vc_model(model_dir):
@@ -89,7 +89,8 @@ class SpeechServer:
             tts_dir = model_dir
         else:
             # no memory arena: working memory follows the batch size instead of staying at its peak
-            self.rec = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False)
+            self.rec = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False,
+                                       beam=beam)
         if vc_dir is None and references is not None:
             raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
         if tts_dir is None and prompts is not None:
@@ -359,9 +360,9 @@ def _stats(engine: BatchEngine | VcEngine | None) -> dict:
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
                att_context=None, vc_dir: str | None = None, references: str | None = None, tts_dir: str | None = None,
-               prompts: str | None = None) -> None:
+               prompts: str | None = None, beam: int = 1) -> None:
     server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, tts_dir=tts_dir, prompts=prompts, limits=limits,
-                          num_threads=num_threads, max_batch=max_batch, att_context=att_context)
+                          num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam)
 
     async def main():
         loop = asyncio.get_running_loop()

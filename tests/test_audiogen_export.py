@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from speechkit.errors import SpeechkitError
+from speechkit.runtime.codec import CodecRuntime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +117,10 @@ def test_export_writes_every_graph_and_a_report(built):
     alone = json.loads((built["magnet_only"] / "audiogen.json").read_text())
     assert alone["graphs"] == ["text.onnx", "magnet.onnx"] and alone["weights"] == "fp16" and "ar_words" not in alone
     assert not (built["magnet_only"] / "ar_step.onnx").exists() and (built["magnet_only"] / "codec" / "decoder.onnx").is_file()
+    for folder in (out, built["magnet_only"]):  # the codec travels decoder-only, from an export or an experiment
+        assert sorted(f.name for f in (folder / "codec").iterdir()) == ["codebooks.npy", "decoder.onnx", "export.json"]
+    with pytest.raises(SpeechkitError, match="decoder-only codec"):
+        CodecRuntime(out / "codec").encode(np.zeros(1600, np.float32))
     fp16 = built["alone"]["parity"]["fp16"]
     assert all(row["rel_err"] < 5e-3 for row in fp16.values()) and fp16["magnet_logits"]["argmax_agreement"] > 0.95
     assert built["alone"]["sizes_mb"]["magnet.onnx"] < 0.8 * built["alone"]["parity"]["fp32_sizes_mb"]["magnet.onnx"]

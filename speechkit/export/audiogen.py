@@ -46,7 +46,7 @@ WEIGHTS = ("fp32", "fp16", "int8")
 TOL = 1e-3  # float32 graphs: max |Δ| relative to max(1, max |reference|), per compared output
 GROSS = {"fp16": 0.02, "int8": 0.2}  # relative error ‖Δ‖ / ‖reference‖ of any output that fails the export
 MIN_ELEMENTS = 1024  # smaller weights (biases, norms) stay float32
-CODEC_FILES = ("encoder.onnx", "decoder.onnx", "codebooks.npy", "export.json")
+CODEC_FILES = ("decoder.onnx", "codebooks.npy", "export.json")  # decoder-only: generation never encodes audio
 CHECK_FRAMES = 24  # frames of the whole-generation check (every mode)
 
 
@@ -463,8 +463,9 @@ def share_weights(folder: Path, names: list[str], data_file: str) -> dict[str, i
 # ---- the codec ------------------------------------------------------------------------------------
 
 def place_codec(codec: str | Path, out: Path) -> dict:
-    """A codec export (encoder.onnx + decoder.onnx + codebooks.npy) copied to ``out``, or a codec
-    experiment (model.pt) exported there by ``export_codec`` (its parity check on noise) →
+    """The decoder half of a codec in ``out`` (decoder.onnx, codebooks.npy, export.json; generation
+    never encodes audio, so encoder.onnx stays behind): copied from a codec export, or exported
+    from a codec experiment (model.pt) by ``export_codec`` (its parity check on noise) →
     its export.json."""
     from speechkit.export.codec import export_codec
 
@@ -485,6 +486,7 @@ def place_codec(codec: str | Path, out: Path) -> dict:
             raise SpeechkitError(f"{codec}: a {model.cfg.codec} codec; text-to-music decodes RVQ tokens")
         noise = np.random.default_rng(0).standard_normal(8 * model.cfg.hop).astype(np.float32) * 0.1
         export_codec(model, out, [noise])
+        (out / "encoder.onnx").unlink(missing_ok=True)
     else:
         raise SpeechkitError(f"{codec}: neither a codec export (decoder.onnx) nor a codec experiment (model.pt)")
     return json.loads((out / "export.json").read_text())

@@ -97,12 +97,15 @@ def decode_blocks(stream: DecoderStream, frames: Iterable[np.ndarray], block_fra
 
 
 class CodecRuntime:
+    """An exported codec folder: decoder.onnx (+ codebooks.npy for RVQ) and, unless the folder is
+    decoder-only (text-to-music ships one: it never encodes audio), encoder.onnx."""
+
     def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        model_dir = Path(model_dir)
-        for name in ("encoder.onnx", "decoder.onnx"):
-            if not (model_dir / name).is_file():
-                raise SpeechkitError(f"{model_dir / name}: no such file (export a codec with `speechkit codec export EXP OUT`)")
-        self.encoder = cpu_session(model_dir / "encoder.onnx", num_threads)
+        model_dir = self.model_dir = Path(model_dir)
+        if not (model_dir / "decoder.onnx").is_file():
+            raise SpeechkitError(f"{model_dir / 'decoder.onnx'}: no such file (export a codec with `speechkit codec export EXP OUT`)")
+        has_encoder = (model_dir / "encoder.onnx").is_file()
+        self.encoder = cpu_session(model_dir / "encoder.onnx", num_threads) if has_encoder else None
         self.decoder = cpu_session(model_dir / "decoder.onnx", num_threads)
         meta = self.decoder.get_modelmeta().custom_metadata_map
         if not meta.get("model_family", "").startswith("codec-"):
@@ -125,6 +128,9 @@ class CodecRuntime:
         return np.concatenate(list(self.encode_blocks(x[at : at + size] for at in range(0, len(x), size))), axis=1)
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise SpeechkitError(f"{self.model_dir}: a decoder-only codec (no encoder.onnx): it decodes tokens but cannot "
+                                 "encode audio; use the full codec export")
         n = -(-len(x) // self.hop) * self.hop
         x = np.pad(x, (0, n - len(x)))[None, None]
         return self.encoder.run(None, {"wav": x})[0][0]

@@ -32,6 +32,7 @@ from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream, array_blocks
 from speechkit.runtime.console import file_blocks, model_family, open_recognizer
 from speechkit.runtime.events import Result, ResultTracker
+from speechkit.runtime.transducer import CTC_FAMILY, TRANSDUCER_FAMILY
 
 
 @dataclass
@@ -109,8 +110,9 @@ class StreamSession:
 
 
 class StreamingAsr:
-    """A cache-aware streaming model: CTC (``model_family: ctc-streaming-conformer``) or a
-    transducer in sherpa-onnx's format (``transducer-streaming-conformer``)."""
+    """A cache-aware streaming model: CTC in our layout (``model_family: ctc-streaming-conformer``),
+    or in sherpa-onnx's formats a transducer (``transducer-streaming-conformer``) or a zipformer2
+    CTC (``ctc-streaming-conformer-sherpa``)."""
 
     def __init__(self, model_dir: str | Path, num_threads: int = 1, att_context: tuple[int, int] | None = None, beam: int = 1,
                  **options):
@@ -283,7 +285,7 @@ def load(model_dir: str | Path, *, num_threads: int = 1, **options):
         return Synthesizer(model_dir, num_threads=num_threads)
     if (model_dir / "step.onnx").is_file() and (model_dir / "vc.json").is_file():
         return VoiceConversion(model_dir, num_threads=num_threads, **options)
-    if model_family(model_dir) == "transducer-streaming-conformer":  # sherpa-onnx's layout: encoder/decoder/joiner.onnx
+    if model_family(model_dir) in (TRANSDUCER_FAMILY, CTC_FAMILY):  # sherpa-onnx's layouts (speechkit export sherpa)
         return StreamingAsr(model_dir, num_threads=num_threads, **options)
     if not (model_dir / "model.onnx").is_file():
         raise SpeechkitError(f"{model_dir}: not a model directory (no model.onnx; export one with `speechkit export onnx`)")

@@ -186,9 +186,10 @@ def _export_onnx(args: argparse.Namespace) -> None:
 def _export_sherpa(args: argparse.Namespace) -> None:
     from speechkit.export.sherpa_experiment import export_sherpa_exp_dir
 
-    info = export_sherpa_exp_dir(args.exp_dir, args.out_dir, checkpoint=args.checkpoint, att_context=_context(args.att_context))
+    info = export_sherpa_exp_dir(args.exp_dir, args.out_dir, checkpoint=args.checkpoint, att_context=_context(args.att_context),
+                                 head=args.head)
     left, right = info["att_context"]
-    print(f"exported {args.out_dir} ({info['format']}, att_context {left},{right}); ONNX Runtime = PyTorch over "
+    print(f"exported {args.out_dir} ({info['format']}, {info['head']} head, att_context {left},{right}); ONNX Runtime = PyTorch over "
           f"{info['parity']['chunks']} chained chunks (max |Δ| {info['parity']['max_abs_diff']:.1e})")
 
 
@@ -231,7 +232,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise SpeechkitError(str(e)) from None
     run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
                att_context=_context(args.att_context), vc_dir=args.vc, references=args.references, tts_dir=args.tts,
-               prompts=args.prompts)
+               prompts=args.prompts, beam=args.beam)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -367,10 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
     eo.add_argument("--int8", action="store_true", help="ship the dynamic int8 quantization (checked model is fp32)")
     eo.set_defaults(func=_export_onnx)
-    es = ex.add_parser("sherpa", help="streaming transducer (or CTC) model to sherpa-onnx's online format, which "
-                                      "speechkit's runtime also runs")
+    es = ex.add_parser("sherpa", help="streaming transducer or CTC model to sherpa-onnx's online format (transducer, or "
+                                      "zipformer2 CTC), which speechkit's runtime also runs")
     es.add_argument("exp_dir")
     es.add_argument("out_dir")
+    es.add_argument("--head", choices=["auto", "transducer", "ctc"], default="auto",
+                    help="the decoder to export: transducer (encoder/decoder/joiner.onnx) or ctc (model.onnx, greedy "
+                         "search only); a hybrid CTC/transducer has both, a CTC model only ctc (default auto: the "
+                         "hybrid's transducer, a CTC model's CTC)")
     es.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",
                     help="the one attention context of the export (default: the first finite one trained)")
     es.add_argument("--checkpoint", default="model_avg.pt", help="file inside EXP_DIR (default model_avg.pt)")
@@ -430,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--idle-timeout", type=float, default=10.0, help="seconds without a message before closing with 4001 (default 10)")
     sv.add_argument("--max-text-chars", type=int, default=5000, help="/tts: a longer text message is closed with 4000 (default 5000)")
     sv.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
+    sv.add_argument("--beam", type=int, default=1,
+                    help="a transducer model (speechkit export sherpa): 1 greedy search (default), >1 modified beam search")
     sv.set_defaults(func=_serve)
 
 

@@ -1,5 +1,6 @@
 """The streaming-recognizer benchmark on the shipped model: the figures it reports, its refusal of
-unusable audio, and the ``bench asr-stream`` argument parser. No timing thresholds are asserted."""
+unusable audio and of a sherpa-onnx comparison on our own CTC layout, and the ``bench asr-stream``
+argument parser. No timing thresholds are asserted."""
 
 import json
 import math
@@ -31,7 +32,9 @@ def result(wav) -> dict:
 def test_result_reports_every_figure(result, wav):
     assert result["audio"]["source"] == "wav" and result["audio"]["path"] == str(wav)
     assert result["threads"] == 1 and result["att_context"] == [64, 12]
-    for key in ("rtf", "chunk_ms", "chunk_compute_ms_p50", "chunk_compute_ms_p95", "audio_seconds",
+    assert result["family"] == "ctc-streaming-conformer" and result["beam"] == 1 and result["search"] == "greedy"
+    assert result["vs_sherpa"] is None
+    for key in ("rtf", "chunk_ms", "chunk_compute_ms_p50", "chunk_compute_ms_p95", "feed_rtf", "audio_seconds",
                 "rss_after_warmup_mb", "rss_end_mb"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert math.isfinite(result["rss_growth_mb_per_hour"])
@@ -57,13 +60,21 @@ def test_a_memory_run_shorter_than_the_warmup_is_refused(wav):
         bench_asr_stream(MODEL_DIR, wav=wav, seconds=1.0, memory_seconds=30.0, progress=False)
 
 
+def test_a_comparison_with_sherpa_onnx_is_refused_on_our_ctc_layout(wav):
+    with pytest.raises(SpeechkitError, match="sherpa-onnx cannot load") as e:
+        bench_asr_stream(MODEL_DIR, wav=wav, seconds=1.0, memory_seconds=0, vs_sherpa=True, progress=False)
+    assert "\n" not in str(e.value) and "speechkit export sherpa" in str(e.value)
+
+
 def test_the_command_prints_figures_then_one_json_line(wav, tmp_path, capsys):
     args = bench_args(add_parser, ["asr-stream", MODEL_DIR, "--wav", wav, "--seconds", "2", "--memory-seconds", "0",
-                                   "--json", "--out", tmp_path / "res" / "bench.json"])
-    assert args.threads == 1 and args.att_context is None
+                                   "--beam", "3", "--json", "--out", tmp_path / "res" / "bench.json"])
+    assert args.threads == 1 and args.att_context is None and not args.vs_sherpa
     lines, last = run_bench(args, capsys)
     assert last["audio_seconds"] >= 2.0 and last["rss_growth_mb_per_hour"] is None
+    assert last["beam"] == 3 and last["search"] == "CTC prefix beam"
     assert any(line.startswith("rtf: ") for line in lines)
+    assert "model: ctc-streaming-conformer, CTC prefix beam search (beam 3)" in lines
 
 
 def test_the_command_refuses_a_malformed_context(wav):

@@ -1,6 +1,7 @@
 """`speechkit export sherpa`: a trained streaming experiment → a folder sherpa-onnx loads (a hybrid
-CTC/transducer model as its online transducer, a streaming CTC model as its zipformer2 CTC), with
-an ``export.json`` whose ``model_family`` lets speechkit's own runtime open the same folder."""
+CTC/transducer model as its online transducer, or its CTC head as a zipformer2 CTC; a streaming CTC
+model as its zipformer2 CTC), with an ``export.json`` whose ``model_family`` lets speechkit's own
+runtime (:mod:`speechkit.runtime.transducer`) open the same folder."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from speechkit.inference.asr import Recognizer
 from speechkit.models.asr.ctc_model import CtcAsrModel
 from speechkit.models.asr.transducer import HybridTransducerModel
 from speechkit.nn.streaming_conformer import StreamingConformerEncoder
+from speechkit.runtime.transducer import CTC_FAMILY, TRANSDUCER_FAMILY
 
-TRANSDUCER_FAMILY = "transducer-streaming-conformer"
-CTC_FAMILY = "ctc-streaming-conformer-sherpa"  # not our model.onnx layout, so not "ctc-streaming-conformer"
+HEADS = ("auto", "transducer", "ctc")  # auto: a hybrid's transducer, a CTC model's CTC
 
 
 class ProjectedDecoder(nn.Module):
@@ -44,11 +45,27 @@ def _att_context(encoder: StreamingConformerEncoder, att_context: tuple[int, int
     return tuple(att_context)
 
 
+def _pick_head(exp_dir: str | Path, model: nn.Module, head: str) -> str:
+    """``head`` resolved for ``model``: "transducer" or "ctc", or a one-line error when it has no such head."""
+    if isinstance(model, HybridTransducerModel):
+        if head == "ctc" and model.ctc is None:
+            raise SpeechkitError(f"{exp_dir}: this transducer has no CTC head to export (head_conf.ctc_weight 0)")
+        return "ctc" if head == "ctc" else "transducer"
+    if isinstance(model, CtcAsrModel):
+        if head == "transducer":
+            raise SpeechkitError(f"{exp_dir}: a CTC model has no transducer head to export (use --head ctc or auto)")
+        return "ctc"
+    raise SpeechkitError(f"{exp_dir}: sherpa export covers the transducer and ctc heads, not '{model.cfg.head}'")
+
+
 def export_sherpa_exp_dir(exp_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "model_avg.pt",
-                          att_context: tuple[int, int] | None = None) -> dict:
+                          att_context: tuple[int, int] | None = None, head: str = "auto") -> dict:
     """Export an experiment's streaming conformer for one attention context (default: the first
-    finite one it was trained with) to ``out_dir``; the checks of ``speechkit.export.sherpa`` run
-    before it returns. Returns the ``export.json`` written there."""
+    finite one it was trained with) to ``out_dir``, with the decoder ``head`` names (one of
+    ``HEADS``: a hybrid's ``ctc`` head gives the same folder a CTC experiment does); the checks of
+    ``speechkit.export.sherpa`` run before it returns. Returns the ``export.json`` written there."""
+    if head not in HEADS:
+        raise SpeechkitError(f"head '{head}' is not one of {', '.join(HEADS)}")
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
     model, tok = rec.model.float().eval(), rec.tokenizer
     if not isinstance(model.encoder, StreamingConformerEncoder):
@@ -56,21 +73,20 @@ def export_sherpa_exp_dir(exp_dir: str | Path, out_dir: str | Path, *, checkpoin
     context = _att_context(model.encoder, att_context)
     tokens = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
     fbank = model.cfg.frontend_conf
-    if isinstance(model, HybridTransducerModel):
+    head = _pick_head(exp_dir, model, head)
+    if head == "transducer":
         family = TRANSDUCER_FAMILY
         report = export_sherpa_transducer(out_dir, encoder=model.encoder, frontend=model.cmvn, decoder=ProjectedDecoder(model),
                                           joiner=model.joiner, tokens=tokens, att_context=context,
                                           context_size=model.hc.context_size, fbank=fbank, encoder_proj=model.joiner.encoder_proj)
-    elif isinstance(model, CtcAsrModel):
+    else:
         family = CTC_FAMILY
         report = export_sherpa_ctc(out_dir, encoder=model.encoder, frontend=model.cmvn, ctc=model.ctc, tokens=tokens,
                                    att_context=context, fbank=fbank)
-    else:
-        raise SpeechkitError(f"{exp_dir}: sherpa export covers the transducer and ctc heads, not '{model.cfg.head}'")
     out_dir = Path(out_dir)
     if (Path(exp_dir) / "bpe.model").is_file():  # our runtime spells pieces with the tokenizer, tokens.txt is sherpa-onnx's
         shutil.copy(Path(exp_dir) / "bpe.model", out_dir / "bpe.model")
-    info = {"model_family": family, "exp_dir": str(exp_dir), "checkpoint": checkpoint, "att_context": list(context),
-            "tokenizer": tok.kind, **report}
+    info = {"model_family": family, "exp_dir": str(exp_dir), "checkpoint": checkpoint, "head": head,
+            "att_context": list(context), "tokenizer": tok.kind, **report}
     (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -13,6 +13,8 @@ from speechkit.audio.io import read_blocks
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, Stream, decoding_error
 from speechkit.runtime.events import ResultTracker
+from speechkit.runtime.transducer import CTC_FAMILY as SHERPA_CTC_FAMILY
+from speechkit.runtime.transducer import TRANSDUCER_FAMILY, SherpaCtcRecognizer, TransducerRecognizer
 
 BLOCK_SECONDS = 1.0  # files are read in blocks so a two-hour file never sits in memory
 
@@ -48,11 +50,13 @@ def model_family(model_dir: str | Path) -> str:
 
 def open_recognizer(model_dir: str | Path, **options) -> OnlineRecognizer:
     """The streaming recognizer for an exported folder, by its family: a sherpa-format transducer
-    (``speechkit export sherpa``) or our streaming CTC graph; ``options`` go to its constructor."""
-    if model_family(model_dir) == "transducer-streaming-conformer":
-        from speechkit.runtime.transducer import TransducerRecognizer
-
+    or CTC model (``speechkit export sherpa``; the CTC one refuses ``beam`` > 1) or our streaming
+    CTC graph; ``options`` go to its constructor."""
+    family = model_family(model_dir)
+    if family == TRANSDUCER_FAMILY:
         return TransducerRecognizer(model_dir, **options)
+    if family == SHERPA_CTC_FAMILY:
+        return SherpaCtcRecognizer(model_dir, **options)
     return OnlineRecognizer(model_dir, **options)
 
 

@@ -1,11 +1,13 @@
-"""Streaming recognition on an exported transducer in sherpa-onnx's online format (``speechkit
-export sherpa``: encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt), with no torch: the same
-folder sherpa-onnx loads. Streams, fbank, the speech-activity gate and endpointing are
-:mod:`speechkit.runtime.asr`'s; the encoder is the zipformer2-layout graph (a flat state list,
-one chunk of fixed length per call) and the search is :mod:`speechkit.decoding.transducer`'s
-greedy or modified beam search, batched over the streams of a call.
+"""Streaming recognition on the folders ``speechkit export sherpa`` writes, with no torch: the
+same folders sherpa-onnx loads. Both hold a zipformer2-layout encoder graph (a flat state list,
+one chunk of fixed length per call); they differ in the search on top of it. An online transducer
+(encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt) is searched by
+:mod:`speechkit.decoding.transducer`'s greedy or modified beam search, batched over the streams of
+a call; a zipformer2 CTC model (model.onnx with log-probabilities out, tokens.txt) by greedy CTC
+carried across chunks, as sherpa-onnx does. Streams, fbank, the speech-activity gate and
+endpointing are :mod:`speechkit.runtime.asr`'s.
 
-    rec = TransducerRecognizer("exp/hybrid/sherpa")
+    rec = TransducerRecognizer("exp/hybrid/sherpa")     # or SherpaCtcRecognizer("exp/hybrid/sherpa-ctc")
     print(rec.transcribe(samples))        # float32 in [-1, 1] at rec.sample_rate
 """
 
@@ -25,7 +27,9 @@ from speechkit.runtime.asr import EndpointConfig, OnlineRecognizer, Stream
 from speechkit.runtime.session import cpu_session
 from speechkit.text.tokenizer import load_tokenizer
 
-FAMILY = "transducer-streaming-conformer"  # export.json's model_family (speechkit.export.sherpa_experiment)
+# export.json's model_family of each folder (speechkit.export.sherpa_experiment writes them)
+TRANSDUCER_FAMILY = "transducer-streaming-conformer"
+CTC_FAMILY = "ctc-streaming-conformer-sherpa"  # not our model.onnx layout, so not "ctc-streaming-conformer"
 MODEL_TYPE = "zipformer2"
 
 
@@ -37,37 +41,45 @@ class TransducerStream(Stream):
     search_state: GreedyState | BeamState | None = None
 
 
-def _read_export(model_dir: Path) -> dict:
+def _read_export(model_dir: Path, family: str, what: str, hint: str) -> dict:
     info = model_dir / "export.json"
     if not info.is_file():
-        raise SpeechkitError(f"{model_dir}: no export.json (export one with `speechkit export sherpa EXP_DIR OUT_DIR`)")
+        raise SpeechkitError(f"{model_dir}: no export.json (export one with `{hint}`)")
     report = json.loads(info.read_text(encoding="utf-8"))
-    if report.get("model_family") != FAMILY:
-        raise SpeechkitError(f"{model_dir}: not a streaming transducer export (model_family={report.get('model_family')!r})")
+    if report.get("model_family") != family:
+        raise SpeechkitError(f"{model_dir}: not a {what} export (model_family={report.get('model_family')!r})")
     return report
 
 
-class TransducerRecognizer(OnlineRecognizer):
-    """A sherpa-format streaming transducer ready to decode streams; the interface of
-    :class:`OnlineRecognizer` (``beam`` 1: greedy search; > 1: modified beam search with that
-    many hypotheses, the best picked by log-prob per token as sherpa-onnx does)."""
+def _pieces(model_dir: Path) -> list[str]:
+    """tokens.txt's pieces by id (sherpa-onnx finds blank and unk by name in it)."""
+    return [line.split(" ")[0] for line in (model_dir / "tokens.txt").read_text(encoding="utf-8").splitlines()]
+
+
+class Zipformer2Recognizer(OnlineRecognizer):
+    """The part both sherpa-format folders share: the export's family and files checked, the
+    encoder graph (``encoder_file``) opened and its metadata read, the fbank, the flat state list
+    with each tensor's batch axis, streams, and one batched encoder call per chunk. A subclass
+    names its family and files and searches each chunk's encoder output (``_search_chunk``)."""
+
+    family: str  # export.json's model_family
+    what: str  # the family in words, for errors
+    encoder_file: str
+    files: tuple[str, ...]  # every graph the folder must hold
+    export_hint = "speechkit export sherpa EXP_DIR OUT_DIR"
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
-                 endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
+                 endpoint: EndpointConfig | None = EndpointConfig(), memory_arena: bool = True,
                  gate: GateConfig | None = GateConfig()):
         model_dir = Path(model_dir)
-        _read_export(model_dir)
-        for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
+        _read_export(model_dir, self.family, self.what, self.export_hint)
+        for name in self.files:
             if not (model_dir / name).is_file():
-                raise SpeechkitError(f"{model_dir / name}: missing (export with `speechkit export sherpa EXP_DIR OUT_DIR`)")
-        if not isinstance(beam, int) or beam < 1:
-            raise SpeechkitError(f"beam must be a positive integer, got {beam!r}")
-        self.session = cpu_session(model_dir / "encoder.onnx", num_threads, memory_arena)
-        self.decoder = cpu_session(model_dir / "decoder.onnx", num_threads, memory_arena)
-        self.joiner = cpu_session(model_dir / "joiner.onnx", num_threads, memory_arena)
+                raise SpeechkitError(f"{model_dir / name}: missing (export with `{self.export_hint}`)")
+        self.session = cpu_session(model_dir / self.encoder_file, num_threads, memory_arena)
         self.meta = meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("model_type") != MODEL_TYPE or not meta.get("fbank_samples", "").startswith("int16"):
-            raise SpeechkitError(f"{model_dir}/encoder.onnx: not a speechkit zipformer2 encoder for int16-range fbank "
+            raise SpeechkitError(f"{model_dir}/{self.encoder_file}: not a speechkit zipformer2 encoder for int16-range fbank "
                                  f"(model_type={meta.get('model_type')!r}, fbank_samples={meta.get('fbank_samples')!r})")
         self.fbank_cfg = FbankConfig(sample_rate=int(meta["sample_rate"]), num_mel_bins=int(meta["num_mel_bins"]))
         self.sample_rate = self.fbank_cfg.sample_rate
@@ -81,11 +93,8 @@ class TransducerRecognizer(OnlineRecognizer):
         self.chunk_frames = self.chunk_feats // self.subsampling
         self.frame_seconds = self.subsampling * self.fbank_cfg.frame_shift_ms / 1000.0
         self.chunk_ms = self.chunk_frames * self.frame_seconds * 1000.0
-        self.context_size = int(self.decoder.get_modelmeta().custom_metadata_map["context_size"])
         self.tokenizer = load_tokenizer(model_dir)
-        pieces = [line.split(" ")[0] for line in (model_dir / "tokens.txt").read_text(encoding="utf-8").splitlines()]
-        self.unk_id = pieces.index("<unk>") if "<unk>" in pieces else None  # unk is blank to the search, as in sherpa-onnx
-        self.endpoint, self.beam, self.gate = endpoint, beam, gate
+        self.endpoint, self.gate = endpoint, gate
         inputs = self.session.get_inputs()[1:]
         self._state_names = [i.name for i in inputs]
         # each state's batch axis is its one symbolic dimension
@@ -93,20 +102,16 @@ class TransducerRecognizer(OnlineRecognizer):
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                       dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs]
 
-    def create_stream(self) -> TransducerStream:
-        search = (BeamState if self.beam > 1 else GreedyState).start(self.context_size)
+    def create_stream(self) -> Stream:
+        return self._new_stream(Stream)
+
+    def _new_stream(self, kind: type[Stream], **search) -> Stream:
+        """A fresh stream of ``kind`` (zero state, its own fbank and gate); ``search``: its extra fields."""
         gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
-        return TransducerStream(online_fbank(self.fbank_cfg), [z.copy() for z in self._state_zeros], self.sample_rate,
-                                gate=gate, tokenizer=self.tokenizer, search_state=search)
+        return kind(online_fbank(self.fbank_cfg), [z.copy() for z in self._state_zeros], self.sample_rate,
+                    gate=gate, tokenizer=self.tokenizer, **search)
 
-    def _decoder_fn(self, contexts: np.ndarray) -> np.ndarray:
-        return self.decoder.run(None, {"y": contexts})[0]
-
-    def _joiner_fn(self, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
-        return self.joiner.run(None, {"encoder_out": enc.astype(np.float32, copy=False),
-                                      "decoder_out": dec.astype(np.float32, copy=False)})[0]
-
-    def decode_streams(self, streams: list[TransducerStream]) -> None:
+    def decode_streams(self, streams: list[Stream]) -> None:
         """One encoder call over every ready stream in ``streams``, then one batched search. A
         last partial chunk is padded with silence; only its encoder frames that real fbank
         frames reach are searched."""
@@ -123,15 +128,57 @@ class TransducerRecognizer(OnlineRecognizer):
         feeds = {"x": x}
         for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
             feeds[name] = np.concatenate([s.state[k] for s in ready], axis=axis)
-        enc_out, *new_state = self.session.run(None, feeds)
+        out, *new_state = self.session.run(None, feeds)
         frames = []
         for b, (s, n) in enumerate(zip(ready, n_feats)):
             s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)
             s.frames_done += n
-            frames.append(enc_out[b, : -(-n // self.subsampling)])
-        searched = self._search(frames, [s.search_state for s in ready])
-        for s, state, f in zip(ready, searched, frames):
+            frames.append(out[b, : -(-n // self.subsampling)])
+        self._search_chunk(ready, frames)
+
+    def _search_chunk(self, streams: list[Stream], frames: list[np.ndarray]) -> None:
+        """Search each stream's new encoder output (n_b, ·) and advance it by n_b frames."""
+        raise NotImplementedError
+
+
+class TransducerRecognizer(Zipformer2Recognizer):
+    """A sherpa-format streaming transducer ready to decode streams; the interface of
+    :class:`OnlineRecognizer` (``beam`` 1: greedy search; > 1: modified beam search with that
+    many hypotheses, the best picked by log-prob per token as sherpa-onnx does)."""
+
+    family, what = TRANSDUCER_FAMILY, "streaming transducer"
+    encoder_file, files = "encoder.onnx", ("encoder.onnx", "decoder.onnx", "joiner.onnx")
+
+    def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
+                 endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
+                 gate: GateConfig | None = GateConfig()):
+        if not isinstance(beam, int) or beam < 1:
+            raise SpeechkitError(f"beam must be a positive integer, got {beam!r}")
+        super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
+                         memory_arena=memory_arena, gate=gate)
+        model_dir = Path(model_dir)
+        self.decoder = cpu_session(model_dir / "decoder.onnx", num_threads, memory_arena)
+        self.joiner = cpu_session(model_dir / "joiner.onnx", num_threads, memory_arena)
+        self.context_size = int(self.decoder.get_modelmeta().custom_metadata_map["context_size"])
+        pieces = _pieces(model_dir)
+        self.unk_id = pieces.index("<unk>") if "<unk>" in pieces else None  # unk is blank to the search, as in sherpa-onnx
+        self.beam = beam
+
+    def create_stream(self) -> TransducerStream:
+        search = (BeamState if self.beam > 1 else GreedyState).start(self.context_size)
+        return self._new_stream(TransducerStream, search_state=search)
+
+    def _decoder_fn(self, contexts: np.ndarray) -> np.ndarray:
+        return self.decoder.run(None, {"y": contexts})[0]
+
+    def _joiner_fn(self, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        return self.joiner.run(None, {"encoder_out": enc.astype(np.float32, copy=False),
+                                      "decoder_out": dec.astype(np.float32, copy=False)})[0]
+
+    def _search_chunk(self, streams: list[TransducerStream], frames: list[np.ndarray]) -> None:
+        searched = self._search(frames, [s.search_state for s in streams])
+        for s, state, f in zip(streams, searched, frames):
             self._take(s, state)
             self._advance(s, len(f))
 
@@ -159,3 +206,33 @@ class TransducerRecognizer(OnlineRecognizer):
         if isinstance(state, BeamState):
             best = max(state.hyps, key=lambda h: h.log_prob / len(h.ys))
             s.search_state = BeamState((Hypothesis(best.ys[-self.context_size :], (), 0.0),), self.context_size, state.frame)
+
+
+class SherpaCtcRecognizer(Zipformer2Recognizer):
+    """A sherpa-format streaming CTC model (``speechkit export sherpa`` of a CTC experiment, or of a
+    hybrid's CTC head with ``--head ctc``) ready to decode streams; the interface of
+    :class:`OnlineRecognizer`. Greedy search only (``beam`` 1), as sherpa-onnx's zipformer2 CTC;
+    blank is ``<blk>``, id 0."""
+
+    family, what = CTC_FAMILY, "sherpa-format streaming CTC"
+    encoder_file, files = "model.onnx", ("model.onnx",)
+    export_hint = "speechkit export sherpa EXP_DIR OUT_DIR --head ctc"
+
+    def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
+                 endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
+                 gate: GateConfig | None = GateConfig()):
+        if beam != 1:
+            raise SpeechkitError(f"a sherpa-format CTC model decodes greedily, as sherpa-onnx does: beam must be 1, got {beam!r}")
+        super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
+                         memory_arena=memory_arena, gate=gate)
+        pieces = _pieces(Path(model_dir))
+        if pieces[:1] != ["<blk>"]:
+            raise SpeechkitError(f"{Path(model_dir) / 'tokens.txt'}: token 0 must be the blank <blk> (sherpa-onnx finds it "
+                                 f"by name, our search by id), got {pieces[:1]}")
+        self.beam = 1
+
+    def _search_chunk(self, streams: list[Stream], frames: list[np.ndarray]) -> None:
+        # OnlineRecognizer's greedy CTC: the last argmax (s.prev) carries across chunks, so a
+        # token spanning a chunk boundary is emitted once, as sherpa-onnx's decoder does
+        for s, log_probs in zip(streams, frames):
+            self._decode(s, log_probs)

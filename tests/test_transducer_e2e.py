@@ -251,3 +251,24 @@ def test_server_streams_the_folder_like_the_runtime(folder, beam):
         assert live.settled(live.server.engine)
     finally:
         live.close()
+
+
+def test_int8_export_is_smaller_and_both_runtimes_agree_on_it(folder, tmp_path, run_cli):
+    """``export sherpa --int8``: every graph stored with int8 weights (smaller), checked against
+    float32 on the way out; sherpa-onnx and our runtime still give the same tokens on it."""
+    out, wavs, _ = folder
+    exp = out.parent / "exp"
+    q = tmp_path / "int8"
+    rc, stdout, err = run_cli("export", "sherpa", exp, q, "--att-context", "16,3", "--int8")
+    assert rc == 0, err
+    info = json.loads((q / "export.json").read_text())
+    assert info["weights"] == "int8" and 0 < info["int8"]["output_rel_err"] <= info["int8"]["tolerance"]
+    assert "int8 weights:" in stdout
+    size = {name: ((q / name).stat().st_size, (out / name).stat().st_size) for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx")}
+    assert size["encoder.onnx"][0] < 0.5 * size["encoder.onnx"][1]  # the tiny joiner's tensors are below quantize's minimum
+    assert all(a <= b for a, b in size.values()), size
+    counts = [(len(w) // 160 - 3) // CHUNK for w in waves_of(wavs)]
+    waves = [whole_chunks(w, k) for w, k in zip(waves_of(wavs), counts)]
+    theirs = sherpa_decode(sherpa_transducer_recognizer(q), waves, SR)
+    assert ours_whole_chunks(TransducerRecognizer(q, gate=None, endpoint=None), waves) == theirs
+    assert any(t[0] for t in theirs)

@@ -336,3 +336,47 @@ def check_encoder(path: str | Path, graph: SherpaEncoder, layout: SherpaStateLay
     if not diff <= ENCODER_OUT_TOL:
         raise SpeechkitError(f"sherpa-onnx encoder: ONNX Runtime and PyTorch differ by {diff:.2e} (tolerance {ENCODER_OUT_TOL})")
     return {"chunks": chunks, "streams": streams, "max_abs_diff": diff, "tolerance": ENCODER_OUT_TOL}
+
+
+INT8_REL_TOL = 0.05  # int8 weights vs float32: relative error of the first output over the check chunks
+
+
+def quantize_folder_int8(folder: str | Path, encoder_file: str, chunk: int, num_mel_bins: int, chunks: int = 3,
+                         streams: int = 2) -> dict:
+    """Store every graph of a sherpa-format ``folder`` with int8 weights (``quantize.quantize_weights_int8``:
+    per-channel, float32 arithmetic, so a stream's result does not depend on its batch), then the
+    int8 encoder against the float32 one over ``chunks`` chained chunks of random fbank for
+    ``streams`` streams; raise unless the relative error of its output is within INT8_REL_TOL."""
+    import onnx
+    import onnxruntime as ort
+
+    from speechkit.export.quantize import quantize_weights_int8
+
+    folder = Path(folder)
+    fp32 = ort.InferenceSession(str(folder / encoder_file), providers=["CPUExecutionProvider"])
+    sizes = {}
+    for path in sorted(folder.glob("*.onnx")):
+        before = path.stat().st_size
+        model = quantize_weights_int8(onnx.load(str(path)))
+        tmp = path.with_suffix(".onnx.tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+        sizes[path.name] = {"fp32_mb": round(before / 1e6, 3), "int8_mb": round(path.stat().st_size / 1e6, 3)}
+    int8 = ort.InferenceSession(str(folder / encoder_file), providers=["CPUExecutionProvider"])
+    inputs = fp32.get_inputs()
+    rng = np.random.default_rng(0)
+    state = [np.zeros([d if isinstance(d, int) else streams for d in i.shape],
+                      dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs[1:]]
+    state_a, state_b, num, den = state, [t.copy() for t in state], 0.0, 0.0
+    for _ in range(chunks):
+        x = (rng.standard_normal((streams, chunk, num_mel_bins)) * 3 + 5).astype(np.float32)
+        a = fp32.run(None, dict(zip([i.name for i in inputs], [x, *state_a])))
+        b = int8.run(None, dict(zip([i.name for i in inputs], [x, *state_b])))
+        num += float(np.sum((a[0] - b[0]) ** 2))
+        den += float(np.sum(a[0] ** 2))
+        state_a, state_b = a[1:], b[1:]
+    rel = math.sqrt(num / max(den, 1e-30))
+    if not rel <= INT8_REL_TOL:
+        raise SpeechkitError(f"int8 weights change the encoder's output by {rel:.1%} (tolerance {INT8_REL_TOL:.0%}); "
+                             "export without --int8")
+    return {"chunks": chunks, "streams": streams, "output_rel_err": rel, "tolerance": INT8_REL_TOL, "sizes": sizes}

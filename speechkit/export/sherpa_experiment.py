@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from speechkit.errors import SpeechkitError
-from speechkit.export.sherpa import export_sherpa_ctc, export_sherpa_transducer
+from speechkit.export.sherpa import export_sherpa_ctc, export_sherpa_transducer, quantize_folder_int8
 from speechkit.inference.asr import Recognizer
 from speechkit.models.asr.ctc_model import CtcAsrModel
 from speechkit.models.asr.transducer import HybridTransducerModel
@@ -59,11 +59,13 @@ def _pick_head(exp_dir: str | Path, model: nn.Module, head: str) -> str:
 
 
 def export_sherpa_exp_dir(exp_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "model_avg.pt",
-                          att_context: tuple[int, int] | None = None, head: str = "auto") -> dict:
+                          att_context: tuple[int, int] | None = None, head: str = "auto", int8: bool = False) -> dict:
     """Export an experiment's streaming conformer for one attention context (default: the first
     finite one it was trained with) to ``out_dir``, with the decoder ``head`` names (one of
     ``HEADS``: a hybrid's ``ctc`` head gives the same folder a CTC experiment does); the checks of
-    ``speechkit.export.sherpa`` run before it returns. Returns the ``export.json`` written there."""
+    ``speechkit.export.sherpa`` run before it returns; ``int8``: the graphs then stored with int8
+    weights and checked against float32 (``quantize_folder_int8``). Returns the ``export.json``
+    written there."""
     if head not in HEADS:
         raise SpeechkitError(f"head '{head}' is not one of {', '.join(HEADS)}")
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device="cpu")
@@ -87,6 +89,11 @@ def export_sherpa_exp_dir(exp_dir: str | Path, out_dir: str | Path, *, checkpoin
     if (Path(exp_dir) / "bpe.model").is_file():  # our runtime spells pieces with the tokenizer, tokens.txt is sherpa-onnx's
         shutil.copy(Path(exp_dir) / "bpe.model", out_dir / "bpe.model")
     info = {"model_family": family, "exp_dir": str(exp_dir), "checkpoint": checkpoint, "head": head,
-            "att_context": list(context), "tokenizer": tok.kind, **report}
+            "att_context": list(context), "tokenizer": tok.kind, **report, "weights": "fp32"}
+    if int8:
+        graph = report["metadata"]["encoder" if head == "transducer" else "model"]
+        info["int8"] = quantize_folder_int8(out_dir, "encoder.onnx" if head == "transducer" else "model.onnx",
+                                            int(graph["T"]), fbank.num_mel_bins)
+        info["weights"] = "int8"
     (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -4,9 +4,9 @@
 # stateless-predictor transducer head and a CTC head, one loss 0.7 RNN-T + 0.3 CTC) trained on one
 # GPU and averaged; WER of CTC greedy, transducer greedy and modified beam search (4) from PyTorch
 # at full context and at each trained look-ahead; both heads exported to sherpa-onnx's formats at
-# 64,12 (transducer; zipformer2 CTC) and decoded chunk by chunk by our runtime; `speechkit bench
+# 64,12 (transducer, also with int8 weights; zipformer2 CTC) and decoded chunk by chunk by our runtime; `speechkit bench
 # asr-stream` of both folders against sherpa-onnx on one thread. $REPORT gets report.tgz (summary,
-# metrics, hyps, export reports, bench JSON) and the two folders as sherpa_*.tgz.
+# metrics, hyps, export reports, bench JSON), the int8 transducer and CTC folders as sherpa_*.tgz.
 #   bash egs/synth/asr/local/gpu_transducer_run.sh [--hours 50] [--minutes 0] [--stage 0]
 #     [--config conf/train_transducer_gpu.yaml] [--corpus_src DIR] [--contexts "full 64,0 64,4 64,12"]
 #     [--sherpa_context 64,12]
@@ -78,7 +78,8 @@ if [ "$stage" -le 7 ]; then
   log "sherpa-onnx folders at $sherpa_context (transducer; CTC head), decoded chunk by chunk by our runtime"
   speechkit export sherpa "$exp" "$exp/sherpa_transducer" --att-context "$sherpa_context"
   speechkit export sherpa "$exp" "$exp/sherpa_ctc" --att-context "$sherpa_context" --head ctc
-  for m in transducer ctc; do
+  speechkit export sherpa "$exp" "$exp/sherpa_transducer_int8" --att-context "$sherpa_context" --int8
+  for m in transducer ctc transducer_int8; do
     for s in test test_unseen; do
       out=$exp/decode_${s}_runtime_${m}
       speechkit decode-stream "$exp/sherpa_$m" "$data/$s" "$out" --nj "$(nproc)"
@@ -104,7 +105,7 @@ info = json.loads((exp / "model_info.json").read_text())
 out.write_text(f"parameters {info['parameters']}, averaged {info['averaged']}\n\n" + "\n".join(rows) + "\n")
 print(out.read_text())
 PY
-for m in transducer ctc; do
+for m in transducer_int8 ctc; do  # the shipped folder is the int8 one
   [ -d "$exp/sherpa_$m" ] && tar czf "$REPORT/sherpa_$m.tgz" -C "$exp" "sherpa_$m"
 done
 python3 - "$exp" "$REPORT" <<'PY'  # the averaged weights in fp16, two parts (exports and resumes elsewhere)

@@ -398,15 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--nj", type=int, default=1, help="parallel processes (default 1)")
     ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
     ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
-    ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
+    ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
     ds.set_defaults(func=_decode_stream)
 
-    tr = sub.add_parser("transcribe", help="recognise audio files with an exported model (streaming CTC or Paraformer); prints '<path> <text>'")
+    tr = sub.add_parser("transcribe", help="recognise audio files with an exported model (streaming CTC, sherpa-format transducer or CTC, Paraformer); prints '<path> <text>'")
     tr.add_argument("model_dir", help="exported model dir (e.g. models/asr-stream-synth)")
     tr.add_argument("files", nargs="+", metavar="FILE")
     tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     tr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
-    tr.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
+    tr.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
     tr.set_defaults(func=_transcribe)
 
     st = sub.add_parser("stream", help="stream a file or the microphone, printing partial and final results")
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--realtime", action="store_true", help="--wav: feed the file at real-time pace")
     st.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     st.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
-    st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search across chunks (default 1)")
+    st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
     st.set_defaults(func=_stream)
 
     sv = sub.add_parser("serve", help="WebSocket streaming recognition / voice-conversion / TTS server + browser demo page (protocol: docs/serve.md)",

@@ -115,8 +115,9 @@ class StreamingAsr:
     CTC (``ctc-streaming-conformer-sherpa``)."""
 
     def __init__(self, model_dir: str | Path, num_threads: int = 1, att_context: tuple[int, int] | None = None, beam: int = 1,
-                 **options):
-        self.recognizer = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam, **options)
+                 device: str = "cpu", **options):
+        self.recognizer = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, beam=beam, device=device,
+                                          **options)
         self.sample_rate = self.recognizer.sample_rate
 
     def transcribe(self, audio, sample_rate: int | None = None):
@@ -139,10 +140,10 @@ class StreamingAsr:
 class OfflineAsr:
     """A Paraformer (``model_family: paraformer``): whole inputs, batched, word times."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1, **options):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu", **options):
         from speechkit.runtime.paraformer import OfflineRecognizer
 
-        self.recognizer = OfflineRecognizer(model_dir, num_threads=num_threads, **options)
+        self.recognizer = OfflineRecognizer(model_dir, num_threads=num_threads, device=device, **options)
         self.sample_rate = self.recognizer.sample_rate
 
     def transcribe(self, audio, sample_rate: int | None = None):
@@ -207,10 +208,10 @@ class VoiceConversion:
     float32 arrays at ``sample_rate`` (default: the model's, 16 kHz for the shipped models); audio
     comes back at :attr:`sample_rate`."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1, **options):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu", **options):
         from speechkit.runtime.vc import VoiceConverter
 
-        self.converter = VoiceConverter(model_dir, num_threads=num_threads, **options)
+        self.converter = VoiceConverter(model_dir, num_threads=num_threads, device=device, **options)
         self.sample_rate = self.converter.sample_rate
 
     def target(self, reference, sample_rate: int | None = None):
@@ -240,10 +241,10 @@ class TextToMusic:
     """An exported text-to-music model (``audiogen.json``: MAGNeT, optionally the delay-pattern AR
     model, and the RVQ codec). Clips come back as float32 mono at :attr:`sample_rate`."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
         from speechkit.runtime.audiogen import MusicGenerator
 
-        self.generator = MusicGenerator(model_dir, num_threads=num_threads)
+        self.generator = MusicGenerator(model_dir, num_threads=num_threads, device=device)
         self.sample_rate = self.generator.sample_rate
 
     @property
@@ -263,7 +264,7 @@ class TextToMusic:
         return clips[0] if one else clips
 
 
-def load(model_dir: str | Path, *, num_threads: int = 1, **options):
+def load(model_dir: str | Path, *, num_threads: int = 1, device: str = "cpu", **options):
     """Open an exported model directory (``model.onnx`` + tokenizer + ``export.json``) by its
     family: a streaming model (CTC, or a transducer exported by ``speechkit export sherpa``) gives :class:`StreamingAsr`, a Paraformer :class:`OfflineAsr`, a
     CLEAR TTS model (``ar_step.onnx`` ...) :class:`speechkit.runtime.tts.Synthesizer`
@@ -273,25 +274,26 @@ def load(model_dir: str | Path, *, num_threads: int = 1, **options):
     ``options``: ``codec_dir``, ``asr_dir``), a text-to-music model (``audiogen.json``, its graphs
     and ``codec/``) :class:`TextToMusic` (``generate(texts, seconds, mode="magnet"|"hybrid"|"ar",
     rescore=0.0, seed=0, ...)`` → a clip per caption, one clip for a single caption string; only
-    ``num_threads`` applies). ``options`` go to the recognizer (streaming: ``att_context=(64, 4)``,
-    ``beam=4``; both families: ``gate=None`` keeps tokens the speech-activity gate would drop as
-    silence or noise)."""
+    ``num_threads`` and ``device`` apply). ``device``: ``cpu`` or ``cuda`` (the ``gpu`` extra; a
+    one-line error, never a silent CPU fallback, when CUDA cannot start). ``options`` go to the
+    recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``; both families: ``gate=None`` keeps
+    tokens the speech-activity gate would drop as silence or noise)."""
     model_dir = Path(model_dir)
     if (model_dir / "audiogen.json").is_file():
-        return TextToMusic(model_dir, num_threads=num_threads)
+        return TextToMusic(model_dir, num_threads=num_threads, device=device)
     if (model_dir / "ar_step.onnx").is_file() and model_family(model_dir) == "tts-clear":
         from speechkit.runtime.tts import Synthesizer
 
-        return Synthesizer(model_dir, num_threads=num_threads)
+        return Synthesizer(model_dir, num_threads=num_threads, device=device)
     if (model_dir / "step.onnx").is_file() and (model_dir / "vc.json").is_file():
-        return VoiceConversion(model_dir, num_threads=num_threads, **options)
+        return VoiceConversion(model_dir, num_threads=num_threads, device=device, **options)
     if model_family(model_dir) in (TRANSDUCER_FAMILY, CTC_FAMILY):  # sherpa-onnx's layouts (speechkit export sherpa)
-        return StreamingAsr(model_dir, num_threads=num_threads, **options)
+        return StreamingAsr(model_dir, num_threads=num_threads, device=device, **options)
     if not (model_dir / "model.onnx").is_file():
         raise SpeechkitError(f"{model_dir}: not a model directory (no model.onnx; export one with `speechkit export onnx`)")
     family = model_family(model_dir)
     if family == "paraformer":
-        return OfflineAsr(model_dir, num_threads=num_threads, **options)
+        return OfflineAsr(model_dir, num_threads=num_threads, device=device, **options)
     if family == "ctc-streaming-conformer":
-        return StreamingAsr(model_dir, num_threads=num_threads, **options)
+        return StreamingAsr(model_dir, num_threads=num_threads, device=device, **options)
     raise SpeechkitError(f"{model_dir}: speechkit.load does not know model family {family!r}")

@@ -201,14 +201,15 @@ def _decode_stream(args: argparse.Namespace) -> None:
     from speechkit.runtime.decode import decode_data_dir_streaming
 
     n = decode_data_dir_streaming(args.model_dir, args.data_dir, args.out_dir, att_context=_context(args.att_context),
-                                  nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam)
+                                  nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam, device=args.device)
     print(f"decoded {n} utterances (ONNX Runtime) -> {args.out_dir}/hyp")
 
 
 def _transcribe(args: argparse.Namespace) -> None:
     from speechkit.runtime.console import transcribe_files
 
-    failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context), beam=args.beam)
+    failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context), beam=args.beam,
+                              device=args.device)
     if failed:
         raise SpeechkitError(f"{failed} of {len(args.files)} file(s) could not be read (see above)")
 
@@ -220,9 +221,10 @@ def _stream(args: argparse.Namespace) -> None:
         raise SpeechkitError("give one of --wav FILE or --mic")
     ctx = _context(args.att_context)
     if args.mic:
-        stream_mic(args.model_dir, threads=args.threads, att_context=ctx, device=args.device)
+        stream_mic(args.model_dir, threads=args.threads, att_context=ctx, audio_device=args.audio_device, device=args.device)
     else:
-        stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx, beam=args.beam)
+        stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx, beam=args.beam,
+                    device=args.device)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -236,7 +238,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise SpeechkitError(str(e)) from None
     run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
                att_context=_context(args.att_context), vc_dir=args.vc, references=args.references, tts_dir=args.tts,
-               prompts=args.prompts, beam=args.beam)
+               prompts=args.prompts, beam=args.beam, device=args.device)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -251,6 +253,11 @@ def _results(args: argparse.Namespace) -> None:
     from speechkit.eval.results import write_results
 
     print(write_results(args.exp_dir, args.out, args.command, args.title, args.notes))
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where ONNX Runtime runs the model; cuda needs the [gpu] extra (default cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
     ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
     ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_device(ds)
     ds.set_defaults(func=_decode_stream)
 
     tr = sub.add_parser("transcribe", help="recognise audio files with an exported model (streaming CTC, sherpa-format transducer or CTC, Paraformer); prints '<path> <text>'")
@@ -407,17 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     tr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     tr.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_device(tr)
     tr.set_defaults(func=_transcribe)
 
     st = sub.add_parser("stream", help="stream a file or the microphone, printing partial and final results")
     st.add_argument("model_dir", help="exported model dir (e.g. models/asr-stream-synth)")
     st.add_argument("--wav", help="audio file to stream")
     st.add_argument("--mic", action="store_true", help="the default microphone (needs the [mic] extra)")
-    st.add_argument("--device", default=None, help="--mic: input device name or index")
+    st.add_argument("--audio-device", default=None, help="--mic: input device name or index (default: the system's)")
     st.add_argument("--realtime", action="store_true", help="--wav: feed the file at real-time pace")
     st.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     st.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_device(st)
     st.set_defaults(func=_stream)
 
     sv = sub.add_parser("serve", help="WebSocket streaming recognition / voice-conversion / TTS server + browser demo page (protocol: docs/serve.md)",
@@ -444,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     sv.add_argument("--beam", type=int, default=1,
                     help="a transducer model (speechkit export sherpa): 1 greedy search (default), >1 modified beam search")
+    _add_device(sv)
     sv.set_defaults(func=_serve)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from speechkit.export.onnx_file import write_onnx
 from speechkit.models.asr.attention_decoder import TransformerDecoder, beam_search, greedy_search
 from speechkit.models.asr.attention_model import AttentionAsrModel
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_STEP_FILE = "decoder_step.onnx"
@@ -104,8 +104,8 @@ def export_attention(model: AttentionAsrModel, out_dir: str | Path, opset: int =
 class OnnxEncoder:
     """Runs ``encoder.onnx``: torch tensors in and out (CPU, float32)."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        self.session = cpu_session(Path(model_dir) / ENCODER_FILE, num_threads)
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
+        self.session = make_session(Path(model_dir) / ENCODER_FILE, num_threads, device=device)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -121,8 +121,8 @@ class OnnxDecoderStep:
     (``vocab_size``, ``forward_one_step``); the cache is a list of per-block (N, i, D) tensors as
     the search code expects, stacked into one tensor for the graph."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        self.session = cpu_session(Path(model_dir) / DECODER_STEP_FILE, num_threads)
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
+        self.session = make_session(Path(model_dir) / DECODER_STEP_FILE, num_threads, device=device)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.vocab_size, self.d_model = int(meta["vocab_size"]), int(meta["d_model"])
         self.num_blocks = int(meta["num_blocks"])
@@ -145,9 +145,9 @@ class OnnxAttentionModel:
     """The exported pair with ``AttentionAsrModel.recognize``'s decoding: greedy (beam 1) or
     batched beam search, CTC rescoring of the N-best when ``ctc_weight`` > 0."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
-        self.encoder = OnnxEncoder(model_dir, num_threads)
-        self.decoder = OnnxDecoderStep(model_dir, num_threads)
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
+        self.encoder = OnnxEncoder(model_dir, num_threads, device)
+        self.decoder = OnnxDecoderStep(model_dir, num_threads, device)
 
     @torch.no_grad()
     def recognize(self, feats: torch.Tensor, feat_lens: torch.Tensor, beam: int = 1, ctc_weight: float = 0.0) -> list[list[int]]:

@@ -134,10 +134,10 @@ class OnlineRecognizer:
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
-                 beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig()):
+                 beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu"):
         model_dir = Path(model_dir)
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
-                                                             num_threads, memory_arena)
+                                                             num_threads, memory_arena, device)
         meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])

@@ -35,7 +35,7 @@ from speechkit.decoding.magnet import ArOptions, MagnetOptions, ar_generate, hyb
 from speechkit.errors import SpeechkitError
 from speechkit.text.captions import caption_words
 from speechkit.runtime.codec import CodecRuntime
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 
 FAMILY = "audiogen"
 CONFIG_FILE = "audiogen.json"
@@ -88,14 +88,15 @@ class MusicGraphs:
     """The exported models' sessions and the decoders' callables over them (numpy in and out).
     A folder with only ``text.onnx`` + ``magnet.onnx`` runs MAGNeT alone (``has_ar`` False)."""
 
-    def __init__(self, folder: str | Path, words: Sequence[str], ar_words: Sequence[str] | None = None, num_threads: int = 1):
+    def __init__(self, folder: str | Path, words: Sequence[str], ar_words: Sequence[str] | None = None, num_threads: int = 1,
+                 device: str = "cpu"):
         folder = Path(folder)
-        self.folder, self.num_threads = folder, num_threads
+        self.folder, self.num_threads, self.device = folder, num_threads, device
         for name in MAGNET_GRAPHS:
             if not (folder / name).is_file():
                 raise SpeechkitError(f"{folder / name}: no such file (an incomplete export)")
-        self.text = cpu_session(folder / TEXT_FILE, num_threads)
-        self.magnet = cpu_session(folder / MAGNET_FILE, num_threads)
+        self.text = make_session(folder / TEXT_FILE, num_threads, device=device)
+        self.magnet = make_session(folder / MAGNET_FILE, num_threads, device=device)
         meta = self.magnet.get_modelmeta().custom_metadata_map
         if meta.get("model_family") != FAMILY:
             raise SpeechkitError(f"{folder / MAGNET_FILE}: not a text-to-music graph (model_family={meta.get('model_family')!r})")
@@ -106,8 +107,8 @@ class MusicGraphs:
             missing = [n for n in AR_GRAPHS if not (folder / n).is_file()]
             if missing or ar_words is None:
                 raise SpeechkitError(f"{folder}: an incomplete AR export (missing {', '.join(missing) or 'the AR vocabulary'})")
-            self.ar_text = cpu_session(folder / AR_TEXT_FILE, num_threads)
-            self.ar_step = cpu_session(folder / AR_STEP_FILE, num_threads)
+            self.ar_text = make_session(folder / AR_TEXT_FILE, num_threads, device=device)
+            self.ar_step = make_session(folder / AR_STEP_FILE, num_threads, device=device)
             ar_meta = self.ar_step.get_modelmeta().custom_metadata_map
             self.ar_captions = CaptionIds(ar_words, int(ar_meta["max_tokens"]))
             layers, _, heads, _, head_dim = self.ar_step.get_inputs()[1].shape  # keys [N, B, H, M, d]
@@ -117,7 +118,7 @@ class MusicGraphs:
     def ar_score(self):
         """The scorer's session, opened on first use (only rescoring needs it)."""
         self._require_ar("rescore")
-        return cpu_session(self.folder / AR_SCORE_FILE, self.num_threads)
+        return make_session(self.folder / AR_SCORE_FILE, self.num_threads, device=self.device)
 
     # -- MAGNeT
 
@@ -284,7 +285,7 @@ class MusicGenerator:
     """An exported text-to-music folder (``audiogen.json``, the graphs, ``codec/``): captions →
     float32 mono clips at :attr:`sample_rate`."""
 
-    def __init__(self, folder: str | Path, num_threads: int = 1):
+    def __init__(self, folder: str | Path, num_threads: int = 1, device: str = "cpu"):
         folder = Path(folder)
         path = folder / CONFIG_FILE
         if not path.is_file():
@@ -296,8 +297,8 @@ class MusicGenerator:
         if info.get("model_family") != FAMILY:
             raise SpeechkitError(f"{folder}: not a text-to-music model (model_family={info.get('model_family')!r})")
         self.folder, self.info = folder, info
-        self.graphs = MusicGraphs(folder, info["words"], info.get("ar_words"), num_threads)
-        self.codec = CodecRuntime(folder / info.get("codec", CODEC_DIR), num_threads)
+        self.graphs = MusicGraphs(folder, info["words"], info.get("ar_words"), num_threads, device)
+        self.codec = CodecRuntime(folder / info.get("codec", CODEC_DIR), num_threads, device)
         self.codebooks, self.card = self.graphs.codebooks, self.graphs.card
         if self.codec.codebooks is None or self.codec.codebooks.shape[0] < self.codebooks or self.codec.codebooks.shape[1] != self.card:
             raise SpeechkitError(f"{folder}: the codec does not hold {self.codebooks} codebooks of {self.card} entries")

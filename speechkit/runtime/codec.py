@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 
 ENCODE_BLOCK_SECONDS = 10.0  # audio per encoder call on long inputs (~80 MB of activations for the shipped VAE)
 DECODE_BLOCK_FRAMES = 50  # latent frames per decoder call on long inputs (2 s at 25 Hz, ~60 MB)
@@ -100,13 +100,13 @@ class CodecRuntime:
     """An exported codec folder: decoder.onnx (+ codebooks.npy for RVQ) and, unless the folder is
     decoder-only (text-to-music ships one: it never encodes audio), encoder.onnx."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
         model_dir = self.model_dir = Path(model_dir)
         if not (model_dir / "decoder.onnx").is_file():
             raise SpeechkitError(f"{model_dir / 'decoder.onnx'}: no such file (export a codec with `speechkit codec export EXP OUT`)")
         has_encoder = (model_dir / "encoder.onnx").is_file()
-        self.encoder = cpu_session(model_dir / "encoder.onnx", num_threads) if has_encoder else None
-        self.decoder = cpu_session(model_dir / "decoder.onnx", num_threads)
+        self.encoder = make_session(model_dir / "encoder.onnx", num_threads, device=device) if has_encoder else None
+        self.decoder = make_session(model_dir / "decoder.onnx", num_threads, device=device)
         meta = self.decoder.get_modelmeta().custom_metadata_map
         if not meta.get("model_family", "").startswith("codec-"):
             raise SpeechkitError(f"{model_dir}: not a codec (model_family={meta.get('model_family')!r})")

@@ -65,12 +65,13 @@ def _skipped(path: str, e: AudioError) -> None:
     print(f"speechkit: skipped: {msg}", file=sys.stderr)
 
 
-def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1, batch_files: int = 16) -> int:
+def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1, batch_files: int = 16,
+                             device: str = "cpu") -> int:
     """Paraformer: short files recognised ``batch_files`` at a time in one padded batch; long ones
     a block at a time, cut at quiet points. Prints ``<path> <text>`` in the order given."""
     from speechkit.runtime.paraformer import OfflineRecognizer, recognize_paths
 
-    rec = OfflineRecognizer(model_dir, num_threads=threads)
+    rec = OfflineRecognizer(model_dir, num_threads=threads, device=device)
     failed = 0
     for path, r in recognize_paths(rec, files, batch_files):
         if isinstance(r, AudioError):
@@ -81,12 +82,13 @@ def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1,
     return failed
 
 
-def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1) -> int:
+def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1,
+                     device: str = "cpu") -> int:
     """Print ``<path> <text>`` per file; a file that cannot be read or decoded is reported on
     stderr and skipped. Returns the number of files that failed."""
     if model_family(model_dir) == "paraformer":
-        return transcribe_files_offline(model_dir, files, threads)
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
+        return transcribe_files_offline(model_dir, files, threads, device=device)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device)
     failed = 0
     for path in files:
         try:
@@ -118,8 +120,9 @@ class _Printer:
         self.out.flush()
 
 
-def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1) -> str:
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam)
+def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1,
+                device: str = "cpu") -> str:
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device)
     s, printer = rec.create_stream(), _Printer(rec)
     piece = rec.chunk_ms / 1000.0
     start = time.monotonic()
@@ -139,21 +142,22 @@ def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int =
     return text
 
 
-def stream_mic(model_dir: str, threads: int = 1, att_context=None, device=None) -> None:
+def stream_mic(model_dir: str, threads: int = 1, att_context=None, audio_device=None, device: str = "cpu") -> None:
+    """``audio_device``: sounddevice's input name or index (None: the system's); ``device``: where the model runs."""
     try:
         import sounddevice as sd
     except (ImportError, OSError) as e:  # OSError: the package is there but PortAudio is not
         raise SpeechkitError(f"--mic needs sounddevice and PortAudio (pip install 'speechkit[mic]'): {e}") from None
     try:
-        info = sd.query_devices(device, kind="input")
+        info = sd.query_devices(audio_device, kind="input")
     except Exception as e:  # sounddevice raises PortAudioError / ValueError when nothing is there
         raise SpeechkitError(f"no audio input device ({str(e).splitlines()[0] if str(e) else type(e).__name__}); use --wav FILE") from None
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, device=device)
     s, printer = rec.create_stream(), _Printer(rec)
     print(f"listening on {info['name']} at {rec.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
     block = int(rec.sample_rate * rec.chunk_ms / 1000)
     try:
-        with sd.InputStream(device=device, channels=1, samplerate=rec.sample_rate, dtype="float32", blocksize=block) as mic:
+        with sd.InputStream(device=audio_device, channels=1, samplerate=rec.sample_rate, dtype="float32", blocksize=block) as mic:
             while True:
                 data, _ = mic.read(block)
                 s.accept_waveform(data[:, 0])

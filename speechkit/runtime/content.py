@@ -101,7 +101,7 @@ class ContentEncoder:
     right + 1 frames (40 ms each), the same chunking as :class:`OnlineRecognizer`."""
 
     def __init__(self, model_dir: str | Path, layer: int | None = None, att_context: tuple[int, int] | None = None, *,
-                 num_threads: int = 1, model_file: str = "model.onnx"):
+                 num_threads: int = 1, model_file: str = "model.onnx", device: str = "cpu"):
         path = Path(model_dir) / model_file
         if not path.is_file():
             raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
@@ -115,10 +115,11 @@ class ContentEncoder:
         blocks = len(block_outputs(model, str(path)))
         self.layer = blocks if layer is None else int(layer)
         model, (self.output_name,) = with_block_outputs(model, [self.layer], str(path))
-        # ONNX Runtime's session options live in open_model/cpu_session, which take a path
+        # ONNX Runtime's session options live in open_model/make_session, which take a path
         with tempfile.TemporaryDirectory(prefix="content-") as tmp:
             onnx.save(model, str(Path(tmp) / model_file))
-            self.session, self.meta, self.fbank_cfg = open_model(tmp, model_file, FAMILY, "streaming CTC", num_threads)
+            self.session, self.meta, self.fbank_cfg = open_model(tmp, model_file, FAMILY, "streaming CTC", num_threads,
+                                                                 device=device)
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(self.meta["subsampling"])
         self.dim = int(self.meta["d_model"])

@@ -23,14 +23,14 @@ from speechkit.runtime.console import model_family, open_recognizer
 _rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
 
 
-def _init(model_dir: str, att_context, threads: int, beam: int = 1) -> None:
+def _init(model_dir: str, att_context, threads: int, beam: int = 1, device: str = "cpu") -> None:
     global _rec
     if model_family(model_dir) == "paraformer":
         from speechkit.runtime.paraformer import OfflineRecognizer
 
-        _rec = OfflineRecognizer(model_dir, num_threads=threads)
+        _rec = OfflineRecognizer(model_dir, num_threads=threads, device=device)
     else:
-        _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam)
+        _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam, device=device)
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -68,11 +68,11 @@ def _stream_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[st
 
 
 def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None, nj: int = 1, batch: int = 16, threads: int = 1,
-                              beam: int = 1) -> int:
+                              beam: int = 1, device: str = "cpu") -> int:
     """Write ``out_dir/hyp`` and ``out_dir/skipped.txt``; returns the number decoded."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _init(str(model_dir), att_context, threads, beam)  # fail here, once, on a bad model or context
+    _init(str(model_dir), att_context, threads, beam, device)  # fail here, once, on a bad model or context
     utts = sorted(load_data_dir(data_dir), key=lambda u: u.duration or 0.0)  # similar lengths share a batch
     batches = [[(u.utt_id, u.wav) for u in utts[i : i + batch]] for i in range(0, len(utts), batch)]
     hyps: dict[str, str] = {}
@@ -83,7 +83,8 @@ def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None,
     else:
         import multiprocessing as mp
 
-        pool = ProcessPoolExecutor(nj, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(str(model_dir), att_context, threads, beam))
+        pool = ProcessPoolExecutor(nj, mp_context=mp.get_context("spawn"), initializer=_init,
+                                   initargs=(str(model_dir), att_context, threads, beam, device))
         results = pool.map(_decode_batch, batches)
     for (h, s), b in zip(results, batches):
         hyps.update(h)

@@ -52,10 +52,10 @@ class _Piece:
 class OfflineRecognizer:
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, model_file: str = "model.onnx",
                  max_batch_seconds: float = 60.0, max_segment: float = 30.0, gate: GateConfig | None = GateConfig(),
-                 memory_arena: bool = True):
+                 memory_arena: bool = True, device: str = "cpu"):
         model_dir = Path(model_dir)
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "paraformer", "Paraformer", num_threads,
-                                                             memory_arena)
+                                                             memory_arena, device)
         meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])

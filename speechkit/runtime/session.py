@@ -1,5 +1,5 @@
-"""Opening an exported model for the torch-free runtime: a CPU ONNX Runtime session, its
-metadata, and the fbank configuration the metadata describes."""
+"""Opening an exported model for the torch-free runtime: an ONNX Runtime session on the CPU or a
+CUDA GPU, its metadata, and the fbank configuration the metadata describes."""
 
 from __future__ import annotations
 
@@ -10,10 +10,23 @@ import onnxruntime as ort
 from speechkit.audio.fbank import FbankConfig
 from speechkit.errors import SpeechkitError
 
+# the CPU stays behind CUDA for the few operators the CUDA provider lacks (ONNX Runtime places
+# each node on the first provider that has a kernel for it)
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'speechkit[gpu]'"
 
-def cpu_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True) -> ort.InferenceSession:
-    """``memory_arena=False`` gives working memory back after each call instead of keeping the
-    largest batch's (a server whose batch size follows its load)."""
+
+def make_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True,
+                 device: str = "cpu") -> ort.InferenceSession:
+    """``device``: ``cpu`` or ``cuda``; a CUDA session that ONNX Runtime could only start on the CPU
+    is an error, never a silent fallback. ``memory_arena=False`` gives working memory back after
+    each call instead of keeping the largest batch's (a server whose batch size follows its load)."""
+    if device not in PROVIDERS:
+        raise SpeechkitError(f"device must be one of {', '.join(PROVIDERS)}, got {device!r}")
+    providers = PROVIDERS[device]
+    if providers[0] not in ort.get_available_providers():
+        raise SpeechkitError(f"device={device!r}: this onnxruntime {ort.__version__} has no {providers[0]} "
+                             f"(for a GPU: {GPU_INSTALL})")
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = memory_arena
     opts.intra_op_num_threads = num_threads
@@ -21,16 +34,26 @@ def cpu_session(path: str | Path, num_threads: int = 1, memory_arena: bool = Tru
     # weight-only int8 files (export/quantize.py): fold DequantizeLinear into float32 weights once
     # at load instead of keeping QDQ pairs for integer kernels
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=providers)
+    if session.get_providers()[0] != providers[0]:  # ONNX Runtime only logs a warning when CUDA fails to load
+        raise SpeechkitError(f"{path}: onnxruntime could not start {providers[0]} (the session runs on "
+                             f"{session.get_providers()[0]}); check the CUDA and cuDNN libraries onnxruntime-gpu "
+                             f"{ort.__version__} needs")
+    return session
+
+
+def cpu_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True) -> ort.InferenceSession:
+    """A CPU session: what the export's parity checks compare against PyTorch."""
+    return make_session(path, num_threads, memory_arena)
 
 
 def open_model(model_dir: str | Path, model_file: str, family: str, what: str, num_threads: int = 1,
-               memory_arena: bool = True) -> tuple[ort.InferenceSession, dict[str, str], FbankConfig]:
+               memory_arena: bool = True, device: str = "cpu") -> tuple[ort.InferenceSession, dict[str, str], FbankConfig]:
     """→ (session, metadata, fbank config); one-line errors for a missing file or another family."""
     path = Path(model_dir) / model_file
     if not path.is_file():
         raise SpeechkitError(f"{path}: no such model (export one with `speechkit export onnx EXP_DIR OUT_DIR`)")
-    session = cpu_session(path, num_threads, memory_arena)
+    session = make_session(path, num_threads, memory_arena, device)
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_family") != family:
         raise SpeechkitError(f"{path}: not a {what} model (model_family={meta.get('model_family')!r})")

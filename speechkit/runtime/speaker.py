@@ -64,13 +64,14 @@ class SpeakerRuntime:
     """``model_dir``: a folder written by ``speechkit speaker export`` (speaker.onnx, export.json).
     D: embedding dim; every embedding is float32 and unit length."""
 
-    def __init__(self, model_dir: str | Path, num_threads: int = 1):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, device: str = "cpu"):
         model_dir = Path(model_dir)
         if not is_exported_speaker(model_dir):
             raise SpeechkitError(f"{model_dir}: not an exported speaker encoder (no {MODEL_FILE}; export one with "
                                  "`speechkit speaker export MODEL --out DIR`)")
         try:
-            self.session, self.meta, self.fbank_cfg = open_model(model_dir, MODEL_FILE, FAMILY, "speaker encoder", num_threads)
+            self.session, self.meta, self.fbank_cfg = open_model(model_dir, MODEL_FILE, FAMILY, "speaker encoder", num_threads,
+                                                                 device=device)
         except SpeechkitError:
             raise
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's load failures share no base class

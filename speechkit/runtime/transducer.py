@@ -24,7 +24,7 @@ from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.transducer import BeamState, GreedyState, Hypothesis, greedy_search, modified_beam_search
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.asr import EndpointConfig, OnlineRecognizer, Stream
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 from speechkit.text.tokenizer import load_tokenizer
 
 # export.json's model_family of each folder (speechkit.export.sherpa_experiment writes them)
@@ -70,13 +70,13 @@ class Zipformer2Recognizer(OnlineRecognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig()):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
         model_dir = Path(model_dir)
         _read_export(model_dir, self.family, self.what, self.export_hint)
         for name in self.files:
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: missing (export with `{self.export_hint}`)")
-        self.session = cpu_session(model_dir / self.encoder_file, num_threads, memory_arena)
+        self.session = make_session(model_dir / self.encoder_file, num_threads, memory_arena, device)
         self.meta = meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("model_type") != MODEL_TYPE or not meta.get("fbank_samples", "").startswith("int16"):
             raise SpeechkitError(f"{model_dir}/{self.encoder_file}: not a speechkit zipformer2 encoder for int16-range fbank "
@@ -152,14 +152,14 @@ class TransducerRecognizer(Zipformer2Recognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig()):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
         if not isinstance(beam, int) or beam < 1:
             raise SpeechkitError(f"beam must be a positive integer, got {beam!r}")
         super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
-                         memory_arena=memory_arena, gate=gate)
+                         memory_arena=memory_arena, gate=gate, device=device)
         model_dir = Path(model_dir)
-        self.decoder = cpu_session(model_dir / "decoder.onnx", num_threads, memory_arena)
-        self.joiner = cpu_session(model_dir / "joiner.onnx", num_threads, memory_arena)
+        self.decoder = make_session(model_dir / "decoder.onnx", num_threads, memory_arena, device)
+        self.joiner = make_session(model_dir / "joiner.onnx", num_threads, memory_arena, device)
         self.context_size = int(self.decoder.get_modelmeta().custom_metadata_map["context_size"])
         pieces = _pieces(model_dir)
         self.unk_id = pieces.index("<unk>") if "<unk>" in pieces else None  # unk is blank to the search, as in sherpa-onnx
@@ -220,11 +220,11 @@ class SherpaCtcRecognizer(Zipformer2Recognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig()):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
         if beam != 1:
             raise SpeechkitError(f"a sherpa-format CTC model decodes greedily, as sherpa-onnx does: beam must be 1, got {beam!r}")
         super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
-                         memory_arena=memory_arena, gate=gate)
+                         memory_arena=memory_arena, gate=gate, device=device)
         pieces = _pieces(Path(model_dir))
         if pieces[:1] != ["<blk>"]:
             raise SpeechkitError(f"{Path(model_dir) / 'tokens.txt'}: token 0 must be the blank <blk> (sherpa-onnx finds it "

@@ -27,7 +27,7 @@ import numpy as np
 from speechkit.decoding.tts_options import SynthOptions, flow_steps, iter_pieces, max_frames, read_prompt
 from speechkit.errors import SpeechkitError
 from speechkit.runtime.codec import CodecRuntime
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 
 FAMILY = "tts-clear"
 STEP_FILE, FLOW_FILE, LEGACY_PREFIX_FILE = "ar_step.onnx", "flow.onnx", "ar_prefix.onnx"
@@ -94,14 +94,14 @@ class ArTransformer:
     T = 1. Exports from before the single graph (``ar_prefix.onnx`` + an ``ar_step.onnx`` of one
     latent) run their two graphs."""
 
-    def __init__(self, model_dir: Path, latent_kind: int, num_threads: int = 1):
-        self.graph = cpu_session(model_dir / STEP_FILE, num_threads)
+    def __init__(self, model_dir: Path, latent_kind: int, num_threads: int = 1, device: str = "cpu"):
+        self.graph = make_session(model_dir / STEP_FILE, num_threads, device=device)
         inputs = [i.name for i in self.graph.get_inputs()]
         self.legacy_prefix = None
         if inputs == LEGACY_STEP_INPUTS:
             if not (model_dir / LEGACY_PREFIX_FILE).is_file():
                 raise SpeechkitError(f"{model_dir / LEGACY_PREFIX_FILE}: no such file (an incomplete export)")
-            self.legacy_prefix = cpu_session(model_dir / LEGACY_PREFIX_FILE, num_threads)
+            self.legacy_prefix = make_session(model_dir / LEGACY_PREFIX_FILE, num_threads, device=device)
         elif inputs != STEP_INPUTS:
             raise SpeechkitError(f"{model_dir / STEP_FILE}: inputs {inputs} are not a CLEAR transformer's (re-export the model)")
         layers, _, _, heads, _, hd = self.graph.get_inputs()[-1].shape
@@ -174,7 +174,7 @@ class LatentSynthesizer:
 
 
 class Synthesizer(LatentSynthesizer):
-    def __init__(self, model_dir: str | Path, num_threads: int = 1, codec_dir: str | Path | None = None):
+    def __init__(self, model_dir: str | Path, num_threads: int = 1, codec_dir: str | Path | None = None, device: str = "cpu"):
         """``codec_dir``: the codec to use instead of the one export.json names."""
         from speechkit.text.phonemes import PhonemeVocab
 
@@ -188,15 +188,15 @@ class Synthesizer(LatentSynthesizer):
         for name in GRAPHS:
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: no such file (an incomplete export)")
-        self.ar = ArTransformer(model_dir, int(info["kinds"]["latent"]), num_threads)
-        self.flow = cpu_session(model_dir / FLOW_FILE, num_threads)
+        self.ar = ArTransformer(model_dir, int(info["kinds"]["latent"]), num_threads, device)
+        self.flow = make_session(model_dir / FLOW_FILE, num_threads, device=device)
         self.objective = info.get("flow_objective", "rectified")  # exports before mean flow had a rectified head
         inputs = [i.name for i in self.flow.get_inputs()]
         if FLOW_INPUTS.get(self.objective) != inputs:
             raise SpeechkitError(f"{model_dir / 'flow.onnx'}: inputs {inputs} do not fit a {self.objective!r} flow head "
                                  f"(export.json's flow_objective)")
         codec_dir = model_codec(model_dir, info, codec_dir)
-        self.codec = CodecRuntime(codec_dir, num_threads)
+        self.codec = CodecRuntime(codec_dir, num_threads, device)
         self.vocab = PhonemeVocab.load(model_dir / "phones.txt")
         self.latent_dim, self.frame_rate = int(info["latent_dim"]), float(info["frame_rate"])
         if self.codec.latent_dim != self.latent_dim:

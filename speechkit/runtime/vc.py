@@ -29,7 +29,7 @@ import numpy as np
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.codec import CodecRuntime, DecoderStream
 from speechkit.runtime.content import ContentEncoder, ContentStream
-from speechkit.runtime.session import cpu_session
+from speechkit.runtime.session import make_session
 from speechkit.runtime.speaker import check_rate
 
 FAMILY = "vc-meanvc"
@@ -161,7 +161,7 @@ class VoiceConverter:
     folders the model was trained with (its provenance in ``vc.json``)."""
 
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None, asr_dir: str | Path | None = None,
-                 num_threads: int = 1):
+                 num_threads: int = 1, device: str = "cpu"):
         model_dir = Path(model_dir)
         cfg_path = model_dir / CONFIG_FILE
         if not cfg_path.is_file():
@@ -172,21 +172,21 @@ class VoiceConverter:
         for name in (REFERENCE_FILE, STEP_FILE):
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: no such file (export a model with `speechkit vc export MODEL OUT`)")
-        self.model_dir, self.config = model_dir, cfg
+        self.model_dir, self.config, self.device = model_dir, cfg, device
         self.chunk, self.latent_dim, self.content_dim, self.spk_dim = cfg["chunk"], cfg["latent_dim"], cfg["content_dim"], cfg["spk_dim"]
         self.ref_frames = cfg["ref_frames"]
         self.cache_shape = (cfg["layers"], 1, cfg["heads"], cfg["cache_frames"], cfg["head_dim"])
-        self.reference_session = cpu_session(model_dir / REFERENCE_FILE, num_threads)
-        self.step_session = cpu_session(model_dir / STEP_FILE, num_threads)
+        self.reference_session = make_session(model_dir / REFERENCE_FILE, num_threads, device=device)
+        self.step_session = make_session(model_dir / STEP_FILE, num_threads, device=device)
         features = cfg.get("features") or {}
-        self.codec = CodecRuntime(resolve(codec_dir or features.get("codec"), "codec", "--codec"), num_threads)
+        self.codec = CodecRuntime(resolve(codec_dir or features.get("codec"), "codec", "--codec"), num_threads, device)
         if self.codec.kind != "vae" or self.codec.latent_dim != self.latent_dim:
             raise SpeechkitError(f"the codec is a {self.codec.kind} of {self.codec.latent_dim}-dim latents; "
                                  f"the model makes {self.latent_dim}-dim VAE latents")
         att = features.get("att_context")
         self.content = ContentEncoder(resolve(asr_dir or features.get("asr"), "content encoder (streaming ASR model)", "--asr"),
                                       layer=features.get("content_layer"), att_context=tuple(att) if att else None,
-                                      num_threads=num_threads)
+                                      num_threads=num_threads, device=device)
         if self.content.dim != self.content_dim:
             raise SpeechkitError(f"the content encoder gives {self.content.dim} dims, the model takes {self.content_dim}")
         if abs(self.content.frame_rate - cfg["frame_rate"]) > 1e-6:
@@ -250,7 +250,7 @@ class VoiceConverter:
             except ImportError:
                 raise SpeechkitError("this speechkit has no torch-free speaker encoder (speechkit.runtime.speaker): "
                                      "pass spk= (an embedding)") from None
-            self._speaker = SpeakerRuntime(folder)
+            self._speaker = SpeakerRuntime(folder, device=self.device)
         return np.asarray(self._speaker.embed(samples), dtype=np.float32)
 
     # conversion

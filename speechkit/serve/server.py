@@ -75,7 +75,8 @@ class SpeechServer:
 
     def __init__(self, model_dir: str | Path, *, vc_dir: str | Path | None = None, references: str | Path | None = None,
                  tts_dir: str | Path | None = None, prompts: str | Path | None = None, limits: Limits = Limits(),
-                 num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None, beam: int = 1):
+                 num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None, beam: int = 1,
+                 device: str = "cpu"):
         self.model_dir = str(model_dir)
         self.rec = None
         if is_vc_model(model_dir):
@@ -90,7 +91,7 @@ class SpeechServer:
         else:
             # no memory arena: working memory follows the batch size instead of staying at its peak
             self.rec = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False,
-                                       beam=beam)
+                                       beam=beam, device=device)
         if vc_dir is None and references is not None:
             raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
         if tts_dir is None and prompts is not None:
@@ -98,7 +99,7 @@ class SpeechServer:
         self.vc = self.presets = None
         self.vc_dir = None if vc_dir is None else str(vc_dir)
         if vc_dir is not None:
-            self.vc = VoiceConverter(vc_dir, num_threads=num_threads)
+            self.vc = VoiceConverter(vc_dir, num_threads=num_threads, device=device)
             if not (Path(vc_dir) / SPEAKER_DIR).is_dir():
                 raise SpeechkitError(f"{vc_dir} ships no speaker encoder ({SPEAKER_DIR}/), which the server needs to take "
                                      "reference voices: export it with --speaker-model")
@@ -107,7 +108,7 @@ class SpeechServer:
         self.tts = self.prompts = None
         self.tts_dir = None if tts_dir is None else str(tts_dir)
         if tts_dir is not None:
-            self.tts = Synthesizer(tts_dir, num_threads=num_threads)
+            self.tts = Synthesizer(tts_dir, num_threads=num_threads, device=device)
             folder = Path(prompts) if prompts is not None else Path(tts_dir) / PROMPTS_DIR
             self.prompts = load_prompts(folder, self.tts.sample_rate) if prompts is not None or folder.is_dir() else {}
         self.limits, self.max_batch = limits, max_batch
@@ -360,9 +361,9 @@ def _stats(engine: BatchEngine | VcEngine | None) -> dict:
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
                att_context=None, vc_dir: str | None = None, references: str | None = None, tts_dir: str | None = None,
-               prompts: str | None = None, beam: int = 1) -> None:
+               prompts: str | None = None, beam: int = 1, device: str = "cpu") -> None:
     server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, tts_dir=tts_dir, prompts=prompts, limits=limits,
-                          num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam)
+                          num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam, device=device)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -382,7 +383,7 @@ def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_thre
                 parts.append(f"ws://{host}:{bound}/tts, {len(server.prompts)} preset prompt(s), "
                              "streams take turns a chunk at a time")
             print(f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket {'; '.join(parts)}); "
-                  f"{num_threads} thread(s); Ctrl-C to stop", file=sys.stderr, flush=True)
+                  f"{num_threads} thread(s) on {device}; Ctrl-C to stop", file=sys.stderr, flush=True)
         await task
 
     asyncio.run(main())

@@ -113,7 +113,7 @@ def test_exported_folder_scores_as_the_model_pt_it_came_from(codecs, kind, tmp_p
         assert len(x) == len(y) and np.abs(x - y).max() < 1e-3, name
 
 
-def test_cli_takes_the_folder_threads_and_refuses_a_gpu(codecs, run_cli):
+def test_cli_takes_the_folder_threads_and_says_when_cuda_is_missing(codecs, run_cli, monkeypatch):
     root, data = codecs
     code, out, err = run_cli("codec", "eval", root / "vae_onnx", data, "--asr-model", JUDGE, "--max-utts", "2", "--rtf-utts", "1",
                              "--threads", "2", "--json")
@@ -121,6 +121,10 @@ def test_cli_takes_the_folder_threads_and_refuses_a_gpu(codecs, run_cli):
     r = json.loads(out.strip().splitlines()[-1])
     assert r["runtime"] == "onnxruntime, 2 threads" and r["rtf"]["cpu_threads"] == 2 and r["splits"]["data"]["utterances"] == 2
     assert "1 left out as in the ASR judge's training text" in out and "(onnxruntime, 2 threads)" in out
+    import onnxruntime as ort
+
+    cpu_only = [p for p in ort.get_available_providers() if p != "CUDAExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: cpu_only)  # as on a machine without onnxruntime-gpu
     code, _, err = run_cli("codec", "eval", root / "vae_onnx", data, "--asr-model", JUDGE, "--device", "cuda")
-    assert code == 2 and "ONNX Runtime" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "CUDAExecutionProvider" in err and "speechkit[gpu]" in err and len(err.strip().splitlines()) == 1
 

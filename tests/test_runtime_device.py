@@ -1,7 +1,9 @@
 """The runtime's ``device``: ``cuda`` without a CUDA onnxruntime is a one-line error (API and CLI),
 a bad device string too; with CUDA faked, every session asks for the CUDA provider first and one
 that ONNX Runtime could only start on the CPU is an error, never a silent fallback; the ``gpu``
-extra never pulls torch. CPU results are the rest of the suite's."""
+extra never pulls torch; the commands that open exported dirs (generate, vc, tts, codec, speaker
+embed and the tts and codec evals) pass ``--device`` on to every session, cpu by default. CPU
+results are the rest of the suite's."""
 
 from __future__ import annotations
 
@@ -147,3 +149,163 @@ def test_the_gpu_extra_never_pulls_torch():
 def test_the_cpu_session_is_todays():
     for s in (make_session(CODEC / "decoder.onnx"), cpu_session(CODEC / "decoder.onnx")):
         assert s.get_providers() == ["CPUExecutionProvider"]
+
+
+# ---- the model commands: generate, vc, tts (synth, eval), codec (encode, decode, resynth, eval), speaker embed ----
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict:
+    """Tiny exports for the commands (about 6 s, on one torch thread): MAGNeT alone, MeanVC with its
+    speaker encoder, CLEAR; a spoken wav, codec latents, a data dir. The codec is the shipped one."""
+    import numpy as np
+    import torch
+
+    from conftest import make_tiny_data_dir
+    from speechkit.export.audiogen import export_audiogen
+    from speechkit.runtime.codec import CodecRuntime
+    from test_audiogen_export import _codec as music_codec
+    from test_audiogen_export import _models as music_models
+    from test_tts_export import _codec as tts_codec
+    from test_tts_export import _experiment as tts_experiment
+    from test_vc_runtime import make_vc_export, tone
+
+    root = tmp_path_factory.mktemp("device_commands")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (root / "music").mkdir()
+        magnet, _ = music_models(root / "music", music_codec(root / "music")[1])
+        export_audiogen(magnet, root / "music" / "onnx", weights="fp32")
+        (root / "vc").mkdir()
+        vc = make_vc_export(root / "vc")
+        (root / "tts").mkdir()
+        exp = tts_experiment(root / "tts", "exp", tts_codec(root / "tts"), stop_bias=-30.0)
+        from speechkit.cli import main
+
+        assert main(["tts", "export", str(exp), str(root / "tts" / "onnx")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    sf.write(root / "a.wav", synthesize(Voice("espeak-ng", "en-us", "espeak-0"), "a quiet garden", Prosody()), 16000)
+    np.save(root / "a.npy", CodecRuntime(CODEC).encode(tone(0.5, 150.0, 1)))
+    make_tiny_data_dir(root / "data", n_utts=4)
+    return {"MUSIC": root / "music" / "onnx", "VC": vc, "SPK": root / "vc" / "spk_onnx", "TTS": root / "tts" / "onnx",
+            "CODEC": CODEC, "STREAM": STREAM, "WAV": root / "a.wav", "NPY": root / "a.npy", "DATA": root / "data"}
+
+
+# argv of each command on an exported dir, upper-case words standing for the paths of ``exports`` ("OUT": the output);
+# EVALS are not run to the end on the CPU here (codec eval's judge takes many seconds)
+COMMANDS = {
+    "generate": ["generate", "MUSIC", "--text", "calm piano", "--seconds", "0.2", "--steps", "2,1,1", "--out", "OUT"],
+    "vc": ["vc", "VC", "--source", "WAV", "--reference", "WAV", "--out", "OUT"],
+    "vc-stream": ["vc", "convert", "VC", "--source", "WAV", "--reference", "WAV", "--out", "OUT", "--stream"],
+    "tts": ["tts", "TTS", "--text", "hi", "--prompt", "WAV", "--out", "OUT", "--steps", "2"],
+    "codec-encode": ["codec", "encode", "CODEC", "WAV", "OUT"],
+    "codec-decode": ["codec", "decode", "CODEC", "NPY", "OUT"],
+    "codec-resynth": ["codec", "resynth", "CODEC", "WAV", "OUT"],
+    "speaker-embed": ["speaker", "embed", "SPK", "WAV", "--out", "OUT"],
+}
+EVALS = {
+    "tts-eval": ["tts", "eval", "TTS", "DATA", "--out-dir", "OUT", "--judges", "none", "--max-utts", "2"],
+    "codec-eval": ["codec", "eval", "CODEC", "DATA", "--asr-model", "STREAM", "--max-utts", "2", "--rtf-utts", "1"],
+}
+
+
+def _argv(exports: dict, argv: list[str], out: Path) -> list:
+    return [out if a == "OUT" else exports.get(a, a) for a in argv]
+
+
+@pytest.mark.parametrize("name", [*COMMANDS, *EVALS])
+def test_model_commands_device_cuda_is_one_line(no_cuda, run_cli, exports, tmp_path, name):
+    """An exported dir with --device cuda on the CPU onnxruntime: make_session's one line, nothing written."""
+    out = tmp_path / "out.bin"
+    rc, stdout, err = run_cli(*_argv(exports, {**COMMANDS, **EVALS}[name], out), "--device", "cuda")
+    assert rc == 2 and not stdout, err
+    assert err.startswith("speechkit: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "CUDAExecutionProvider" in err and "speechkit[gpu]" in err
+    assert not out.exists() or not list(out.rglob("*.wav"))  # tts eval makes its --out-dir before it opens the model
+
+
+def _output(path: Path):
+    import numpy as np
+
+    if path.suffix == ".wav":
+        return sf.read(path, dtype="float32")[0]
+    return np.load(path)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_model_commands_put_every_session_on_the_device_asked(monkeypatch, run_cli, exports, tmp_path, name):
+    """With CUDA faked: no --device (and --device cpu) asks the CPU alone for every session, --device
+    cuda asks CUDA first for every session (the vc's content encoder, codec and speaker encoder too),
+    and the output is the CPU's (the fake runs on the CPU)."""
+    import numpy as np
+
+    asked = fake_cuda(monkeypatch)
+    suffix = ".npy" if name in ("codec-encode", "speaker-embed") else ".wav"
+    outs = {}
+    for device in (None, "cpu", "cuda"):
+        if device == "cpu" and name not in ("generate", "vc", "codec-resynth"):
+            continue  # the default is cpu; a few commands say so explicitly
+        del asked[:]
+        outs[device] = tmp_path / f"{device}{suffix}"
+        rc, _, err = run_cli(*_argv(exports, COMMANDS[name], outs[device]), *(["--device", device] if device else []))
+        assert rc == 0, err
+        want = CUDA if device == "cuda" else ["CPUExecutionProvider"]
+        assert asked and all(a == want for a in asked), (device, asked)
+        if name.startswith("vc") and device == "cuda":
+            assert len(asked) >= 6  # reference, step, codec encoder + decoder, content encoder, speaker encoder
+    for device in outs:
+        a, b = _output(outs[None]), _output(outs[device])
+        assert a.shape == b.shape and a.size and np.array_equal(a, b), device
+
+
+def test_the_evals_label_their_timing_with_the_device(monkeypatch, run_cli, exports, tmp_path):
+    """tts eval and codec eval's codec on an exported dir with --device cuda (faked): every session on
+    CUDA and the speed reported as cuda's, not the CPU's (codec eval's own run is left out: its judge's
+    held-out text takes seconds)."""
+    import json
+
+    import numpy as np
+
+    from speechkit.eval.codec_eval import load_eval_codec
+
+    asked = fake_cuda(monkeypatch)
+    rc, _, err = run_cli(*_argv(exports, EVALS["tts-eval"], tmp_path / "tts"), "--device", "cuda")
+    assert rc == 0, err
+    assert asked and all(a == CUDA for a in asked), asked
+    assert json.loads((tmp_path / "tts" / "synth.json").read_text())["device"] == "cuda (onnxruntime)"
+    for device, sessions, label, rtf in ((None, ["CPUExecutionProvider"], "onnxruntime, 1 thread", {"cpu", "cpu_threads"}),
+                                         ("cuda", CUDA, "onnxruntime, cuda", {"cuda"})):
+        del asked[:]
+        codec = load_eval_codec(CODEC, device)
+        assert asked == [sessions] * 2 and codec.device == (device or "cpu") and codec.runtime == label
+        assert set(codec.rtf([np.zeros(1600, np.float32)])) == rtf
+
+
+def test_generate_takes_only_cpu_or_cuda(run_cli, exports, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run_cli(*_argv(exports, COMMANDS["generate"], tmp_path / "x.wav"), "--device", "gpu")
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["generate"], ["vc", "convert"], ["tts", "synth"], ["tts", "eval"], ["codec", "encode"],
+                                  ["codec", "decode"], ["codec", "resynth"], ["codec", "eval"], ["speaker", "embed"]],
+                         ids=" ".join)
+def test_device_help_names_both_runtimes(argv):
+    import argparse
+
+    from speechkit.commands.tts import build_tts_parser
+    from speechkit.commands.vc import build_vc_parser
+
+    if argv[0] in ("vc", "tts"):
+        parser = (build_vc_parser if argv[0] == "vc" else build_tts_parser)()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[1]]
+    else:
+        from speechkit.cli import build_parser
+
+        sub = build_parser()
+        for word in argv:
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    help_ = next(a for a in sub._actions if "--device" in a.option_strings).help
+    assert "ONNX Runtime on cpu (default) or cuda" in help_, help_
+    assert argv == ["generate"] or help_.startswith("experiment dirs: cuda | cpu (default"), help_

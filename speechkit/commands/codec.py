@@ -28,12 +28,12 @@ class _Codec:
     """One interface over a torch experiment and an exported model: ``encode_blocks`` → (D|n_q, K)
     frames a block at a time, ``stream()`` → a decoder that carries its state across calls."""
 
-    def __init__(self, path: str, device: str = "cpu", threads: int = 1):
+    def __init__(self, path: str, device: str | None = "cpu", threads: int = 1):
         p = Path(path)
         if (p / "encoder.onnx").is_file():
             from speechkit.runtime.codec import CodecRuntime
 
-            self.rt, self.model = CodecRuntime(p, threads), None
+            self.rt, self.model = CodecRuntime(p, threads, device or "cpu"), None
             self.sample_rate, self.hop, self.kind = self.rt.sample_rate, self.rt.hop, self.rt.kind
         else:
             from speechkit.models.codec.io import load_codec
@@ -214,17 +214,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         c.add_argument("model", help="experiment dir (model.pt) or exported dir (encoder.onnx, decoder.onnx)")
         c.add_argument("npy" if name == "decode" else "wav")
         c.add_argument("out")
-        c.add_argument("--device", default="cpu")
+        c.add_argument("--device", default="cpu", help="experiment dirs: cuda | cpu (default cpu); "
+                       "exported dirs: ONNX Runtime on cpu (default) or cuda")
         c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
         if name != "decode":
             c.add_argument("--n-q", type=int, default=None, help="RVQ: stages to keep (a lower bitrate)")
         c.set_defaults(func={"encode": _encode, "decode": _decode, "resynth": _resynth}[name])
     v = codec.add_parser("eval", help="STOI, wideband PESQ, MCD, ASR WER of resynthesised vs original speech, codebook usage, RTF")
     v.add_argument("model", help="experiment dir (model.pt, run in PyTorch) or exported dir (encoder.onnx, decoder.onnx, "
-                   "run on the CPU by ONNX Runtime)")
+                   "run by ONNX Runtime)")
     v.add_argument("data", nargs="+", help="Kaldi data dirs (wav.scp + text)")
     v.add_argument("--asr-model", default="models/asr-stream-synth", help="exported ASR model for the WER (default models/asr-stream-synth)")
-    v.add_argument("--device", default=None, help="model.pt: cuda | cpu (default: cuda when there is one); an exported dir runs on cpu")
+    v.add_argument("--device", default=None, help="experiment dirs: cuda | cpu (default: cuda when there is one); "
+                   "exported dirs: ONNX Runtime on cpu (default) or cuda")
     v.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
     v.add_argument("--n-q", default=None, help="RVQ: comma-separated stage counts to evaluate (default: all stages, and half)")
     v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances per data dir")

@@ -40,12 +40,13 @@ def _export(args) -> None:
           f"report in {out}/export.json)")
 
 
-def _embedder(model: str, device: str, threads: int) -> Callable[[str], np.ndarray]:
-    """MODEL → a function audio path → embedding (D,): the ONNX runtime for an exported dir, else PyTorch."""
+def _embedder(model: str, device: str | None, threads: int) -> Callable[[str], np.ndarray]:
+    """MODEL → a function audio path → embedding (D,): the ONNX runtime for an exported dir (on
+    ``device`` cpu, the default, or cuda), else PyTorch."""
     from speechkit.runtime.speaker import SpeakerRuntime, is_exported_speaker
 
     if is_exported_speaker(model):
-        return SpeakerRuntime(model, threads).embed_file
+        return SpeakerRuntime(model, threads, device or "cpu").embed_file
     from speechkit.models.speaker.embed import embed_file
     from speechkit.models.speaker.io import load_speaker_encoder
 
@@ -126,7 +127,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("wav", nargs="+", help="audio files (a bad one is reported and gets a row of NaN in --out; exit status 1)")
     e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
                    "'<path> <values>' lines)")
-    e.add_argument("--device", default="cpu", help="model.pt: cpu | cuda; an exported dir runs on cpu")
+    e.add_argument("--device", default="cpu", help="experiment dirs: cuda | cpu (default cpu); "
+                   "exported dirs: ONNX Runtime on cpu (default) or cuda")
     e.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported dir (default 1)")
     e.set_defaults(func=_embed)
     v = speaker.add_parser("eval", help="equal error rate of same- vs different-speaker pairs of a data dir's utterances "
@@ -139,6 +141,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(every same-speaker pair is kept; default 1000000)")
     v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances (the first in order)")
     v.add_argument("--seed", type=int, default=0, help="of the subsample (default 0)")
-    v.add_argument("--device", default="cpu")
+    v.add_argument("--device", default="cpu", help="cuda | cpu (default cpu)")
     add_output_args(v)
     v.set_defaults(func=_eval)

@@ -13,6 +13,7 @@ from speechkit.bench import add_output_args
 from speechkit.errors import SpeechkitError
 
 ACTIONS = ("prepare", "train", "export", "eval", "synth")
+DEVICE_HELP = "experiment dirs: cuda | cpu (default: cuda when there is one); exported dirs: ONNX Runtime on cpu (default) or cuda"
 
 
 def _options(args):
@@ -110,7 +111,7 @@ def build_tts_parser(prog: str = "speechkit tts") -> argparse.ArgumentParser:
     s.add_argument("--prompt", required=True, help="a few seconds of the target voice (wav/flac); its first --prompt-seconds are used")
     s.add_argument("--out", required=True, help="output wav")
     s.add_argument("--stream", action="store_true", help="write audio chunk by chunk as the latents come (reports the first-audio latency)")
-    s.add_argument("--device", default=None, help="experiment dirs: cuda | cpu (default: cuda when there is one)")
+    s.add_argument("--device", default=None, help=DEVICE_HELP)
     s.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     _add_synth_options(s)
     s.set_defaults(func=_synth)
@@ -144,7 +145,7 @@ def build_tts_parser(prog: str = "speechkit tts") -> argparse.ArgumentParser:
     v.add_argument("--asr-model", default="models/asr-stream-synth", help="exported ASR model of the asr judge (default models/asr-stream-synth)")
     v.add_argument("--max-utts", type=int, default=None)
     v.add_argument("--reuse", action="store_true", help="keep wavs already in OUT/wav (judge a set synthesised elsewhere)")
-    v.add_argument("--device", default=None, help="experiment dirs: cuda | cpu (default: cuda when there is one)")
+    v.add_argument("--device", default=None, help=DEVICE_HELP)
     v.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     _add_synth_options(v)
     add_output_args(v)

@@ -15,6 +15,7 @@ from speechkit.errors import SpeechkitError
 ACTIONS = ("prepare", "train", "export", "eval", "convert")
 SHIPPED_CODEC = "models/codec-vae-synth"
 SHIPPED_ASR = "models/asr-stream-synth"
+DEVICE_HELP = "experiment dirs: cuda | cpu (default: cuda when there is one); exported dirs: ONNX Runtime on cpu (default) or cuda"
 
 
 def _prepare(args) -> None:
@@ -81,7 +82,8 @@ def _load_converter(args):
     if (model / "step.onnx").is_file():
         from speechkit.runtime.vc import VoiceConverter
 
-        return VoiceConverter(model, codec_dir=args.codec, asr_dir=args.asr, num_threads=args.threads), "onnx"
+        return VoiceConverter(model, codec_dir=args.codec, asr_dir=args.asr, num_threads=args.threads,
+                              device=args.device or "cpu"), "onnx"
     raise SpeechkitError(f"{model}: neither an exported voice-conversion model (step.onnx) nor an experiment (model.pt)")
 
 
@@ -212,7 +214,7 @@ def build_vc_parser(prog: str = "speechkit vc") -> argparse.ArgumentParser:
     c.add_argument("--codec", default=None, help="VAE codec dir (default: the one the model was trained with)")
     c.add_argument("--asr", default=None, help="streaming ASR model giving the content (default: the model's own)")
     c.add_argument("--speaker-model", default=None, help="speaker encoder for an experiment dir (default: the model's own)")
-    c.add_argument("--device", default=None, help="experiment dirs: cuda | cpu (default: cuda when there is one)")
+    c.add_argument("--device", default=None, help=DEVICE_HELP)
     c.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     c.set_defaults(func=_convert)
     pr = sub.add_parser("prepare", help="a Kaldi data dir → content features, codec latents and speaker embeddings for training")

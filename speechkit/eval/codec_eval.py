@@ -98,18 +98,18 @@ class _TorchCodec:
 
 
 class _ExportedCodec:
-    """An exported codec folder run by ONNX Runtime on the CPU (no torch)."""
+    """An exported codec folder run by ONNX Runtime (no torch) on the CPU (``device`` None or cpu)
+    or a CUDA GPU."""
 
     def __init__(self, path: str | Path, device: str | None, threads: int):
         from speechkit.runtime.codec import CodecRuntime
 
-        if device not in (None, "cpu"):
-            raise SpeechkitError(f"{path}: an exported codec runs on the CPU through ONNX Runtime (--device {device} is for model.pt)")
-        self.rt, self.threads, self.device = CodecRuntime(path, threads), threads, "cpu"
+        self.device = device or "cpu"
+        self.rt, self.threads = CodecRuntime(path, threads, self.device), threads
         self.kind, self.sample_rate, self.hop = self.rt.kind, self.rt.sample_rate, self.rt.hop
         self.frame_rate, self.latent_dim = self.sample_rate / self.hop, self.rt.latent_dim
         self.params_m = _graph_params_m(Path(path))
-        self.runtime = f"onnxruntime, {threads} thread{'s' if threads > 1 else ''}"
+        self.runtime = "onnxruntime, cuda" if self.device == "cuda" else f"onnxruntime, {threads} thread{'s' if threads > 1 else ''}"
         self.n_q = self.rt.codebooks.shape[0] if self.rt.codebooks is not None else None
         self.codebook_size = self.rt.codebooks.shape[1] if self.n_q else None
 
@@ -132,7 +132,8 @@ class _ExportedCodec:
                 t1 = time.perf_counter()
                 self.rt.decode(z)
                 enc, dec = enc + t1 - t, dec + time.perf_counter() - t1
-        return {"cpu": _rtf_row(enc, dec, wavs, self.sample_rate), "cpu_threads": self.threads}
+        row = _rtf_row(enc, dec, wavs, self.sample_rate)
+        return {"cuda": row} if self.device == "cuda" else {"cpu": row, "cpu_threads": self.threads}
 
 
 def _graph_params_m(folder: Path) -> float | None:

@@ -53,12 +53,13 @@ def eval_pairs(data_dir: str | Path, max_utts: int | None = None) -> list[dict]:
 
 
 def load_synthesizer(model: str | Path, device: str | None = None, threads: int = 1):
-    """An exported model dir (ONNX, torch-free runtime) or a training experiment (torch)."""
+    """An exported model dir (ONNX, torch-free runtime; ``device`` cpu, the default, or cuda) or a
+    training experiment (torch; ``device`` None: cuda when there is one)."""
     model = Path(model)
     if (model / "ar_step.onnx").is_file():
         from speechkit.runtime.tts import Synthesizer
 
-        return Synthesizer(model, num_threads=threads)
+        return Synthesizer(model, num_threads=threads, device=device or "cpu")
     if (model / "model.pt").is_file():
         import torch
 

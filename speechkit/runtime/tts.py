@@ -207,7 +207,7 @@ class Synthesizer(LatentSynthesizer):
         thr = float(info["stop_threshold"])
         self.stop_logit = float(np.log(thr / (1.0 - thr)))  # sigmoid(logit) > thr, without exp overflow
         self.sample_rate = self.codec.sample_rate
-        self.device_name = "cpu"
+        self.device_name = "cpu" if device == "cpu" else f"{device} (onnxruntime)"  # what timings report
 
     def prefix_inputs(self, ids: list[int], prompt: np.ndarray) -> dict[str, np.ndarray]:
         """``[phonemes] [sep] [prompt] [bos]`` as the transformer's inputs (as ``ClearTTS.prefix``);

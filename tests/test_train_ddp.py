@@ -67,3 +67,37 @@ def test_torchrun_sigkill_resume_matches_uninterrupted(tmp_path):
     again = torch.load(tmp_path / "killed" / "epoch_3.pt", weights_only=True)["model"]
     for k in full:
         assert torch.equal(full[k], again[k]), f"{k} differs after resume"
+
+
+BUDGET_CONFIG = """\
+encoder: conformer
+encoder_conf: {output_size: 16, attention_heads: 2, linear_units: 32, num_blocks: 1, cnn_module_kernel: 5}
+tokenizer_conf: {type: char}
+optim_conf: {lr: 0.002, warmup_steps: 2}
+train_conf: {max_epochs: 1000, max_minutes: 0.15, batch_seconds: 2, num_workers: 0, log_interval: 2, save_interval_steps: 1000, avg_last: 1}
+"""
+
+# rank 1's clock runs three times as fast: left to itself it would refit a shorter schedule and
+# leave the loop first, with rank 0 waiting in the next all-reduce
+FAST_CLOCK = """\
+import os, time
+if os.environ.get("RANK") == "1":
+    _real, _t0 = time.monotonic, time.monotonic()
+    time.monotonic = lambda: _t0 + 3.0 * (_real() - _t0)
+"""
+
+
+def test_time_budget_stops_every_rank_on_the_same_step(tmp_path):
+    make_train_dev_dumps(tmp_path, n_train=16, seed=4)
+    (tmp_path / "conf.yaml").write_text(BUDGET_CONFIG)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAST_CLOCK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "speechkit.cli",
+           "train", "--config", str(tmp_path / "conf.yaml"), "--train-dump", str(tmp_path / "dump_train"),
+           "--dev-dump", str(tmp_path / "dump_dev"), "--exp-dir", str(tmp_path / "exp")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)  # a rank left behind hangs until killed
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "exp" / "checkpoint.pt", weights_only=True)
+    assert state["step"] > 4 and state["epoch"] < 1000, "the budget, not the epochs, ended the run"

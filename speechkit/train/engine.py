@@ -239,6 +239,14 @@ class Engine:
         if self.conf.ema_decay > 0:
             self.ema = [p.detach().clone().float() for p in self.modules[self.main].parameters()]
 
+    def _agree_on_budget(self, over_time: bool) -> bool:
+        """Rank 0's refitted schedule length and its verdict on the time budget, for every rank
+        (each rank's own clock and step speed differ a little)."""
+        t = torch.tensor([self.total, int(over_time)], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, 0)
+        self.total = int(t[0])
+        return bool(t[1])
+
     # -- checkpoints ------------------------------------------------------------------------
     def _gather_rng(self) -> list[dict]:
         state = rng_state()
@@ -385,6 +393,7 @@ class Engine:
                 self.data_wait_s = waited + loader.total_wait_s
                 if self.on_step is not None:
                     self.on_step(self)
+                over_time = False
                 if self.step % c.log_interval == 0 or self.step == self.total:
                     now = time.monotonic()
                     if c.max_minutes and self.step - first_step >= 2 * c.log_interval:
@@ -394,6 +403,8 @@ class Engine:
                         fits = self.step + int((60 * c.max_minutes - (now - start)) / per_step)
                         self.total = min(c.max_steps, fits) if c.max_steps else fits
                         mark = (self.step, now)
+                    if c.max_minutes and self.world > 1:
+                        over_time = self._agree_on_budget(now - start > 60 * c.max_minutes)
                     row = log.flush(now, loader, epoch=epoch + 1, step=self.step, lr=lr, elapsed_s=round(now - start, 1))
                     if metrics is not None:
                         metrics.write(json.dumps(row) + "\n")
@@ -401,8 +412,10 @@ class Engine:
                         bar.set_postfix({k: row[k] for k in list(row)[4:6]}, refresh=False)
                 # epochs bound an epoch-based run (their batch counts vary a little; the schedule only
                 # uses the estimate); a step limit or a time budget cuts it where it is
-                stop = bool((c.max_steps or c.max_minutes) and self.step >= self.total) \
-                    or bool(c.max_minutes and time.monotonic() - start > 60 * c.max_minutes)
+                # several ranks stop on one clock (rank 0's, agreed at log steps): a rank that
+                # left the loop alone would leave the others waiting in an all-reduce for ever
+                stop = bool((c.max_steps or c.max_minutes) and self.step >= self.total) or over_time \
+                    or bool(c.max_minutes and self.world == 1 and time.monotonic() - start > 60 * c.max_minutes)
                 if stop:
                     break
                 if self.step % c.save_interval_steps == 0 and done < len(keys):

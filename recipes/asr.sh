@@ -4,6 +4,9 @@
 # Each stage skips work it has already finished (a .done marker or the trainer's checkpoint), so
 # a rerun resumes where it stopped.
 #   recipes/asr.sh --config conf/train.yaml [--stage N] [--stop_stage N] [--ngpu N] ...
+# Several machines: the same command on each, stage 4 alone, with --nnodes M --rdzv_endpoint HOST:PORT
+# (one of the machines, reachable from all; torchrun's c10d rendezvous) and the same --rdzv_id,
+# the data, dump and exp on a shared filesystem.
 set -euo pipefail
 
 stage=1
@@ -20,15 +23,19 @@ augment=""  # a `speechkit augment` config: train on the clean set plus augment_
 augment_copies=1
 nj=$(nproc)
 ngpu=0
+nnodes=1  # machines taking part in training (stage 4); >1 needs --rdzv_endpoint
+rdzv_endpoint=
+rdzv_id=speechkit
 decode_modes="greedy"
 beam=10
 results=RESULTS.md
 results_title="conformer-CTC"
 command_line="$0 $*"
-_speechkit_opts="command_line stage stop_stage config data dump exp train_set dev_set test_sets speed_perturb augment augment_copies nj ngpu decode_modes beam results results_title"
+_speechkit_opts="command_line stage stop_stage config data dump exp train_set dev_set test_sets speed_perturb augment augment_copies nj ngpu nnodes rdzv_endpoint rdzv_id decode_modes beam results results_title"
 . "$(dirname "$0")/../tools/parse_options.sh"
 
 [ -n "$config" ] || { echo "$0: --config is required" >&2; exit 2; }
+[ "$nnodes" -le 1 ] || [ -n "$rdzv_endpoint" ] || { echo "$0: --nnodes $nnodes needs --rdzv_endpoint HOST:PORT (one of the machines)" >&2; exit 2; }
 [ -n "$exp" ] || exp=exp/$(basename "${config%.*}")
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -65,7 +72,11 @@ fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "stage 4: train $exp (resumes if interrupted)"
-  if [ "$ngpu" -gt 1 ]; then
+  if [ "$nnodes" -gt 1 ]; then
+    torchrun --nnodes "$nnodes" --nproc_per_node "$(( ngpu > 1 ? ngpu : 1 ))" --rdzv_backend c10d \
+      --rdzv_endpoint "$rdzv_endpoint" --rdzv_id "$rdzv_id" -m speechkit.cli train --config "$config" \
+      --train-dump "$dump/$train_set" --dev-dump "$dump/$dev_set" --exp-dir "$exp"
+  elif [ "$ngpu" -gt 1 ]; then
     torchrun --standalone --nproc_per_node "$ngpu" -m speechkit.cli train --config "$config" \
       --train-dump "$dump/$train_set" --dev-dump "$dump/$dev_set" --exp-dir "$exp"
   else

@@ -1,6 +1,7 @@
 """DDP on CPU: two gloo processes under torchrun share the batches of one epoch (the sampler
 splits them by rank) and rank 0 writes the epoch checkpoint."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(tmp_path / "exp" / "epoch_1.pt", weights_only=True)
     assert state["epoch"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "audio_s_per_s" in r]
+    assert rows and all(r["audio_s_per_s_all"] > r["audio_s_per_s"] for r in rows), "both ranks' audio counted"
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
@@ -101,3 +105,41 @@ def test_time_budget_stops_every_rank_on_the_same_step(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(tmp_path / "exp" / "checkpoint.pt", weights_only=True)
     assert state["step"] > 4 and state["epoch"] < 1000, "the budget, not the epochs, ended the run"
+
+
+def test_two_nodes_through_the_recipe_match_one_node_of_two(tmp_path):
+    """recipes/asr.sh --nnodes 2 --rdzv_endpoint: two "machines" of one process each (here two
+    launches on one host, torchrun's c10d rendezvous) train to exactly the weights of one
+    machine with two processes."""
+    import socket
+    from pathlib import Path
+
+    make_train_dev_dumps(tmp_path, n_train=16, seed=3)
+    (tmp_path / "conf.yaml").write_text(CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "asr.sh"
+    node = ["bash", str(recipe), "--stage", "4", "--stop_stage", "4", "--config", str(tmp_path / "conf.yaml"), "--dump", str(tmp_path),
+            "--train_set", "dump_train", "--dev_set", "dump_dev", "--exp", str(tmp_path / "two_nodes"), "--ngpu", "1", "--nnodes", "2",
+            "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "test"]
+    nodes = [subprocess.Popen(node, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    one = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "speechkit.cli", "train",
+           "--config", str(tmp_path / "conf.yaml"), "--train-dump", str(tmp_path / "dump_train"), "--dev-dump", str(tmp_path / "dump_dev"),
+           "--exp-dir", str(tmp_path / "one_node")]
+    done = subprocess.run(one, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = torch.load(tmp_path / "two_nodes" / "epoch_1.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "one_node" / "epoch_1.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between two nodes of one process and one node of two"
+
+
+def test_the_recipe_says_what_several_nodes_need(tmp_path):
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "asr.sh")
+    done = subprocess.run(["bash", recipe, "--stage", "4", "--stop_stage", "4", "--config", "c.yaml", "--nnodes", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "--rdzv_endpoint" in done.stderr and len(done.stderr.strip().splitlines()) == 1

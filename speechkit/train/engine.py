@@ -405,7 +405,12 @@ class Engine:
                         mark = (self.step, now)
                     if c.max_minutes and self.world > 1:
                         over_time = self._agree_on_budget(now - start > 60 * c.max_minutes)
-                    row = log.flush(now, loader, epoch=epoch + 1, step=self.step, lr=lr, elapsed_s=round(now - start, 1))
+                    every_rank = None
+                    if self.world > 1:  # the audio all ranks trained on in this window (scaling figures)
+                        t = torch.tensor([log.seconds], dtype=torch.float64, device=self.device)
+                        dist.all_reduce(t)
+                        every_rank = float(t[0])
+                    row = log.flush(now, loader, every_rank, epoch=epoch + 1, step=self.step, lr=lr, elapsed_s=round(now - start, 1))
                     if metrics is not None:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
@@ -477,13 +482,17 @@ class _LogWindow:
             self.norms[key] = self.norms[key] + v if key in self.norms else v
         self.steps += 1
 
-    def flush(self, now: float, loader: _Prefetcher, **head) -> dict:
+    def flush(self, now: float, loader: _Prefetcher, every_rank: float | None = None, **head) -> dict:
+        """``audio_s_per_s``: this process's; ``audio_s_per_s_all``: every rank's together
+        (``every_rank``: their audio seconds in this window), under DDP."""
         span = max(now - self.t, 1e-9)
         row = dict(head)
         row.update({k: round(float(v) / max(1, self.micro), 5) for k, v in self.sums.items()})
         row.update({k: round(float(v) / max(1, self.steps), 4) for k, v in self.norms.items()})
         if self.seconds:
             row["audio_s_per_s"] = round(self.seconds / span, 1)
+        if every_rank:
+            row["audio_s_per_s_all"] = round(every_rank / span, 1)
         row["data_wait"] = round(loader.wait_s / span, 4)
         loader.wait_s = 0.0
         self.t = now

@@ -15,6 +15,8 @@ hours=0.5
 seed=0
 nj=$(nproc)
 ngpu=0
+nnodes=1  # several machines: the same command on each with --nnodes M --rdzv_endpoint HOST:PORT (see recipes/asr.sh)
+rdzv_endpoint=
 data=data
 dump=dump
 exp=
@@ -23,7 +25,7 @@ augment=""
 augment_copies=1
 decode_modes="greedy"
 shipped=../../../models/asr-stream-synth
-_speechkit_opts="stage stop_stage config hours seed nj ngpu data dump exp speed_perturb augment augment_copies decode_modes shipped"
+_speechkit_opts="stage stop_stage config hours seed nj ngpu nnodes rdzv_endpoint data dump exp speed_perturb augment augment_copies decode_modes shipped"
 command_line="egs/synth/asr/run.sh $*"
 . ../../../tools/parse_options.sh
 [ -n "$exp" ] || exp=exp/$(basename "${config%.*}")
@@ -33,7 +35,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
 fi
 
 ../../../recipes/asr.sh --stage "$((stage > 1 ? stage : 1))" --stop_stage "$stop_stage" --config "$config" \
-  --data "$data" --dump "$dump" --exp "$exp" --nj "$nj" --ngpu "$ngpu" --speed_perturb "$speed_perturb" \
+  --data "$data" --dump "$dump" --exp "$exp" --nj "$nj" --ngpu "$ngpu" --nnodes "$nnodes" --rdzv_endpoint "$rdzv_endpoint" --speed_perturb "$speed_perturb" \
   --augment "$augment" --augment_copies "$augment_copies" --decode_modes "$decode_modes" --results "$exp/RESULTS.md" --results_title "conformer-CTC, synth $hours h ($(basename "$config"))" \
   --command_line "$command_line"
 

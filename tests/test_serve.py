@@ -93,6 +93,24 @@ def test_http_serves_the_page_health_and_404(live):
     assert health["status"] == "ok" and health["chunk_ms"] == 520
 
 
+def test_health_says_where_the_engine_time_went(live, speech, alone):
+    stages = ["features", "stack", "session", "unstack", "search", "results"]  # names a load bench reads: keep them
+    before = live.health()
+    result = asyncio.run(stream_audio(live.url(), speech[0], 16000))
+    after = live.health()
+    assert result.text == alone[0]
+    for h in (before, after):
+        assert sorted(h["stage_seconds"]) == sorted(stages) and all(v >= 0 for v in h["stage_seconds"].values())
+        assert sum(h["stage_seconds"].values()) <= h["engine_busy_seconds"] + 1e-4
+    grew = {k: after["stage_seconds"][k] - before["stage_seconds"][k] for k in stages}
+    assert all(v >= 0 for v in grew.values())
+    # the utterance took audio in, ran the model and was searched: those parts all took time
+    assert grew["features"] > 0 and grew["session"] > 0 and grew["search"] > 0
+    busy = after["engine_busy_seconds"] - before["engine_busy_seconds"]
+    assert 0 < sum(grew.values()) <= busy + 1e-4
+    assert sum(grew.values()) > 0.8 * busy  # the parts cover nearly all of the worker's time
+
+
 def test_concurrent_streams_equal_the_runtime_and_are_batched(live, speech, alone):
     x48 = soxr.resample(speech[2], 16000, 48000).astype(np.float32)
 
@@ -211,17 +229,59 @@ def test_server_runs_without_torch():
     assert float(out) == 520.0
 
 
-def test_load_bench_reports_equal_transcripts(run_cli, speech, tmp_path):
+def _wav_scp(tmp_path, clips) -> Path:
     import soundfile as sf
 
     lines = []
-    for i, x in enumerate(speech):
+    for i, x in enumerate(clips):
         sf.write(tmp_path / f"u{i}.wav", x, 16000, subtype="PCM_16")
         lines.append(f"u{i} {tmp_path / f'u{i}.wav'}")
     (tmp_path / "wav.scp").write_text("\n".join(lines) + "\n")
-    code, out, err = run_cli("bench", "serve", str(MODEL), "--data", str(tmp_path), "--clients", "4", "--rounds", "2",
-                             "--fast", "--json")
+    return tmp_path
+
+
+def test_load_bench_reports_equal_transcripts(run_cli, speech, tmp_path):
+    """As fast as possible, the clients in this process: no send lag, so no count can hold the bound."""
+    code, out, err = run_cli("bench", "serve", str(MODEL), "--data", str(_wav_scp(tmp_path, speech)), "--clients", "4", "--rounds", "2",
+                             "--fast", "--client-procs", "1", "--json")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["streams"] == 8 and result["transcripts_equal_single_client"] == 8 and not result["abnormal_closes"]
-    assert result["end_of_speech_to_final_ms"]["p50"] > 0 and result["server_rss_mb"]["end"] > 0
+    (row,) = result["rows"]
+    assert row["clients"] == 4 and row["client_procs"] == 1 and result["client_procs"] == 1
+    assert row["streams"] == 8 and row["transcripts_equal_single_client"] == 8 and not row["abnormal_closes"]
+    assert row["end_of_speech_to_final_ms"]["p50"] > 0 and row["server_rss_mb"]["end"] > 0
+    assert row["send_lag_ms"] is None and row["latency_valid"] is False and result["largest_clients_within_p95_bound"] is None
+    assert row["gpu"] is None and row["client_cpu_percent_of_one_core"] > 0
+    assert "as-fast-as-possible sending: not a real-time latency" in out and "real-time pace): none" in out
+
+
+def test_load_bench_counts_in_client_processes_at_real_time(run_cli, speech, tmp_path):
+    """Two counts in one server run, the clients spread over two spawned processes at real-time
+    pace: a row per count, every transcript equal, the clients' send lag and CPU, the summary."""
+    from speechkit.bench.serve_load import largest_within, summary_line
+
+    clips = [x[:24000] for x in speech[:2]]  # 1.5 s each keeps the real-time rounds short
+    code, out, err = run_cli("bench", "serve", str(MODEL), "--data", str(_wav_scp(tmp_path, clips)), "--clients", "2,4", "--rounds", "1",
+                             "--utts", "2", "--client-procs", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    rows = result["rows"]
+    assert [r["clients"] for r in rows] == [2, 4] and result["clients"] == [2, 4] and result["client_procs"] == 2
+    for row, n in zip(rows, (2, 4)):
+        assert row["streams"] == n and row["transcripts_equal_single_client"] == n and not row["abnormal_closes"]
+        assert row["failed_connections"] == 0 and row["client_procs"] == 2
+        lag = row["send_lag_ms"]
+        assert all(isinstance(lag[k], float) and 0 <= lag[k] < 1000 for k in ("p50", "p95", "max")) and lag["p50"] <= lag["max"]
+        assert row["clients_kept_real_time"] is (lag["p95"] <= 50.0) and row["latency_valid"] is row["clients_kept_real_time"]
+        assert isinstance(row["client_cpu_percent_of_one_core"], float) and row["client_cpu_percent_of_one_core"] > 0
+        assert row["busiest_client_proc_cpu_percent"] <= row["client_cpu_percent_of_one_core"]
+        assert 0 < row["end_of_speech_to_final_ms"]["p50"] <= row["end_of_speech_to_final_ms"]["p95"]
+        assert row["server_cpu_percent_of_one_core"] > 0 and row["gpu"] is None
+        assert row["engine"]["stream_chunks"] >= row["engine"]["model_calls"] > 0
+    assert out.count("client send lag (how late audio frames left against real time)") == 2
+    # the summary: the largest count that held 300 ms; none holds a bound of 0 ms
+    best = result["largest_clients_within_p95_bound"]
+    assert best == max((r["clients"] for r in rows if r["holds_p95_bound"]), default=None)
+    assert best is not None, [r["end_of_speech_to_final_ms"] for r in rows]  # a few 1.5 s clients are far inside 300 ms
+    assert summary_line(best, 300.0) in out
+    assert largest_within(rows, 0.0) is None and summary_line(None, 0.0).endswith("real-time pace): none")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 
 import kaldi_native_fbank as knf
 import numpy as np
@@ -32,6 +33,10 @@ STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cache
 STATE_BATCH_AXIS = [0, 0, 1, 1, 0]
 TOKEN_SPEECH_WINDOW = (1.0, 0.5)  # seconds before and after a token's frame where the gate looks for speech
 FEED_SECONDS = 1.0  # whole waveforms are fed in pieces this long, so their fbank never sits whole in memory
+# the parts of a decode_streams call that ``OnlineRecognizer.timings`` adds up (wall seconds): features
+# and states stacked into the batch, the encoder's session run, states handed back to the streams
+# (and their fbank frames freed), the search and endpointing on the encoder's output
+DECODE_STAGES = ("stack", "session", "unstack", "search")
 
 
 def decoding_error(path, e: Exception) -> AudioError:
@@ -156,6 +161,7 @@ class OnlineRecognizer:
         self.beam = beam  # 1: greedy; > 1: CTC prefix beam search carried across chunks
         self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
 
     def create_stream(self) -> Stream:
         state = []
@@ -176,6 +182,7 @@ class OnlineRecognizer:
         ready = [s for s in streams if self.is_ready(s)]
         if not ready:
             return
+        t0 = perf_counter()
         x = np.zeros((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
         x_lens = np.zeros(len(ready), dtype=np.int64)
         for b, s in enumerate(ready):
@@ -185,13 +192,26 @@ class OnlineRecognizer:
         feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
         for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
             feeds[name] = np.concatenate([s.state[STATE_NAMES.index(name)] for s in ready], axis=axis)
+        t1 = perf_counter()
         out = self.session.run(None, feeds)
+        t2 = perf_counter()
         log_probs, lens, new_state = out[0], out[1], out[2:]
         for b, s in enumerate(ready):
             s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
             s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
             s.frames_done += int(x_lens[b])
+        t3 = perf_counter()
+        for b, s in enumerate(ready):  # each stream's search reads only its own state, so it can follow the unstacking
             self._decode(s, log_probs[b, : int(lens[b])])
+        self._add_timings(t0, t1, t2, t3, perf_counter())
+
+    def _add_timings(self, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
+        """One decode_streams call's stage boundaries (perf_counter readings) into ``timings``."""
+        tm = self.timings
+        tm["stack"] += t1 - t0
+        tm["session"] += t2 - t1
+        tm["unstack"] += t3 - t2
+        tm["search"] += t4 - t3
 
     def _decode(self, s: Stream, log_probs: np.ndarray) -> None:
         if s.search is not None:

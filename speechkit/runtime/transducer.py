@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from speechkit.audio.fbank import LOG_FLOOR, FbankConfig, online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.transducer import BeamState, GreedyState, Hypothesis, greedy_search, modified_beam_search
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import EndpointConfig, OnlineRecognizer, Stream
+from speechkit.runtime.asr import DECODE_STAGES, EndpointConfig, OnlineRecognizer, Stream
 from speechkit.runtime.session import make_session
 from speechkit.text.tokenizer import load_tokenizer
 
@@ -101,6 +102,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
         self._state_axes = [next(a for a, d in enumerate(i.shape) if not isinstance(d, int)) for i in inputs]
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                       dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs]
+        self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
 
     def create_stream(self) -> Stream:
         return self._new_stream(Stream)
@@ -118,6 +120,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
         ready = [s for s in streams if self.is_ready(s)]
         if not ready:
             return
+        t0 = perf_counter()
         # a last partial chunk is padded with the fbank of digital silence (the graph takes whole chunks)
         x = np.full((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), LOG_FLOOR, dtype=np.float32)
         n_feats = []
@@ -128,14 +131,18 @@ class Zipformer2Recognizer(OnlineRecognizer):
         feeds = {"x": x}
         for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
             feeds[name] = np.concatenate([s.state[k] for s in ready], axis=axis)
+        t1 = perf_counter()
         out, *new_state = self.session.run(None, feeds)
+        t2 = perf_counter()
         frames = []
         for b, (s, n) in enumerate(zip(ready, n_feats)):
             s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)
             s.frames_done += n
             frames.append(out[b, : -(-n // self.subsampling)])
+        t3 = perf_counter()
         self._search_chunk(ready, frames)
+        self._add_timings(t0, t1, t2, t3, perf_counter())
 
     def _search_chunk(self, streams: list[Stream], frames: list[np.ndarray]) -> None:
         """Search each stream's new encoder output (n_b, ·) and advance it by n_b frames."""

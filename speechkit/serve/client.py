@@ -39,6 +39,7 @@ class StreamResult:
     audio: list[bytes] = field(default_factory=list)  # binary server messages (vc, tts: 16-bit PCM frames)
     t_audio: list[float] = field(default_factory=list)  # their arrival times (monotonic s)
     t_first_text: float = float("nan")  # tts: when the first text was sent
+    send_lag: list[float] = field(default_factory=list)  # realtime: per audio frame, s it left after its real-time schedule
 
     @property
     def finals(self) -> list[dict]:
@@ -92,8 +93,9 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realt
                        fmt: str = "pcm16", on_message=None, open_timeout: float = 30.0, start: dict | None = None,
                        reference: np.ndarray | None = None) -> StreamResult:
     """Send ``start`` (with the extra fields ``start``), the ``reference`` samples as one frame when
-    given, the samples in ``frame_ms`` frames (paced like a microphone when ``realtime``), then
-    ``end``; return everything the server said."""
+    given, the samples in ``frame_ms`` frames (paced like a microphone when ``realtime``, each
+    frame's lateness against that pace in ``send_lag``), then ``end``; return everything the server
+    said."""
     out = StreamResult()
     step = max(1, int(sample_rate * frame_ms / 1000))
 
@@ -107,6 +109,8 @@ async def stream_audio(url: str, samples: np.ndarray, sample_rate: int, *, realt
             if realtime:
                 await asyncio.sleep(max(0.0, t0 + at / sample_rate - time.monotonic()))
             await ws.send(_encode(samples[at : at + step], fmt))
+            if realtime:
+                out.send_lag.append(time.monotonic() - (t0 + at / sample_rate))
         out.t_last_audio = time.monotonic()
         await ws.send(json.dumps({"type": "end"}))
 

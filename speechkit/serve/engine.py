@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 
-from speechkit.runtime.asr import OnlineRecognizer, Stream
+from speechkit.runtime.asr import DECODE_STAGES, OnlineRecognizer, Stream
 from speechkit.runtime.events import Result, ResultTracker
 
 
@@ -45,6 +46,9 @@ class EngineStats:
     streams_decoded: int = 0  # stream-chunks through the model
     max_batch_seen: int = 0
     connections_total: int = 0
+    busy_seconds: float = 0.0  # wall seconds the worker thread spent in ``_step``
+    # recognition: where those seconds went (see BatchEngine.STAGES), cumulative since start
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class StreamEngine:
@@ -127,12 +131,19 @@ class StreamEngine:
                         jobs.append((c, audio, finish))
                 if not jobs:
                     break
-                for conn, out, done in await loop.run_in_executor(self._pool, self._step, jobs):
+                for conn, out, done in await loop.run_in_executor(self._pool, self._timed_step, jobs):
                     if conn.closed:
                         continue
                     self._deliver(conn, out)
                     if done:
                         self._finish(conn)
+
+    def _timed_step(self, jobs: list) -> list:
+        t = perf_counter()
+        try:
+            return self._step(jobs)
+        finally:
+            self.stats.busy_seconds += perf_counter() - t
 
     def _finish(self, conn: StreamConnection) -> None:
         conn.outbox.put_nowait(self._done_message(conn))
@@ -149,10 +160,14 @@ class BatchEngine(StreamEngine):
     """Recognition: every ready stream's chunk through the model in batches of ``max_batch``."""
 
     thread_name = "speechkit-decode"
+    # where the worker thread's time goes: taking in audio (resampling, fbank, the speech gate),
+    # the recognizer's decode_streams parts (asr.DECODE_STAGES), turning streams into results
+    STAGES = ("features", *DECODE_STAGES, "results")
 
     def __init__(self, rec: OnlineRecognizer, max_batch: int = 64):
         super().__init__(max_batch)
         self.rec = rec
+        self.stats.stage_seconds = dict.fromkeys(self.STAGES, 0.0)
 
     def open(self, sample_rate: int) -> Connection:
         return self._add(Connection(self.rec.create_stream(), ResultTracker(self.rec), sample_rate))
@@ -169,21 +184,33 @@ class BatchEngine(StreamEngine):
 
     def _step(self, jobs: list[tuple[Connection, list[np.ndarray], bool]]) -> list[tuple[Connection, list[Result], bool]]:
         """Worker thread: take in the queued audio, then one chunk for every ready stream, in
-        batches of at most ``max_batch``."""
+        batches of at most ``max_batch``; each part's wall time into ``stats.stage_seconds``."""
+        stages, timings = self.stats.stage_seconds, self.rec.timings
+        t0 = perf_counter()
         for c, audio, finish in jobs:
-            for x in audio:
-                c.stream.accept_waveform(x, c.sample_rate)
+            if audio:
+                # one call for all the frames queued since the last step: the fbank, resampler and
+                # speech gate give the same bits however the audio is split, and their per-call cost
+                # (the gate's most of all) is paid once, so a lagging engine catches up
+                c.stream.accept_waveform(audio[0] if len(audio) == 1 else np.concatenate(audio), c.sample_rate)
             if finish:
                 c.stream.input_finished()
+        stages["features"] += perf_counter() - t0
         ready = [c.stream for c, _, _ in jobs if self.rec.is_ready(c.stream)]
         for i in range(0, len(ready), self.max_batch):
             batch = ready[i : i + self.max_batch]
+            before = dict(timings)  # the recognizer's own accumulators: this call's share is the difference
             self.rec.decode_streams(batch)
+            for k in DECODE_STAGES:
+                stages[k] += timings[k] - before[k]
             self.stats.calls += 1
             self.stats.streams_decoded += len(batch)
             self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+        t0 = perf_counter()
         done = [self.rec.is_done(c.stream) for c, _, _ in jobs]
-        return [(c, c.tracker.update(c.stream), d) for (c, _, _), d in zip(jobs, done)]
+        out = [(c, c.tracker.update(c.stream), d) for (c, _, _), d in zip(jobs, done)]
+        stages["results"] += perf_counter() - t0
+        return out
 
     def _done_message(self, conn: Connection) -> dict:
         return {"type": "done", "text": " ".join(seg.text for seg in conn.stream.finals),

@@ -145,7 +145,7 @@ class SpeechServer:
         out = {"status": "ok", "model": self.model_dir, "modes": self.modes, "connections": self.active,
                "rss_mb": round(rss_mb(), 1)}
         if self.rec is not None:
-            out.update(chunk_ms=round(self.rec.chunk_ms), **_stats(self.engine))
+            out.update(chunk_ms=round(self.rec.chunk_ms), **_stats(self.engine), **_stage_stats(self.engine))
         if self.vc is not None:
             out["vc"] = {"model": self.vc_dir, "chunk_ms": round(self.vc_chunk_ms), "latency_ms": round(self.vc.latency_ms),
                          "output_rate": self.vc.sample_rate, "references": sorted(self.presets), **_stats(self.vc_engine)}
@@ -357,6 +357,16 @@ def _stats(engine: BatchEngine | VcEngine | None) -> dict:
     stats = engine.stats if engine else None
     return {"model_calls": stats.calls if stats else 0, "stream_chunks": stats.streams_decoded if stats else 0,
             "max_batch_seen": stats.max_batch_seen if stats else 0, "connections_total": stats.connections_total if stats else 0}
+
+
+def _stage_stats(engine: BatchEngine | None) -> dict:
+    """Where the recognition worker's time went, cumulative wall seconds since start: the parts
+    (``stage_seconds``, keys BatchEngine.STAGES) and the whole (``engine_busy_seconds``, which also
+    holds the little between the parts)."""
+    stats = engine.stats if engine else None
+    stages = dict(stats.stage_seconds) if stats else dict.fromkeys(BatchEngine.STAGES, 0.0)
+    return {"stage_seconds": {k: round(v, 6) for k, v in stages.items()},
+            "engine_busy_seconds": round(stats.busy_seconds, 6) if stats else 0.0}
 
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,

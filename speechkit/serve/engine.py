@@ -13,7 +13,7 @@ from time import perf_counter
 
 import numpy as np
 
-from speechkit.runtime.asr import DECODE_STAGES, OnlineRecognizer, Stream
+from speechkit.runtime.asr import DECODE_STAGES, OnlineRecognizer, Stream, feed_gates
 from speechkit.runtime.events import Result, ResultTracker
 
 
@@ -192,9 +192,11 @@ class BatchEngine(StreamEngine):
                 # one call for all the frames queued since the last step: the fbank, resampler and
                 # speech gate give the same bits however the audio is split, and their per-call cost
                 # (the gate's most of all) is paid once, so a lagging engine catches up
-                c.stream.accept_waveform(audio[0] if len(audio) == 1 else np.concatenate(audio), c.sample_rate)
+                c.stream.accept_waveform(audio[0] if len(audio) == 1 else np.concatenate(audio), c.sample_rate, gate=False)
             if finish:
-                c.stream.input_finished()
+                c.stream.input_finished(gate=False)
+        # then every stream's speech gate in one pass (the same bits as one by one, less numpy work a stream)
+        feed_gates([c.stream for c, _, _ in jobs])
         stages["features"] += perf_counter() - t0
         ready = [c.stream for c, _, _ in jobs if self.rec.is_ready(c.stream)]
         for i in range(0, len(ready), self.max_batch):

@@ -161,7 +161,10 @@ class OnlineRecognizer:
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
-                 beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu"):
+                 beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu",
+                 device_states: bool | None = None):
+        """``device_states``: keep the streams' encoder caches on the session's device between
+        chunks (:mod:`speechkit.runtime.state_pool`); None: on for ``device="cuda"``, off on the CPU."""
         model_dir = Path(model_dir)
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
                                                              num_threads, memory_arena, device)
@@ -184,6 +187,16 @@ class OnlineRecognizer:
         self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
+        self._pool = None
+        if device_states if device_states is not None else device == "cuda":
+            from speechkit.runtime.state_pool import StatePool
+
+            shapes = [[1 if not isinstance(d, int) else d for d in self._state_shapes[n]] for n in STATE_NAMES]
+            dtypes = [np.int64 if n == "cached_len" else np.float32 for n in STATE_NAMES]
+            self._pool = StatePool(model_dir / model_file, self.session, STATE_NAMES, STATE_BATCH_AXIS, shapes, dtypes, device)
+
+    # subclasses with their own decode_streams (transducer.Zipformer2Recognizer) keep the numpy path
+    _pool = None
 
     def create_stream(self) -> Stream:
         state = []
@@ -211,15 +224,36 @@ class OnlineRecognizer:
             n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
             x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
             x_lens[b] = n
-        feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
-        for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
-            feeds[name] = np.concatenate([s.state[STATE_NAMES.index(name)] for s in ready], axis=axis)
-        t1 = perf_counter()
-        out = self.session.run(None, feeds)
-        t2 = perf_counter()
-        log_probs, lens, new_state = out[0], out[1], out[2:]
+        att_context = np.array(self.att_context, dtype=np.int64)
+        if self._pool is not None:
+            fresh = np.array([getattr(s, "_slot", None) is None for s in ready])
+            for s, f in zip(ready, fresh):
+                if f:  # its first chunk: a slot, read as the zero initial state this once
+                    s._slot, s.state = self._pool.acquire(), []  # the caches now live in the pool
+            slots = np.array([s._slot for s in ready], dtype=np.int64)
+            if (slots < 0).any():
+                raise SpeechkitError("a released stream cannot be decoded again")
+            t1 = perf_counter()
+            try:
+                log_probs, lens = self._pool.run(x, x_lens, att_context, slots, fresh)
+            except BaseException:  # the new streams' slots hold nothing yet: they start afresh next time
+                for s, f in zip(ready, fresh):
+                    if f:
+                        self._pool.release(s._slot)
+                        s._slot = None
+                raise
+            t2 = perf_counter()
+        else:
+            feeds = {"x": x, "x_lens": x_lens, "att_context": att_context}
+            for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
+                feeds[name] = np.concatenate([s.state[STATE_NAMES.index(name)] for s in ready], axis=axis)
+            t1 = perf_counter()
+            out = self.session.run(None, feeds)
+            t2 = perf_counter()
+            log_probs, lens, new_state = out[0], out[1], out[2:]
         for b, s in enumerate(ready):
-            s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
+            if self._pool is None:
+                s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
             s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
             s.frames_done += int(x_lens[b])
         t3 = perf_counter()
@@ -312,13 +346,24 @@ class OnlineRecognizer:
 
     def is_done(self, s: Stream) -> bool:
         """True once the stream's input is finished and every frame is decoded; closes the last
-        segment (it stays open when the input ended exactly at a chunk boundary)."""
+        segment (it stays open when the input ended exactly at a chunk boundary) and frees the
+        stream's state slot."""
         if not s.finished or self.is_ready(s):
             return False
         self._settle(s, last=True)
         if s.ids:
             self._finalize(s)
+        self.release(s)
         return True
+
+    def release(self, s: Stream) -> None:
+        """The stream will not be decoded again (done, or dropped mid-way): its slot in the
+        device state pool goes back to the free list. A no-op on the numpy path and when repeated;
+        call it from the thread that calls decode_streams."""
+        slot = getattr(s, "_slot", None)
+        if self._pool is not None and slot is not None and slot >= 0:
+            self._pool.release(slot)
+            s._slot = -1  # released: never acquires again (a later decode would read no state)
 
     def text(self, s: Stream) -> str:
         """Everything recognised so far: final segments then the partial one."""
@@ -351,6 +396,7 @@ class OnlineRecognizer:
                         if errors is None:
                             raise
                         errors.append((i, e))
+                        self.release(s)
                         streams[i] = s = feeds[i] = None
                         break
                     if block is None:

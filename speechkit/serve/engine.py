@@ -168,6 +168,11 @@ class BatchEngine(StreamEngine):
         super().__init__(max_batch)
         self.rec = rec
         self.stats.stage_seconds = dict.fromkeys(self.STAGES, 0.0)
+        self._dropped: list = []  # streams of gone clients whose state slots the worker thread frees
+
+    def drop(self, conn: Connection) -> None:
+        super().drop(conn)
+        self._dropped.append(conn.stream)  # released in the worker thread: a decode may be running now
 
     def open(self, sample_rate: int) -> Connection:
         return self._add(Connection(self.rec.create_stream(), ResultTracker(self.rec), sample_rate))
@@ -186,6 +191,8 @@ class BatchEngine(StreamEngine):
         """Worker thread: take in the queued audio, then one chunk for every ready stream, in
         batches of at most ``max_batch``; each part's wall time into ``stats.stage_seconds``."""
         stages, timings = self.stats.stage_seconds, self.rec.timings
+        while self._dropped:  # a finished stream's slot is freed by is_done below
+            self.rec.release(self._dropped.pop())
         t0 = perf_counter()
         for c, audio, finish in jobs:
             if audio:

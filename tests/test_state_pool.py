@@ -67,8 +67,8 @@ def drive(rec, waves, starts, drops, groups):
             while any(rec.is_ready(streams[i]) for i in group):
                 rec.decode_streams([streams[i] for i in group])
                 for i in group:
-                    if getattr(streams[i], "_slot", None) is not None:
-                        slots.setdefault(i, streams[i]._slot)
+                    if streams[i].slot is not None:
+                        slots.setdefault(i, streams[i].slot)
         step += 1
 
 

@@ -107,15 +107,13 @@ class SpeechGate:
         """The frames' measures, in order, against this stream's recent frames (spectral change,
         noise floor) → speech-like (M,) bool; keeps what the next frames need."""
         cfg = self.cfg
-        before = np.concatenate([self.recent_power, wide])[: len(wide)]
-        change = np.abs(wide - before).sum(axis=1) / (wide + before).sum(axis=1)
+        change = _change(wide, np.concatenate([self.recent_power, wide])[: len(wide)])
         self.recent_power = np.concatenate([self.recent_power, wide])[-self.lag :]
         history = np.concatenate([self.recent_db, db])
         padded = np.concatenate([np.full(self.floor_frames, np.inf), history])
         floor = np.lib.stride_tricks.sliding_window_view(padded, self.floor_frames + 1).min(axis=1)[-len(db) :]
         self.recent_db = history[-self.floor_frames :]
-        return ((db > cfg.silence_db) & (db >= floor + cfg.above_floor_db) & (flatness < cfg.max_flatness)
-                & (peak < cfg.max_peak) & (change > cfg.min_change))
+        return _speech_like(cfg, db, floor, flatness, peak, change)
 
     def speech_seconds(self, start: float, end: float) -> float:
         """Seconds of speech-like frames between ``start`` and ``end`` (seconds from the stream's
@@ -126,6 +124,17 @@ class SpeechGate:
 
     def is_speech(self, start: float, end: float) -> bool:
         return self.speech_seconds(start, end) >= self.cfg.min_speech - 1e-9
+
+
+def _change(now: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Spectral change of each frame against the one ``lag`` before: 0 same, 1 disjoint."""
+    return np.abs(now - before).sum(axis=1) / (now + before).sum(axis=1)
+
+
+def _speech_like(cfg: GateConfig, level, floor, flatness, peak, change) -> np.ndarray:
+    """The gate's rule over per-frame measures → speech-like (M,) bool."""
+    return ((level > cfg.silence_db) & (level >= floor + cfg.above_floor_db) & (flatness < cfg.max_flatness)
+            & (peak < cfg.max_peak) & (change > cfg.min_change))
 
 
 MANY_ROWS = 256  # frames measured in one array by ``accept_many``: its work arrays stay in cache (2048: ~35 % slower)
@@ -199,7 +208,7 @@ def _update_many(items: list[tuple[SpeechGate, int, int]], db, flatness, peak, w
     # spectral change: each frame against the one ``lag`` before, that gate's recent spectra first
     now = rows(wide)
     before = np.concatenate([p for g, a, b in items for p in (g.recent_power[: b - a], wide[a : max(a, b - lag)])])
-    change = np.abs(now - before).sum(axis=1) / (now + before).sum(axis=1)
+    change = _change(now, before)
     # noise floor: each call's frames after inf padding and its gate's recent levels, ``hold`` + M values a call
     pad = np.full(hold, np.inf)
     levels = np.concatenate([p for g, a, b in items for p in (pad[: hold - len(g.recent_db)], g.recent_db, db[a:b])])
@@ -207,8 +216,7 @@ def _update_many(items: list[tuple[SpeechGate, int, int]], db, flatness, peak, w
     windows = np.lib.stride_tricks.sliding_window_view(levels, hold + 1)
     floor = windows[np.repeat(starts_db, m) + within].min(axis=1)
     level, flat, pk = rows(db), rows(flatness), rows(peak)
-    bits = ((level > cfg.silence_db) & (level >= floor + cfg.above_floor_db) & (flat < cfg.max_flatness)
-            & (pk < cfg.max_peak) & (change > cfg.min_change)).astype(np.uint8).tobytes()
+    bits = _speech_like(cfg, level, floor, flat, pk, change).astype(np.uint8).tobytes()
     at = 0
     for (g, a, b), sd, n in zip(items, starts_db, m.tolist()):
         g.recent_power = wide[b - lag : b].copy() if n >= lag else np.concatenate([g.recent_power[n:], wide[a:b]])

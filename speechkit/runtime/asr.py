@@ -89,6 +89,7 @@ class Stream:
     gate: SpeechGate | None = None  # set when the recognizer gates tokens by speech activity
     pending: list[tuple[int, int]] = field(default_factory=list)  # greedy (token, frame)s the gate has not decided yet
     gate_queue: list[np.ndarray] = field(default_factory=list)  # model-rate blocks taken with gate=False, not gated yet
+    slot: int | None = None  # its caches' slot in the recognizer's device state pool (None: none yet; -1: released)
     tokenizer: object = None  # spells ``partial``
 
     @property
@@ -187,22 +188,20 @@ class OnlineRecognizer:
         self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
+        # a new stream's caches (batch 1): what create_stream copies and what a fresh pool slot reads
+        self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[n]],
+                                     dtype=np.int64 if n == "cached_len" else np.float32) for n in STATE_NAMES]
         self._pool = None
         if device_states if device_states is not None else device == "cuda":
             from speechkit.runtime.state_pool import StatePool
 
-            shapes = [[1 if not isinstance(d, int) else d for d in self._state_shapes[n]] for n in STATE_NAMES]
-            dtypes = [np.int64 if n == "cached_len" else np.float32 for n in STATE_NAMES]
-            self._pool = StatePool(model_dir / model_file, self.session, STATE_NAMES, STATE_BATCH_AXIS, shapes, dtypes, device)
+            self._pool = StatePool(model_dir / model_file, self.session, STATE_NAMES, STATE_BATCH_AXIS, self._state_zeros)
 
     # subclasses with their own decode_streams (transducer.Zipformer2Recognizer) keep the numpy path
     _pool = None
 
     def create_stream(self) -> Stream:
-        state = []
-        for name in STATE_NAMES:
-            shape = [1 if not isinstance(d, int) else d for d in self._state_shapes[name]]
-            state.append(np.zeros(shape, dtype=np.int64 if name == "cached_len" else np.float32))
+        state = [z.copy() for z in self._state_zeros]
         search = CtcPrefixBeamSearch(self.beam) if self.beam > 1 else None
         gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
         return Stream(online_fbank(self.fbank_cfg), state, self.sample_rate, search=search, gate=gate,
@@ -226,11 +225,11 @@ class OnlineRecognizer:
             x_lens[b] = n
         att_context = np.array(self.att_context, dtype=np.int64)
         if self._pool is not None:
-            fresh = np.array([getattr(s, "_slot", None) is None for s in ready])
+            fresh = np.array([s.slot is None for s in ready])
             for s, f in zip(ready, fresh):
                 if f:  # its first chunk: a slot, read as the zero initial state this once
-                    s._slot, s.state = self._pool.acquire(), []  # the caches now live in the pool
-            slots = np.array([s._slot for s in ready], dtype=np.int64)
+                    s.slot, s.state = self._pool.acquire(), []  # the caches now live in the pool
+            slots = np.array([s.slot for s in ready], dtype=np.int64)
             if (slots < 0).any():
                 raise SpeechkitError("a released stream cannot be decoded again")
             t1 = perf_counter()
@@ -239,8 +238,8 @@ class OnlineRecognizer:
             except BaseException:  # the new streams' slots hold nothing yet: they start afresh next time
                 for s, f in zip(ready, fresh):
                     if f:
-                        self._pool.release(s._slot)
-                        s._slot = None
+                        self._pool.release(s.slot)
+                        s.slot = None
                 raise
             t2 = perf_counter()
         else:
@@ -360,10 +359,9 @@ class OnlineRecognizer:
         """The stream will not be decoded again (done, or dropped mid-way): its slot in the
         device state pool goes back to the free list. A no-op on the numpy path and when repeated;
         call it from the thread that calls decode_streams."""
-        slot = getattr(s, "_slot", None)
-        if self._pool is not None and slot is not None and slot >= 0:
-            self._pool.release(slot)
-            s._slot = -1  # released: never acquires again (a later decode would read no state)
+        if self._pool is not None and s.slot is not None and s.slot >= 0:
+            self._pool.release(s.slot)
+            s.slot = -1  # released: never acquires again (a later decode would read no state)
 
     def text(self, s: Stream) -> str:
         """Everything recognised so far: final segments then the partial one."""

@@ -28,6 +28,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from speechkit.errors import SpeechkitError
+
 INITIAL_CAPACITY = 8
 MIN_OPSET = 13  # Gather, Where, Transpose, Reshape and ScatterND (no reduction) in their opset-13 forms
 _WRAPPED: dict[tuple, bytes] = {}  # (path, size, mtime, states) → the wrapped model's bytes
@@ -55,7 +57,7 @@ def wrap_model(path: str | Path, state_names: list[str], batch_axes: list[int]) 
 def _build(model: onnx.ModelProto, state_names: list[str], batch_axes: list[int]) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
-        raise ValueError(f"the state pool needs opset >= {MIN_OPSET}, the model has {opset}")
+        raise SpeechkitError(f"device states need a model of opset >= {MIN_OPSET}, this one has {opset} (re-export it)")
     g = model.graph
     inputs = {i.name: i for i in g.input}
     outputs = {o.name: o for o in g.output}
@@ -72,7 +74,7 @@ def _build(model: onnx.ModelProto, state_names: list[str], batch_axes: list[int]
         back = [axis] + [a for a in range(rank) if a != axis]  # the model's layout → pool layout
         pool, out = pool_name(name), f"new_{name}"
         if out not in outputs:
-            raise ValueError(f"the model has no output {out} for its state input {name}")
+            raise SpeechkitError(f"the model has no output {out} for its state input {name}: not a streaming export")
         new_inputs.append(helper.make_tensor_value_info(pool, elem, dims))
         # [B] → a shape that broadcasts along the batch axis: -1 there, 1 elsewhere
         bshape = [1] * rank
@@ -119,33 +121,28 @@ class StatePool:
     """The pools of one recognizer's session: slots, the wrapped session, one call per batch."""
 
     def __init__(self, model_path: str | Path, session: ort.InferenceSession, state_names: list[str], batch_axes: list[int],
-                 slot_shapes: list[list[int]], dtypes: list[type], device: str, capacity: int = INITIAL_CAPACITY):
+                 zero_state: list[np.ndarray], capacity: int = INITIAL_CAPACITY):
+        """``zero_state``: one new stream's caches (batch 1 on each batch axis), the model's initial state."""
         self.state_names, self.batch_axes = list(state_names), list(batch_axes)
-        # where the pools live: the CUDA device when the session runs there (an onnxruntime-gpu build),
-        # else host memory
-        on_gpu = device == "cuda" and ort.get_device() == "GPU" and session.get_providers()[0] == "CUDAExecutionProvider"
+        # the pools live where the session runs: the CUDA device on an onnxruntime-gpu build, else host memory
+        on_gpu = ort.get_device() == "GPU" and session.get_providers()[0] == "CUDAExecutionProvider"
         self.device_type = "cuda" if on_gpu else "cpu"
         # the same options and providers as the model's own session (threads, arena, CUDA then CPU)
         self.session = ort.InferenceSession(wrap_model(model_path, state_names, batch_axes), session.get_session_options(),
                                             providers=session.get_providers())
-        self._slot_shapes, self._dtypes = slot_shapes, dtypes
+        self._slot_zero = [np.moveaxis(z, a, 0)[0] for z, a in zip(zero_state, batch_axes)]  # one slot, batch axis dropped
         self.capacity = 0
         self.pools: list[ort.OrtValue] = []
         self.free: list[int] = []
         self.grows = 0  # times the pools were re-created larger
         self._resize(capacity)
 
-    def _zeros(self, k: int, capacity: int) -> np.ndarray:
-        shape = list(self._slot_shapes[k])
-        del shape[self.batch_axes[k]]
-        return np.zeros([capacity] + shape, dtype=self._dtypes[k])
-
     def _resize(self, capacity: int) -> None:
         """(Re)create the pools with ``capacity`` slots, the old slots' contents kept (one round
         trip through the host: growth is rare, by doubling)."""
         pools = []
-        for k in range(len(self.state_names)):
-            arr = self._zeros(k, capacity)
+        for k, z in enumerate(self._slot_zero):
+            arr = np.zeros((capacity, *z.shape), dtype=z.dtype)
             if self.capacity:
                 arr[: self.capacity] = self.pools[k].numpy()
             pools.append(ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, 0))

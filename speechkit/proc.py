@@ -1,5 +1,5 @@
-"""Resource use of a running process, read from /proc: resident memory and CPU time. The server's
-health report and the benchmarks read them alike."""
+"""Processes, read from /proc: resident memory, CPU time, and the processes below one. The server's
+health report, the benchmarks, the recipes' kill checks and the tests read them alike."""
 
 from __future__ import annotations
 
@@ -25,3 +25,22 @@ def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU time of a process so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun's ranks run in sessions of their own, so a process
+    group kill misses them), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out

@@ -15,6 +15,7 @@ import torch
 
 from speechkit.audio.io import save_audio
 from speechkit.data.kaldi import Utterance, write_data_dir
+from speechkit.proc import descendants
 
 SAMPLE_RATE = 16000
 # Each word is a tone at its own pitch, so a model could in principle learn the mapping.
@@ -203,7 +204,7 @@ def kill_after_first_checkpoint(cmd: list[str], ckpt: Path, env: dict, process_t
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    for pid in [proc.pid, *(_descendants(proc.pid) if process_tree else [])]:
+    for pid in [proc.pid, *(descendants(proc.pid) if process_tree else [])]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -212,26 +213,6 @@ def kill_after_first_checkpoint(cmd: list[str], ckpt: Path, env: dict, process_t
     time.sleep(0.2 if process_tree else 0)
     assert ckpt.exists(), "no checkpoint was written before the kill"
     return torch.load(ckpt, weights_only=True)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    import os
-
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def sherpa_transducer_recognizer(out, unit_range_samples: bool = False, **kw):

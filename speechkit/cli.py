@@ -256,8 +256,10 @@ def _results(args: argparse.Namespace) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where ONNX Runtime runs the model; cuda needs the [gpu] extra (default cpu)")
+    from speechkit.runtime.session import device_arg
+
+    p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
+                   help="where ONNX Runtime runs the model: cpu (default), cuda or cuda:N (the N-th GPU); cuda needs the [gpu] extra")
 
 
 def build_parser() -> argparse.ArgumentParser:

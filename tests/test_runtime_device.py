@@ -1,6 +1,8 @@
-"""The runtime's ``device``: ``cuda`` without a CUDA onnxruntime is a one-line error (API and CLI),
-a bad device string too; with CUDA faked, every session asks for the CUDA provider first and one
-that ONNX Runtime could only start on the CPU is an error, never a silent fallback; the ``gpu``
+"""The runtime's ``device``: ``cpu``, ``cuda`` or ``cuda:N``, read by one parser (a bad form is a
+one-line error, from the API and argparse's from the CLI); ``cuda`` without a CUDA onnxruntime is a
+one-line error (API and CLI); with CUDA faked, every session asks for the CUDA provider first, on
+GPU N for ``cuda:N``, and one that ONNX Runtime could only start on the CPU is an error, never a
+silent fallback; the streaming recognizer keeps its caches on any GPU; the ``gpu``
 extra never pulls torch; the commands that open exported dirs (generate, vc, tts, codec, speaker
 embed and the tts and codec evals) pass ``--device`` on to every session, cpu by default. CPU
 results are the rest of the suite's."""
@@ -26,7 +28,7 @@ from speechkit.runtime.audiogen import MusicGenerator
 from speechkit.runtime.codec import CodecRuntime
 from speechkit.runtime.content import ContentEncoder
 from speechkit.runtime.paraformer import OfflineRecognizer
-from speechkit.runtime.session import cpu_session, make_session, open_model
+from speechkit.runtime.session import cpu_session, make_session, open_model, parse_device
 from speechkit.runtime.speaker import SpeakerRuntime
 from speechkit.runtime.transducer import SherpaCtcRecognizer, TransducerRecognizer
 from speechkit.runtime.tts import Synthesizer
@@ -44,15 +46,22 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [p for p in real() if p != "CUDAExecutionProvider"])
 
 
-def fake_cuda(monkeypatch, reports: list[str] | None = None) -> list[list[str]]:
+def fake_cuda(monkeypatch, reports: list[str] | None = None, options: list[dict] | None = None) -> list[list[str]]:
     """Pretend onnxruntime-gpu is installed: sessions run on the CPU but say they run on ``reports``
-    (None: on the providers asked for). → the provider lists the runtime asked for, one per session."""
+    (None: on the providers asked for). → the provider names the runtime asked for, one list per
+    session; ``options`` (when given) gets each session's provider options by name, as asked."""
     asked, real = [], ort.InferenceSession
 
-    def session(path, opts=None, providers=None):
-        asked.append(list(providers))
+    def session(path, opts=None, providers=None, provider_options=None):
+        names = [p if isinstance(p, str) else p[0] for p in providers]  # a name, or (name, options)
+        given = provider_options or [{} if isinstance(p, str) else p[1] for p in providers]
+        asked.append(names)
+        if options is not None:
+            options.append(dict(zip(names, given)))
         s = real(path, opts, providers=["CPUExecutionProvider"])
-        s.get_providers = lambda: list(reports or providers)
+        s.get_providers = lambda: list(reports or names)
+        # as ONNX Runtime reports them: every value a string
+        s.get_provider_options = lambda: {n: {k: str(v) for k, v in o.items()} for n, o in zip(names, given)}
         return s
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA)
@@ -79,13 +88,55 @@ def test_cuda_without_onnxruntime_gpu_is_one_line(no_cuda, open_):
     assert "CUDAExecutionProvider" in msg and "pip uninstall -y onnxruntime" in msg and "speechkit[gpu]" in msg
 
 
-@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:0", ""])
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "", "cuda:", "cuda:x", "cuda:-1"])
 def test_a_bad_device_is_one_line(device):
     with pytest.raises(SpeechkitError) as e:
         speechkit.load(STREAM, device=device)
     assert f"got {device!r}" in one_line(e)
     with pytest.raises(SpeechkitError):
         make_session(CODEC / "decoder.onnx", device=device)
+
+
+@pytest.mark.parametrize("device, parsed", [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:0", ("cuda", 0)),
+                                            ("cuda:1", ("cuda", 1)), ("cuda:12", ("cuda", 12))])
+def test_parse_device(device, parsed):
+    assert parse_device(device) == parsed
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "Cuda:1", "", "cuda:", "cuda:x", "cuda:-1", "cuda:1.5", "cuda:1 ", " cuda",
+                                    "cuda1", "cpu:0", "cuda:1:2", "cuda:\u0661", None, 1])
+def test_parse_device_names_the_forms(device):
+    with pytest.raises(SpeechkitError) as e:
+        parse_device(device)
+    assert one_line(e) == f"device must be cpu, cuda or cuda:N (N: the GPU's index, cuda = cuda:0), got {device!r}"
+
+
+@pytest.mark.parametrize("device, gpu", [("cuda", 0), ("cuda:0", 0), ("cuda:1", 1), ("cuda:7", 7)])
+def test_cuda_n_reaches_the_cuda_provider(monkeypatch, device, gpu):
+    """What reaches ort.InferenceSession: CUDA with {"device_id": N} first, the CPU behind it; the
+    codec's two sessions both on GPU N; the CPU asks for no GPU."""
+    options = []
+    asked = fake_cuda(monkeypatch, options=options)
+    make_session(CODEC / "decoder.onnx", device=device)
+    CodecRuntime(CODEC, device=device)
+    assert asked == [CUDA] * 3
+    assert options == [{"CUDAExecutionProvider": {"device_id": gpu}, "CPUExecutionProvider": {}}] * 3
+    make_session(CODEC / "decoder.onnx", device="cpu")
+    assert asked[-1] == ["CPUExecutionProvider"] and options[-1] == {"CPUExecutionProvider": {}}
+
+
+@pytest.mark.parametrize("device, states", [("cuda", True), ("cuda:1", True), ("cuda:3", True), ("cpu", False)])
+def test_device_states_follow_the_kind_of_device(monkeypatch, device, states):
+    """The caches stay on the device for every GPU, not only the first: the state pool's session
+    asks the recognizer's GPU too; device_states=False keeps them on the host on any GPU."""
+    options = []
+    fake_cuda(monkeypatch, options=options)
+    rec = OnlineRecognizer(STREAM, device=device)
+    assert (rec._pool is not None) == states
+    assert len(options) == 1 + states
+    if states:  # the recognizer's session and the pool's (which passes on the options as ORT reports them: strings)
+        assert [int(o["CUDAExecutionProvider"]["device_id"]) for o in options] == [parse_device(device)[1]] * 2
+        assert OnlineRecognizer(STREAM, device=device, device_states=False)._pool is None
 
 
 def test_cuda_is_asked_first_and_decodes_as_the_cpu(monkeypatch, tmp_path):
@@ -104,8 +155,9 @@ def test_cuda_is_asked_first_and_decodes_as_the_cpu(monkeypatch, tmp_path):
     assert asked[-1] == ["CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("open_", [lambda: OnlineRecognizer(STREAM, device="cuda"), lambda: CodecRuntime(CODEC, device="cuda")],
-                         ids=["streaming", "codec"])
+@pytest.mark.parametrize("open_", [lambda: OnlineRecognizer(STREAM, device="cuda"), lambda: CodecRuntime(CODEC, device="cuda"),
+                                   lambda: OnlineRecognizer(STREAM, device="cuda:1"), lambda: CodecRuntime(CODEC, device="cuda:2")],
+                         ids=["streaming", "codec", "streaming-cuda:1", "codec-cuda:2"])
 def test_no_silent_fallback_to_the_cpu(monkeypatch, open_):
     fake_cuda(monkeypatch, ["CPUExecutionProvider"])  # what ONNX Runtime does when the CUDA libraries fail to load
     with pytest.raises(SpeechkitError) as e:
@@ -128,10 +180,50 @@ def test_cli_device_cuda_is_one_line(no_cuda, run_cli, tmp_path, argv):
     assert err.startswith("speechkit: error: ") and len(err.strip().splitlines()) == 1 and "CUDAExecutionProvider" in err
 
 
-def test_cli_device_choices(run_cli):
+@pytest.mark.parametrize("argv", [["transcribe", STREAM, "x.wav"], ["serve", STREAM], ["generate", STREAM, "--text", "t"],
+                                  ["bench", "serve", STREAM]], ids=lambda a: " ".join(map(str, a[:2])))
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:-1", "CUDA"])
+def test_cli_device_choices(run_cli, capsys, argv, device):
+    """A bad --device stops argparse before anything opens: its one-line error names the forms."""
     with pytest.raises(SystemExit) as e:
-        run_cli("transcribe", STREAM, "x.wav", "--device", "gpu")
+        run_cli(*argv, "--device", device)
     assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage, then the error on one line
+    assert last.endswith(f"error: argument --device: device must be cpu, cuda or cuda:N (N: the GPU's index, cuda = cuda:0), "
+                         f"got {device!r}"), last
+
+
+@pytest.mark.parametrize("argv", [["transcribe", STREAM, "x.wav"], ["stream", STREAM, "--wav", "x.wav"],
+                                  ["decode-onnx", STREAM, "d", "o"], ["serve", STREAM], ["generate", STREAM, "--text", "t"],
+                                  ["bench", "serve", STREAM]], ids=lambda a: " ".join(map(str, a[:2])))
+def test_cli_device_takes_cuda_n(argv):
+    from speechkit.cli import build_parser
+
+    for device in ("cuda:1", "cuda", "cpu"):
+        assert build_parser().parse_args([*map(str, argv), "--device", device]).device == device
+    assert build_parser().parse_args(list(map(str, argv))).device == "cpu"
+
+
+def test_cli_cuda_n_reaches_the_session(no_cuda, run_cli, tmp_path):
+    """cuda:1 passes argparse and reaches make_session: on the CPU onnxruntime, its one-line error."""
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthesize(Voice("espeak-ng", "en-us", "espeak-0"), "a garden", Prosody()), 16000)
+    rc, out, err = run_cli("transcribe", STREAM, wav, "--device", "cuda:1")
+    assert rc == 2 and not out
+    assert err.startswith("speechkit: error: device='cuda:1': ") and len(err.strip().splitlines()) == 1, err
+    assert "CUDAExecutionProvider" in err
+
+
+def test_bench_serve_samples_the_gpu_it_names(monkeypatch):
+    """cuda:N's GPU as nvidia-smi and NVML number them: the N-th of CUDA_VISIBLE_DEVICES, else N."""
+    from speechkit.bench.serve_load import GpuProbe
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [GpuProbe(i).index for i in (0, 1, 3)] == [0, 1, 3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert [GpuProbe(i).index for i in (0, 1)] == [4, 6]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert GpuProbe().index == 5
 
 
 @pytest.mark.parametrize("engine", [OnlineRecognizer, TransducerRecognizer, SherpaCtcRecognizer, OfflineRecognizer, CodecRuntime,
@@ -239,22 +331,28 @@ def _output(path: Path):
 def test_model_commands_put_every_session_on_the_device_asked(monkeypatch, run_cli, exports, tmp_path, name):
     """With CUDA faked: no --device (and --device cpu) asks the CPU alone for every session, --device
     cuda asks CUDA first for every session (the vc's content encoder, codec and speaker encoder too),
-    and the output is the CPU's (the fake runs on the CPU)."""
+    on GPU 0, and cuda:1 on GPU 1 (tried on the commands with the most sessions), and the output is
+    the CPU's (the fake runs on the CPU)."""
     import numpy as np
 
-    asked = fake_cuda(monkeypatch)
+    options = []
+    asked = fake_cuda(monkeypatch, options=options)
     suffix = ".npy" if name in ("codec-encode", "speaker-embed") else ".wav"
     outs = {}
-    for device in (None, "cpu", "cuda"):
+    for device in (None, "cpu", "cuda", "cuda:1"):
         if device == "cpu" and name not in ("generate", "vc", "codec-resynth"):
             continue  # the default is cpu; a few commands say so explicitly
-        del asked[:]
+        if device == "cuda:1" and name not in ("generate", "vc", "tts"):
+            continue
+        del asked[:], options[:]
         outs[device] = tmp_path / f"{device}{suffix}"
         rc, _, err = run_cli(*_argv(exports, COMMANDS[name], outs[device]), *(["--device", device] if device else []))
         assert rc == 0, err
-        want = CUDA if device == "cuda" else ["CPUExecutionProvider"]
+        want = CUDA if device in ("cuda", "cuda:1") else ["CPUExecutionProvider"]
         assert asked and all(a == want for a in asked), (device, asked)
-        if name.startswith("vc") and device == "cuda":
+        gpus = {int(o["CUDAExecutionProvider"]["device_id"]) for o in options if "CUDAExecutionProvider" in o}
+        assert gpus == ({1} if device == "cuda:1" else {0} if device == "cuda" else set()), (device, options)
+        if name.startswith("vc") and device in ("cuda", "cuda:1"):
             assert len(asked) >= 6  # reference, step, codec encoder + decoder, content encoder, speaker encoder
     for device in outs:
         a, b = _output(outs[None]), _output(outs[device])

@@ -1,7 +1,8 @@
 """The device-resident state pool (speechkit.runtime.state_pool) on the CPU: the shipped streaming
-model's caches kept in pool slots give exactly the numpy path's tokens, texts and token times for
-streams that start, end and drop at different chunks in batches whose composition changes, the
-pools grow past their first capacity, and the server's engine frees a dropped client's slot."""
+model's caches, and a sherpa-format transducer's (greedy and beam), kept in pool slots give exactly
+the numpy path's tokens, texts and token times for streams that start, end and drop at different
+chunks in batches whose composition changes, the pools grow past their first capacity, and the
+server's engine frees a dropped client's slot; a session on cuda:N keeps its pools on GPU N."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxruntime as ort
 from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.errors import SpeechkitError
 from speechkit.runtime import OnlineRecognizer
-from speechkit.runtime.state_pool import INITIAL_CAPACITY, wrap_model
+from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES
+from speechkit.runtime.state_pool import INITIAL_CAPACITY, StatePool, session_device, wrap_model
+from speechkit.runtime.transducer import SherpaCtcRecognizer, TransducerRecognizer
+from test_sherpa_ctc_runtime import folder as sherpa_ctc_folder  # noqa: F401 (the fixture: a tiny zipformer2 CTC export)
+from test_transducer_e2e import BEAM, waves_of
+from test_transducer_e2e import folder as transducer_folder  # noqa: F401 (the fixture: a tiny exported transducer)
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "asr-stream-synth"
 SENTENCES = ["the museum opened a new hall for old maps", "she walked to the station before the rain started",
@@ -129,8 +136,6 @@ def test_device_states_default_and_the_numpy_path_release():
     assert rec._pool is None  # CPU: off unless asked
     s = rec.create_stream()
     rec.release(s)  # a no-op
-    from speechkit.runtime.transducer import Zipformer2Recognizer
-    assert Zipformer2Recognizer._pool is None  # its own decode_streams: the numpy path
 
 
 def test_wrapped_graph_adds_only_copies():
@@ -146,32 +151,193 @@ def test_wrapped_graph_adds_only_copies():
     onnx.checker.check_model(wrapped)
 
 
-def test_engine_frees_a_dropped_clients_slot_and_keeps_its_results(recs, speech):
+def serve(rec, waves, drop_at):
+    """``waves`` as clients of one BatchEngine (two streams a batch), client 1 dropped at step
+    ``drop_at`` → (each client's results as dicts, the engine)."""
     from speechkit.serve.engine import BatchEngine
 
-    def serve(rec, drop_at):
-        eng = BatchEngine(rec, max_batch=2)
-        conns = [eng.open(16000) for _ in speech]
-        out = [[] for _ in speech]
-        for step in range(40):
-            jobs = []
-            for k, c in enumerate(conns):
-                if c not in eng.conns:
-                    continue
-                if k == 1 and step == drop_at:
-                    eng.drop(c)
-                    continue
-                audio = [speech[k][step * BLOCK : (step + 1) * BLOCK]] if step * BLOCK < len(speech[k]) else []
-                jobs.append((c, audio, not audio and not c.stream.finished))
-            if not jobs:
-                break
-            for c, results, done in eng._step(jobs):
-                out[conns.index(c)] += [r.to_dict() for r in results]
-                if done:
-                    eng.conns.discard(c)
-        return out, eng
+    eng = BatchEngine(rec, max_batch=2)
+    conns = [eng.open(16000) for _ in waves]
+    out = [[] for _ in waves]
+    for step in range(40):
+        jobs = []
+        for k, c in enumerate(conns):
+            if c not in eng.conns:
+                continue
+            if k == 1 and step == drop_at:
+                eng.drop(c)
+                continue
+            audio = [waves[k][step * BLOCK : (step + 1) * BLOCK]] if step * BLOCK < len(waves[k]) else []
+            jobs.append((c, audio, not audio and not c.stream.finished))
+        if not jobs:
+            break
+        for c, results, done in eng._step(jobs):
+            out[conns.index(c)] += [r.to_dict() for r in results]
+            if done:
+                eng.conns.discard(c)
+    return out, eng
 
-    ref, _ = serve(recs[0], drop_at=6)
-    got, eng = serve(recs[1], drop_at=6)
+
+def test_engine_frees_a_dropped_clients_slot_and_keeps_its_results(recs, speech):
+    ref, _ = serve(recs[0], speech, drop_at=6)
+    got, eng = serve(recs[1], speech, drop_at=6)
     assert got == ref and ref[0] and ref[2]
     assert recs[1]._pool.in_use == 0 and not eng._dropped
+
+
+@pytest.fixture(scope="module")
+def transducer_waves(transducer_folder):
+    """Streams 1.5-4 s long: the folder's three short utterances joined in turns."""
+    w = waves_of(transducer_folder[1])
+    return [np.concatenate([w[k % 3], w[(k + 1) % 3], w[(k + 2) % 3][: 4000 * k]]) for k in range(3)]
+
+
+@pytest.mark.parametrize("beam", [1, BEAM])
+def test_transducer_streams_in_changing_batches_equal_the_numpy_path(transducer_folder, transducer_waves, beam):
+    out = transducer_folder[0]
+    numpy_rec = TransducerRecognizer(out, beam=beam, gate=None)
+    pool_rec = TransducerRecognizer(out, beam=beam, gate=None, device_states=True)
+    assert numpy_rec._pool is None and pool_rec._pool is not None
+    n = 11  # more streams at once than the pool's first capacity: it must grow
+    rng = np.random.default_rng(beam)
+    waves = [transducer_waves[i % 3][int(rng.integers(0, 3000)) :] for i in range(n)]
+    starts = [int(v) for v in rng.integers(0, 3, n)]
+    drops = {1: starts[1] + 3, 6: starts[6] + 1}  # dropped mid-way
+
+    def groups(step, live):  # a different split of the live streams every step
+        r = np.random.default_rng(step)
+        order = [live[k] for k in r.permutation(len(live))]
+        cut = int(r.integers(0, len(order) + 1))
+        return [g for g in (order[:cut], order[cut:]) if g]
+
+    ref, _ = drive(numpy_rec, waves, starts, drops, groups)
+    got, slots = drive(pool_rec, waves, starts, drops, groups)
+    for i in range(n):
+        assert finals(pool_rec, got[i]) == finals(numpy_rec, ref[i]), i
+        assert got[i].state == [] and ref[i].state  # the caches lived in the pool, not in the stream
+    assert all(len(ref[i].finals[0].tokens) >= 3 for i in range(n) if i not in drops)  # real transcripts
+    assert pool_rec._pool.grows and pool_rec._pool.capacity >= 2 * INITIAL_CAPACITY
+    assert pool_rec._pool.in_use == 0  # every slot back: done streams and dropped ones
+    assert len(slots) == n and max(slots.values()) >= INITIAL_CAPACITY
+
+
+def test_transducer_engine_frees_a_dropped_clients_slot(transducer_folder, transducer_waves):
+    out = transducer_folder[0]
+    ref, _ = serve(TransducerRecognizer(out, gate=None), transducer_waves, drop_at=3)
+    rec = TransducerRecognizer(out, gate=None, device_states=True)
+    got, eng = serve(rec, transducer_waves, drop_at=3)
+    assert got == ref and ref[0] and ref[2]
+    assert rec._pool.in_use == 0 and not eng._dropped
+
+
+def test_transducer_failed_call_frees_new_slots_and_released_streams_stay_out(transducer_folder, transducer_waves,
+                                                                             monkeypatch):
+    rec = TransducerRecognizer(transducer_folder[0], gate=None, device_states=True)
+    old, new = rec.create_stream(), rec.create_stream()
+    for s in (old, new):
+        s.accept_waveform(transducer_waves[0][:8000])
+    rec.decode_streams([old])
+    slot = old.slot
+
+    def fail(*args):
+        raise RuntimeError("the device is gone")
+
+    monkeypatch.setattr(rec._pool, "run_inputs", fail)
+    with pytest.raises(RuntimeError, match="gone"):
+        rec.decode_streams([old, new])
+    assert (old.slot, new.slot, rec._pool.in_use) == (slot, None, 1)  # the new stream starts afresh next time
+    monkeypatch.undo()
+    rec.release(old)
+    with pytest.raises(SpeechkitError, match="released"):
+        rec.decode_streams([new, old])
+    assert new.slot is None and rec._pool.in_use == 0  # refused before any slot was taken
+
+
+def test_sherpa_ctc_streams_equal_the_numpy_path(sherpa_ctc_folder):
+    """The zipformer2 CTC folder shares the transducer's encoder call, so its pool too."""
+    out, wavs, _ = sherpa_ctc_folder
+    w = waves_of(wavs)
+    waves = [np.concatenate([w[k], w[(k + 1) % 3]]) for k in range(3)]
+    numpy_rec = SherpaCtcRecognizer(out, gate=None)
+    rec = SherpaCtcRecognizer(out, gate=None, device_states=True)
+    texts = rec.transcribe_batch(waves)
+    assert texts == numpy_rec.transcribe_batch(waves) and all(texts)
+    assert rec.transcribe(waves[0]) == texts[0] and rec._pool.in_use == 0
+
+
+class CudaSession:
+    """A CPU session that says it runs on CUDA device ``device_id`` (ORT reports it as a string)."""
+
+    def __init__(self, session, device_id):
+        self.session, self.device_id = session, device_id
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_provider_options(self):
+        cuda = {} if self.device_id is None else {"device_id": str(self.device_id)}
+        return {"CUDAExecutionProvider": {"gpu_mem_limit": "1024", **cuda}, "CPUExecutionProvider": {}}
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_session_device_reads_the_cuda_device_id(monkeypatch):
+    rec = OnlineRecognizer(MODEL)
+    assert session_device(rec.session) == ("cpu", 0)
+    assert session_device(CudaSession(rec.session, 1)) == ("cpu", 0)  # a CPU-only onnxruntime: host memory
+    monkeypatch.setattr(ort, "get_device", lambda: "GPU")
+    assert session_device(CudaSession(rec.session, 1)) == ("cuda", 1)
+    assert session_device(CudaSession(rec.session, None)) == ("cuda", 0)
+    assert session_device(rec.session) == ("cpu", 0)  # a CPU session on a GPU build
+
+
+def test_pools_and_the_wrapped_session_go_to_the_sessions_gpu(monkeypatch, speech):
+    """A session on cuda:1 (faked on the CPU: every device placement the pool asks ORT for is
+    recorded, then made on the host): the wrapped graph opens with the same provider options, every
+    pool is created and bound on device 1, and the tokens are the numpy path's."""
+    numpy_rec, rec = OnlineRecognizer(MODEL), OnlineRecognizer(MODEL)
+    opened, placed = [], []
+    real_session, real_value = ort.InferenceSession, ort.OrtValue.ortvalue_from_numpy
+
+    class CpuBinding:  # forwards to a real binding, recording where each output was asked to go
+        def __init__(self, io):
+            self.io = io
+
+        def bind_output(self, name, device_type="cpu", device_id=0):
+            placed.append((name, device_type, device_id))
+            self.io.bind_output(name, "cpu", 0)
+
+        def __getattr__(self, name):
+            return getattr(self.io, name)
+
+    class Opened(CudaSession):  # ORT asked to open the wrapped graph on CUDA; a CPU session behind it
+        def __init__(self, model, options, providers, provider_options):
+            opened.append(dict(zip(providers, provider_options)))
+            super().__init__(real_session(model, options, providers=["CPUExecutionProvider"]), 1)
+
+        def io_binding(self):
+            return CpuBinding(self.session.io_binding())
+
+    def value(arr, device_type="cpu", device_id=0):
+        placed.append(("pool", device_type, device_id))
+        return real_value(arr, "cpu", 0)
+
+    monkeypatch.setattr(ort, "get_device", lambda: "GPU")
+    monkeypatch.setattr(ort, "InferenceSession", Opened)
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(value))
+    rec._pool = StatePool(MODEL / "model.onnx", CudaSession(rec.session, 1), STATE_NAMES, STATE_BATCH_AXIS,
+                          rec._state_zeros, capacity=1)
+    assert opened == [{"CUDAExecutionProvider": {"gpu_mem_limit": "1024", "device_id": "1"}, "CPUExecutionProvider": {}}]
+    assert rec.transcribe_batch(speech[:2]) == numpy_rec.transcribe_batch(speech[:2])
+    assert rec._pool.grows == 1  # the pools were re-created once, on the same device
+    pools = [(d, i) for name, d, i in placed if name == "pool" or name.startswith("new_pool_")]
+    assert len(pools) > 3 * len(STATE_NAMES) and set(pools) == {("cuda", 1)}
+    assert {(d, i) for name, d, i in placed if name in ("log_probs", "log_probs_len")} == {("cpu", 0)}
+
+
+def test_a_wrapped_session_that_falls_back_to_the_cpu_is_an_error(monkeypatch):
+    rec = OnlineRecognizer(MODEL)
+    monkeypatch.setattr(ort, "get_device", lambda: "GPU")  # this CPU build cannot start the CUDA provider
+    with pytest.raises(SpeechkitError, match="could not start CUDAExecutionProvider"):
+        StatePool(MODEL / "model.onnx", CudaSession(rec.session, 1), STATE_NAMES, STATE_BATCH_AXIS, rec._state_zeros)

@@ -5,7 +5,7 @@ clients streaming test utterances at real-time pace. The clients run as asyncio 
 
 Each count gets a row: every transcript against the same utterance sent by a single client alone,
 the time from the end of speech (last audio frame sent) to the final result (`done`), the
-server's CPU, memory growth and (``--device cuda``) the GPU's utilisation and memory, the engine's
+server's CPU, memory growth and (``--device cuda[:N]``) the GPU's utilisation and memory, the engine's
 time per stage when /health reports it, and the client side's own cost: its CPU and its send lag,
 how late each audio frame left against its real-time schedule. A count whose clients fell behind
 real time is marked so: its latency figures do not measure the server. The summary names the
@@ -223,11 +223,14 @@ class ClientPool:
 
 # --- sampling the server and the GPU ----------------------------------------------------------
 class GpuProbe:
-    """The GPU's utilisation (%) and memory used (MiB), through pynvml when importable, else
-    nvidia-smi; ``available`` False when neither answers."""
+    """The utilisation (%) and memory used (MiB) of the GPU that ``cuda:device_index`` names, through
+    pynvml when importable, else nvidia-smi; ``available`` False when neither answers."""
 
-    def __init__(self):
-        self.index = int(os.environ["CUDA_VISIBLE_DEVICES"]) if os.environ.get("CUDA_VISIBLE_DEVICES", "").isdigit() else 0
+    def __init__(self, device_index: int = 0):
+        # CUDA numbers only the CUDA_VISIBLE_DEVICES, in their order; NVML and nvidia-smi number every GPU
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        ordinal = visible[device_index].strip() if device_index < len(visible) else ""
+        self.index = int(ordinal) if ordinal.isdigit() else device_index
         self.nvml = self.handle = None
         self.how = None
         try:
@@ -406,7 +409,7 @@ def row_lines(row: dict, args) -> list[str]:
     r = row["server_rss_mb"]
     out.append(f"  server: CPU {row['server_cpu_percent_of_one_core']}% of one core; RSS {r['after_warmup_round']:.1f} MB after the warm-up "
                f"round, peak {r['peak']:.1f}, end {r['end']:.1f} (growth over the measured rounds {r['growth']:+.1f} MB)")
-    if args.device == "cuda":
+    if args.device != "cpu":
         g = row["gpu"]
         out.append(f"  GPU {g['index']}: utilisation mean {g['util_percent']['mean']:.0f}%, max {g['util_percent']['max']:.0f}%; memory used "
                    f"mean {g['memory_used_mb']['mean']:.0f} MiB, max {g['memory_used_mb']['max']:.0f} MiB ({g['samples']} samples, {g['via']})"
@@ -420,6 +423,8 @@ def row_lines(row: dict, args) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> None:
+    from speechkit.runtime.session import parse_device
+
     for name in ("utts", "rounds", "threads", "max_batch", "client_procs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SpeechkitError(f"--{name.replace('_', '-')} must be at least 1")
@@ -432,7 +437,8 @@ def main(args: argparse.Namespace) -> None:
               "expect refused connections (raise it with `ulimit -Hn` as root)", file=sys.stderr)
     procs = args.client_procs or max(1, min(os.cpu_count() or 1, math.ceil(top / CLIENTS_PER_PROC)))
     utts = load_utterances(Path(args.data), args.utts)
-    gpu = GpuProbe() if args.device == "cuda" else None
+    kind, index = parse_device(args.device)
+    gpu = GpuProbe(index) if kind == "cuda" else None
     port = free_port()
     url = f"ws://127.0.0.1:{port}/asr"
     extra = ["--threads", str(args.threads), "--max-batch", str(args.max_batch), "--device", args.device,
@@ -485,6 +491,8 @@ def main(args: argparse.Namespace) -> None:
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``bench`` subcommands."""
+    from speechkit.runtime.session import device_arg
+
     p = bench_sub.add_parser("serve", help="load test of `speechkit serve` on loopback: N real-time clients per count, latency, "
                                            "CPU, GPU, memory, the clients' own cost")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="the model folder `speechkit serve` opens")
@@ -496,8 +504,8 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help=f"worker processes the clients are spread over (default: enough for at most {CLIENTS_PER_PROC} clients "
                         "each at the largest count, at most the CPU count; 1: all in this process)")
     p.add_argument("--rounds", type=int, default=3, help="utterances each client streams, one after another (default 3)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the server's --device (default cpu); cuda also samples "
-                                                                          "the GPU's utilisation and memory")
+    p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
+                   help="the server's --device: cpu (default), cuda or cuda:N; a GPU's utilisation and memory are sampled too")
     p.add_argument("--threads", type=int, default=1, help="the server's ONNX Runtime threads (default 1)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (default 64)")
     p.add_argument("--p95-bound", type=float, default=300.0, metavar="MS",

@@ -73,7 +73,7 @@ def _run(args) -> None:
     for path, caption, clip in zip(outs, captions, clips):
         print(f"{path}: {len(clip) / gen.sample_rate:.2f} s, {caption!r}")
     print(f"{args.mode}: tokens {t1 - t0:.1f} s, codec {t2 - t1:.1f} s for {seconds:g} s of audio "
-          f"(RTF {(t2 - t0) / seconds:.3f} on {'cuda' if args.device == 'cuda' else f'{args.threads} thread(s)'})", file=sys.stderr)
+          f"(RTF {(t2 - t0) / seconds:.3f} on {args.device if args.device != 'cpu' else f'{args.threads} thread(s)'})", file=sys.stderr)
     if args.plot:
         _plot(outs, captions, clips, gen.sample_rate, args)
 
@@ -92,6 +92,8 @@ def _plot(outs: list[Path], captions: list[str], clips, sample_rate: int, args) 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from speechkit.runtime.session import device_arg
+
     p = sub.add_parser("generate", help="text-to-music: generate audio from captions with an exported MAGNeT model (no torch)",
                        description=__doc__.split("\n\n")[0].replace("`", "") + f"\n\nexample: {EXAMPLE}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,8 +116,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=comma_list(float), default=None, metavar="T[,E]",
                    help="sampling temperature: one number, or start,end annealed (default MAGNeT 3,0.1; AR 1)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default MAGNeT 0.9; AR top-k 250)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="ONNX Runtime on cpu (default) or cuda (needs onnxruntime-gpu: pip install 'speechkit[gpu]')")
+    p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
+                   help="ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU (needs onnxruntime-gpu: "
+                        "pip install 'speechkit[gpu]')")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--plot", action="store_true", help="also write the clips' log-mel spectrograms as a PNG (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -42,7 +42,7 @@ def _export(args) -> None:
 
 def _embedder(model: str, device: str | None, threads: int) -> Callable[[str], np.ndarray]:
     """MODEL → a function audio path → embedding (D,): the ONNX runtime for an exported dir (on
-    ``device`` cpu, the default, or cuda), else PyTorch."""
+    ``device`` cpu, the default, cuda or cuda:N), else PyTorch."""
     from speechkit.runtime.speaker import SpeakerRuntime, is_exported_speaker
 
     if is_exported_speaker(model):
@@ -128,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
                    "'<path> <values>' lines)")
     e.add_argument("--device", default="cpu", help="experiment dirs: cuda | cpu (default cpu); "
-                   "exported dirs: ONNX Runtime on cpu (default) or cuda")
+                   "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
     e.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported dir (default 1)")
     e.set_defaults(func=_embed)
     v = speaker.add_parser("eval", help="equal error rate of same- vs different-speaker pairs of a data dir's utterances "

@@ -13,7 +13,8 @@ from speechkit.bench import add_output_args
 from speechkit.errors import SpeechkitError
 
 ACTIONS = ("prepare", "train", "export", "eval", "synth")
-DEVICE_HELP = "experiment dirs: cuda | cpu (default: cuda when there is one); exported dirs: ONNX Runtime on cpu (default) or cuda"
+DEVICE_HELP = ("experiment dirs: cuda | cpu (default: cuda when there is one); "
+               "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
 
 
 def _options(args):

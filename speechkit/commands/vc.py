@@ -15,7 +15,8 @@ from speechkit.errors import SpeechkitError
 ACTIONS = ("prepare", "train", "export", "eval", "convert")
 SHIPPED_CODEC = "models/codec-vae-synth"
 SHIPPED_ASR = "models/asr-stream-synth"
-DEVICE_HELP = "experiment dirs: cuda | cpu (default: cuda when there is one); exported dirs: ONNX Runtime on cpu (default) or cuda"
+DEVICE_HELP = ("experiment dirs: cuda | cpu (default: cuda when there is one); "
+               "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
 
 
 def _prepare(args) -> None:

@@ -103,13 +103,15 @@ class _ExportedCodec:
 
     def __init__(self, path: str | Path, device: str | None, threads: int):
         from speechkit.runtime.codec import CodecRuntime
+        from speechkit.runtime.session import parse_device
 
         self.device = device or "cpu"
         self.rt, self.threads = CodecRuntime(path, threads, self.device), threads
         self.kind, self.sample_rate, self.hop = self.rt.kind, self.rt.sample_rate, self.rt.hop
         self.frame_rate, self.latent_dim = self.sample_rate / self.hop, self.rt.latent_dim
         self.params_m = _graph_params_m(Path(path))
-        self.runtime = "onnxruntime, cuda" if self.device == "cuda" else f"onnxruntime, {threads} thread{'s' if threads > 1 else ''}"
+        self.on_gpu = parse_device(self.device)[0] == "cuda"
+        self.runtime = f"onnxruntime, {self.device}" if self.on_gpu else f"onnxruntime, {threads} thread{'s' if threads > 1 else ''}"
         self.n_q = self.rt.codebooks.shape[0] if self.rt.codebooks is not None else None
         self.codebook_size = self.rt.codebooks.shape[1] if self.n_q else None
 
@@ -133,7 +135,7 @@ class _ExportedCodec:
                 self.rt.decode(z)
                 enc, dec = enc + t1 - t, dec + time.perf_counter() - t1
         row = _rtf_row(enc, dec, wavs, self.sample_rate)
-        return {"cuda": row} if self.device == "cuda" else {"cpu": row, "cpu_threads": self.threads}
+        return {"cuda": row} if self.on_gpu else {"cpu": row, "cpu_threads": self.threads}
 
 
 def _graph_params_m(folder: Path) -> float | None:

@@ -26,7 +26,7 @@ from speechkit.audio.fbank import online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate, accept_many
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.runtime.session import open_model
+from speechkit.runtime.session import open_model, parse_device
 from speechkit.text.tokenizer import load_tokenizer
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
@@ -165,7 +165,7 @@ class OnlineRecognizer:
                  beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu",
                  device_states: bool | None = None):
         """``device_states``: keep the streams' encoder caches on the session's device between
-        chunks (:mod:`speechkit.runtime.state_pool`); None: on for ``device="cuda"``, off on the CPU."""
+        chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda``, ``cuda:N``), off on the CPU."""
         model_dir = Path(model_dir)
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
                                                              num_threads, memory_arena, device)
@@ -192,12 +192,11 @@ class OnlineRecognizer:
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[n]],
                                      dtype=np.int64 if n == "cached_len" else np.float32) for n in STATE_NAMES]
         self._pool = None
-        if device_states if device_states is not None else device == "cuda":
+        if device_states if device_states is not None else parse_device(device)[0] == "cuda":
             from speechkit.runtime.state_pool import StatePool
 
             self._pool = StatePool(model_dir / model_file, self.session, STATE_NAMES, STATE_BATCH_AXIS, self._state_zeros)
 
-    # subclasses with their own decode_streams (transducer.Zipformer2Recognizer) keep the numpy path
     _pool = None
 
     def create_stream(self) -> Stream:
@@ -224,23 +223,9 @@ class OnlineRecognizer:
             x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
             x_lens[b] = n
         att_context = np.array(self.att_context, dtype=np.int64)
-        if self._pool is not None:
-            fresh = np.array([s.slot is None for s in ready])
-            for s, f in zip(ready, fresh):
-                if f:  # its first chunk: a slot, read as the zero initial state this once
-                    s.slot, s.state = self._pool.acquire(), []  # the caches now live in the pool
-            slots = np.array([s.slot for s in ready], dtype=np.int64)
-            if (slots < 0).any():
-                raise SpeechkitError("a released stream cannot be decoded again")
+        if self._pool is not None:  # a new stream takes a slot; a failed call gives new slots back
             t1 = perf_counter()
-            try:
-                log_probs, lens = self._pool.run(x, x_lens, att_context, slots, fresh)
-            except BaseException:  # the new streams' slots hold nothing yet: they start afresh next time
-                for s, f in zip(ready, fresh):
-                    if f:
-                        self._pool.release(s.slot)
-                        s.slot = None
-                raise
+            log_probs, lens = self._pool.run_streams(ready, {"x": x, "x_lens": x_lens, "att_context": att_context})
             t2 = perf_counter()
         else:
             feeds = {"x": x, "x_lens": x_lens, "att_context": att_context}

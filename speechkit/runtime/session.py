@@ -3,6 +3,8 @@ CUDA GPU, its metadata, and the fbank configuration the metadata describes."""
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 
 import onnxruntime as ort
@@ -10,22 +12,44 @@ import onnxruntime as ort
 from speechkit.audio.fbank import FbankConfig
 from speechkit.errors import SpeechkitError
 
-# the CPU stays behind CUDA for the few operators the CUDA provider lacks (ONNX Runtime places
-# each node on the first provider that has a kernel for it)
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+DEVICES = "cpu, cuda or cuda:N (N: the GPU's index, cuda = cuda:0)"
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'speechkit[gpu]'"
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``cpu``, ``cuda`` or ``cuda:N`` → (kind, index): ("cpu", 0), ("cuda", 0), ("cuda", N); a
+    one-line error for anything else."""
+    if device in ("cpu", "cuda"):
+        return device, 0
+    match = re.fullmatch(r"cuda:([0-9]+)", device) if isinstance(device, str) else None
+    if match is None:
+        raise SpeechkitError(f"device must be {DEVICES}, got {device!r}")
+    return "cuda", int(match.group(1))
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for an ONNX Runtime ``--device``: the text as given, once
+    :func:`parse_device` takes it (argparse's one-line error otherwise)."""
+    try:
+        parse_device(text)
+    except SpeechkitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def make_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True,
                  device: str = "cpu") -> ort.InferenceSession:
-    """``device``: ``cpu`` or ``cuda``; a CUDA session that ONNX Runtime could only start on the CPU
-    is an error, never a silent fallback. ``memory_arena=False`` gives working memory back after
-    each call instead of keeping the largest batch's (a server whose batch size follows its load)."""
-    if device not in PROVIDERS:
-        raise SpeechkitError(f"device must be one of {', '.join(PROVIDERS)}, got {device!r}")
-    providers = PROVIDERS[device]
-    if providers[0] not in ort.get_available_providers():
-        raise SpeechkitError(f"device={device!r}: this onnxruntime {ort.__version__} has no {providers[0]} "
+    """``device``: ``cpu``, ``cuda`` or ``cuda:N``; a CUDA session that ONNX Runtime could only
+    start on the CPU is an error, never a silent fallback. ``memory_arena=False`` gives working
+    memory back after each call instead of keeping the largest batch's (a server whose batch size
+    follows its load)."""
+    kind, index = parse_device(device)
+    # the CPU stays behind CUDA for the few operators the CUDA provider lacks (ONNX Runtime places
+    # each node on the first provider that has a kernel for it)
+    first = "CUDAExecutionProvider" if kind == "cuda" else "CPUExecutionProvider"
+    providers = [(first, {"device_id": index}), "CPUExecutionProvider"] if kind == "cuda" else [first]
+    if first not in ort.get_available_providers():
+        raise SpeechkitError(f"device={device!r}: this onnxruntime {ort.__version__} has no {first} "
                              f"(for a GPU: {GPU_INSTALL})")
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = memory_arena
@@ -35,8 +59,8 @@ def make_session(path: str | Path, num_threads: int = 1, memory_arena: bool = Tr
     # at load instead of keeping QDQ pairs for integer kernels
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
     session = ort.InferenceSession(str(path), opts, providers=providers)
-    if session.get_providers()[0] != providers[0]:  # ONNX Runtime only logs a warning when CUDA fails to load
-        raise SpeechkitError(f"{path}: onnxruntime could not start {providers[0]} (the session runs on "
+    if session.get_providers()[0] != first:  # ONNX Runtime only logs a warning when CUDA fails to load
+        raise SpeechkitError(f"{path}: onnxruntime could not start {first} (the session runs on "
                              f"{session.get_providers()[0]}); check the CUDA and cuDNN libraries onnxruntime-gpu "
                              f"{ort.__version__} needs")
     return session

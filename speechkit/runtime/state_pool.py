@@ -1,21 +1,23 @@
 """Streaming encoder caches kept on the session's device between chunks (ONNX Runtime I/O binding).
 
-The numpy path of :meth:`OnlineRecognizer.decode_streams` concatenates every ready stream's caches
-into the batch and slices the new ones back out, so on a CUDA session each chunk copies all the
-caches host → device → host. Here each cache lives in a *pool* tensor of C slots on the device, its
-batch axis moved first (a slot is one contiguous block); a stream owns one slot from its first chunk
+The numpy path of a recognizer's ``decode_streams`` concatenates every ready stream's caches into
+the batch and slices the new ones back out, so on a CUDA session each chunk copies all the caches
+host → device → host. Here each cache lives in a *pool* tensor of C slots on the device, its batch
+axis moved first (a slot is one contiguous block); a stream owns one slot from its first chunk
 until it is done or released. The model graph is wrapped once at load time (kept in memory):
 
     cached_k   = Where(Reshape(fresh), 0, Transpose(Gather(pool_k, slots, axis=0)))   # fresh: the zero initial state
-    ...the model, unchanged (x, x_lens, att_context → log_probs, log_probs_len)...
+    ...the model, unchanged (its other inputs → its other outputs)...
     new_pool_k = ScatterND(pool_k, Reshape(slots, [-1, 1]), Transpose(new_cached_k))
 
-(the Transposes only for the states whose batch axis is not the first: cached_att, cached_conv).
+(the Transposes only for the states whose batch axis is not the first: cached_att, cached_conv of
+the CTC model's layout; the zipformer2 layout's transducer encoder has several).
 
-Only x, x_lens, att_context, slots and fresh go in from the host and log_probs, log_probs_len come
-back; the new pools are outputs ORT allocates on the device, bound as the next call's inputs (so a
-run never reads and writes one buffer). Every added op copies values, none computes, so a stream's
-tokens are the numpy path's bit for bit.
+Only the model's other inputs (x, x_lens, att_context; or x alone), slots and fresh go in from the
+host and its other outputs (log-probabilities, encoder frames) come back; the new pools are
+outputs ORT allocates on the device, bound as the next call's inputs (so a run never reads and
+writes one buffer). Every added op copies values, none computes, so a stream's tokens are the
+numpy path's bit for bit.
 """
 
 from __future__ import annotations
@@ -117,6 +119,14 @@ def _build(model: onnx.ModelProto, state_names: list[str], batch_axes: list[int]
     return model
 
 
+def session_device(session: ort.InferenceSession) -> tuple[str, int]:
+    """(device type, device id) where ``session`` runs: its CUDA device on an onnxruntime-gpu build
+    (ORT reports the id as a string), else the host."""
+    if ort.get_device() == "GPU" and session.get_providers()[0] == "CUDAExecutionProvider":
+        return "cuda", int(session.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", 0))
+    return "cpu", 0
+
+
 class StatePool:
     """The pools of one recognizer's session: slots, the wrapped session, one call per batch."""
 
@@ -124,12 +134,19 @@ class StatePool:
                  zero_state: list[np.ndarray], capacity: int = INITIAL_CAPACITY):
         """``zero_state``: one new stream's caches (batch 1 on each batch axis), the model's initial state."""
         self.state_names, self.batch_axes = list(state_names), list(batch_axes)
-        # the pools live where the session runs: the CUDA device on an onnxruntime-gpu build, else host memory
-        on_gpu = ort.get_device() == "GPU" and session.get_providers()[0] == "CUDAExecutionProvider"
-        self.device_type = "cuda" if on_gpu else "cpu"
-        # the same options and providers as the model's own session (threads, arena, CUDA then CPU)
+        # the pools live where the session runs (cuda:1 for a session opened there), else host memory
+        self.device_type, self.device_id = session_device(session)
+        # the same options, providers and provider options (the device id among them) as the
+        # model's own session: threads, arena, CUDA then CPU
+        providers, options = session.get_providers(), session.get_provider_options()
         self.session = ort.InferenceSession(wrap_model(model_path, state_names, batch_axes), session.get_session_options(),
-                                            providers=session.get_providers())
+                                            providers=providers, provider_options=[options.get(p, {}) for p in providers])
+        if self.session.get_providers()[0] != providers[0]:  # as make_session: never a silent fallback to the CPU
+            raise SpeechkitError(f"{model_path}: the device-state graph could not start {providers[0]} "
+                                 f"(it runs on {self.session.get_providers()[0]})")
+        state_outputs = {new_pool_name(n) for n in state_names}
+        # the model's own outputs, in its order (the wrapped graph lists the new pools after them)
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in state_outputs]
         self._slot_zero = [np.moveaxis(z, a, 0)[0] for z, a in zip(zero_state, batch_axes)]  # one slot, batch axis dropped
         self.capacity = 0
         self.pools: list[ort.OrtValue] = []
@@ -145,7 +162,7 @@ class StatePool:
             arr = np.zeros((capacity, *z.shape), dtype=z.dtype)
             if self.capacity:
                 arr[: self.capacity] = self.pools[k].numpy()
-            pools.append(ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, 0))
+            pools.append(ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id))
         self.free = sorted(set(self.free) | set(range(self.capacity, capacity)), reverse=True)  # pop() gives the lowest
         self.pools, self.capacity = pools, capacity
 
@@ -162,23 +179,43 @@ class StatePool:
     def in_use(self) -> int:
         return self.capacity - len(self.free)
 
-    def run(self, x: np.ndarray, x_lens: np.ndarray, att_context: np.ndarray, slots: np.ndarray,
-            fresh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One encoder call for the streams in ``slots`` (in batch order) → (log_probs, lens) on
-        the host; the pools are replaced by the call's updated ones, which stay on the device."""
+    def run_inputs(self, inputs: dict[str, np.ndarray], slots: np.ndarray, fresh: np.ndarray) -> list[np.ndarray]:
+        """One encoder call for the streams in ``slots`` (in batch order; ``fresh``: those whose
+        slot is read as the zero initial state), ``inputs`` the model's other inputs → its other
+        outputs (``outputs``) on the host; the pools are replaced by the call's updated ones, which
+        stay on the device."""
         io = self.session.io_binding()
-        io.bind_cpu_input("x", x)
-        io.bind_cpu_input("x_lens", x_lens)
-        io.bind_cpu_input("att_context", att_context)
+        for name, value in inputs.items():
+            io.bind_cpu_input(name, value)
         io.bind_cpu_input("slots", slots)
         io.bind_cpu_input("fresh", fresh)
         for name, pool in zip(self.state_names, self.pools):
             io.bind_ortvalue_input(pool_name(name), pool)
-        io.bind_output("log_probs", "cpu")
-        io.bind_output("log_probs_len", "cpu")
+        for name in self.outputs:
+            io.bind_output(name, "cpu")
         for name in self.state_names:
-            io.bind_output(new_pool_name(name), self.device_type)  # a new buffer: never the one read
+            io.bind_output(new_pool_name(name), self.device_type, self.device_id)  # a new buffer: never the one read
         self.session.run_with_iobinding(io)
         out = io.get_outputs()
-        self.pools = list(out[2:])
-        return out[0].numpy(), out[1].numpy()
+        self.pools = list(out[len(self.outputs) :])
+        return [v.numpy() for v in out[: len(self.outputs)]]
+
+    def run_streams(self, streams: list, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """:meth:`run_inputs` for ``streams`` (each with a ``slot``: None before its first chunk,
+        -1 once released, and its numpy-path ``state``): a stream's first chunk takes a slot, read
+        as the zero initial state this once, and its ``state`` list is emptied (the caches now
+        live in the pool). A failed call gives the new streams' slots back, so they start afresh."""
+        if any(s.slot is not None and s.slot < 0 for s in streams):
+            raise SpeechkitError("a released stream cannot be decoded again")
+        fresh = np.array([s.slot is None for s in streams])
+        for s, f in zip(streams, fresh):
+            if f:
+                s.slot, s.state = self.acquire(), []
+        try:
+            return self.run_inputs(inputs, np.array([s.slot for s in streams], dtype=np.int64), fresh)
+        except BaseException:
+            for s, f in zip(streams, fresh):
+                if f:
+                    self.release(s.slot)
+                    s.slot = None
+            raise

@@ -5,7 +5,8 @@ one chunk of fixed length per call); they differ in the search on top of it. An 
 :mod:`speechkit.decoding.transducer`'s greedy or modified beam search, batched over the streams of
 a call; a zipformer2 CTC model (model.onnx with log-probabilities out, tokens.txt) by greedy CTC
 carried across chunks, as sherpa-onnx does. Streams, fbank, the speech-activity gate and
-endpointing are :mod:`speechkit.runtime.asr`'s.
+endpointing are :mod:`speechkit.runtime.asr`'s; on CUDA the encoder's caches stay on the GPU
+between chunks (:mod:`speechkit.runtime.state_pool`), as the CTC recognizer's do.
 
     rec = TransducerRecognizer("exp/hybrid/sherpa")     # or SherpaCtcRecognizer("exp/hybrid/sherpa-ctc")
     print(rec.transcribe(samples))        # float32 in [-1, 1] at rec.sample_rate
@@ -37,7 +38,9 @@ MODEL_TYPE = "zipformer2"
 @dataclass
 class TransducerStream(Stream):
     """A :class:`Stream` whose search is a transducer's: ``search_state`` carries the decoder
-    context (greedy) or the beam across chunks; ``state`` is the encoder's flat state list."""
+    context (greedy) or the beam across chunks; ``state`` is the encoder's flat state list (empty
+    once it lives in the device state pool). The search state stays on the host even with device
+    states: it is a few tokens and one decoder output per hypothesis, and the numpy search reads it."""
 
     search_state: GreedyState | BeamState | None = None
 
@@ -61,7 +64,10 @@ class Zipformer2Recognizer(OnlineRecognizer):
     """The part both sherpa-format folders share: the export's family and files checked, the
     encoder graph (``encoder_file``) opened and its metadata read, the fbank, the flat state list
     with each tensor's batch axis, streams, and one batched encoder call per chunk. A subclass
-    names its family and files and searches each chunk's encoder output (``_search_chunk``)."""
+    names its family and files and searches each chunk's encoder output (``_search_chunk``).
+    ``device_states``: keep the streams' encoder caches on the session's device between chunks
+    (:mod:`speechkit.runtime.state_pool`: a slot per stream until it is done or released); None: on
+    for a CUDA ``device``, off on the CPU."""
 
     family: str  # export.json's model_family
     what: str  # the family in words, for errors
@@ -71,7 +77,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu", device_states: bool | None = None):
         model_dir = Path(model_dir)
         _read_export(model_dir, self.family, self.what, self.export_hint)
         for name in self.files:
@@ -103,6 +109,12 @@ class Zipformer2Recognizer(OnlineRecognizer):
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                       dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs]
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
+        self._pool = None
+        if device_states if device_states is not None else device.startswith("cuda"):  # cuda or cuda:N
+            from speechkit.runtime.state_pool import StatePool
+
+            self._pool = StatePool(model_dir / self.encoder_file, self.session, self._state_names, self._state_axes,
+                                   self._state_zeros)
 
     def create_stream(self) -> Stream:
         return self._new_stream(Stream)
@@ -128,15 +140,21 @@ class Zipformer2Recognizer(OnlineRecognizer):
             n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
             x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
             n_feats.append(n)
-        feeds = {"x": x}
-        for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
-            feeds[name] = np.concatenate([s.state[k] for s in ready], axis=axis)
-        t1 = perf_counter()
-        out, *new_state = self.session.run(None, feeds)
-        t2 = perf_counter()
+        if self._pool is not None:
+            t1 = perf_counter()
+            out = self._pool.run_streams(ready, {"x": x})[0]
+            t2 = perf_counter()
+        else:
+            feeds = {"x": x}
+            for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
+                feeds[name] = np.concatenate([s.state[k] for s in ready], axis=axis)
+            t1 = perf_counter()
+            out, *new_state = self.session.run(None, feeds)
+            t2 = perf_counter()
         frames = []
         for b, (s, n) in enumerate(zip(ready, n_feats)):
-            s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
+            if self._pool is None:
+                s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)
             s.frames_done += n
             frames.append(out[b, : -(-n // self.subsampling)])
@@ -159,11 +177,11 @@ class TransducerRecognizer(Zipformer2Recognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu", device_states: bool | None = None):
         if not isinstance(beam, int) or beam < 1:
             raise SpeechkitError(f"beam must be a positive integer, got {beam!r}")
         super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
-                         memory_arena=memory_arena, gate=gate, device=device)
+                         memory_arena=memory_arena, gate=gate, device=device, device_states=device_states)
         model_dir = Path(model_dir)
         self.decoder = make_session(model_dir / "decoder.onnx", num_threads, memory_arena, device)
         self.joiner = make_session(model_dir / "joiner.onnx", num_threads, memory_arena, device)
@@ -227,11 +245,11 @@ class SherpaCtcRecognizer(Zipformer2Recognizer):
 
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  endpoint: EndpointConfig | None = EndpointConfig(), beam: int = 1, memory_arena: bool = True,
-                 gate: GateConfig | None = GateConfig(), device: str = "cpu"):
+                 gate: GateConfig | None = GateConfig(), device: str = "cpu", device_states: bool | None = None):
         if beam != 1:
             raise SpeechkitError(f"a sherpa-format CTC model decodes greedily, as sherpa-onnx does: beam must be 1, got {beam!r}")
         super().__init__(model_dir, num_threads=num_threads, att_context=att_context, endpoint=endpoint,
-                         memory_arena=memory_arena, gate=gate, device=device)
+                         memory_arena=memory_arena, gate=gate, device=device, device_states=device_states)
         pieces = _pieces(Path(model_dir))
         if pieces[:1] != ["<blk>"]:
             raise SpeechkitError(f"{Path(model_dir) / 'tokens.txt'}: token 0 must be the blank <blk> (sherpa-onnx finds it "

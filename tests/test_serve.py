@@ -229,6 +229,37 @@ def test_server_runs_without_torch():
     assert float(out) == 520.0
 
 
+def test_engine_asks_only_changed_streams_for_results(speech, alone):
+    """The engine's worker step, driven tick by tick with 20 ms messages (no network; streams 0 and
+    2 start a chunk apart, so they are batched): a stream it did not ask for results has none (a
+    tracker asked every tick finds nothing there either), and the transcripts are the runtime's own."""
+    from speechkit.runtime.events import ResultTracker
+    from speechkit.serve.engine import BatchEngine
+
+    rec = OnlineRecognizer(MODEL)
+    engine = BatchEngine(rec, max_batch=2)
+    conns = [engine.open(16000) for _ in speech]
+    shadows = [ResultTracker(rec) for _ in speech]  # asked for every job of every tick
+    hop, sent, tick, live = 320, [0] * len(speech), 0, set(range(len(speech)))
+    while live:
+        jobs = []
+        for i in sorted(live):
+            c, x = conns[i], speech[i][sent[i] : sent[i] + hop] if tick >= 13 * i else speech[i][:0]
+            sent[i] += len(x)
+            finish = tick >= 13 * i and sent[i] >= len(speech[i])
+            if x.size or finish or rec.is_ready(c.stream):
+                jobs.append((c, [x] if x.size else [], finish))
+        for c, results, done in engine._step(jobs):
+            i = conns.index(c)
+            assert results == shadows[i].update(c.stream)
+            if done:
+                live.discard(i)
+        tick += 1
+    assert [" ".join(seg.text for seg in c.stream.finals) for c in conns] == alone
+    assert all(t.finals == len(c.stream.finals) > 0 for t, c in zip(shadows, conns))
+    assert engine.stats.max_batch_seen == 2
+
+
 def _wav_scp(tmp_path, clips) -> Path:
     import soundfile as sf
 

@@ -53,10 +53,17 @@ def compute_fbank(samples: np.ndarray, cfg: FbankConfig = FbankConfig()) -> np.n
     fbank = online_fbank(cfg)
     fbank.accept_waveform(cfg.sample_rate, np.asarray(samples, dtype=np.float32) * 32768.0)
     fbank.input_finished()
-    n = fbank.num_frames_ready
-    if n == 0:
-        return np.zeros((0, cfg.num_mel_bins), dtype=np.float32)
-    return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
+    return read_frames(fbank, 0, np.empty((fbank.num_frames_ready, cfg.num_mel_bins), dtype=np.float32))
+
+
+def read_frames(fbank: knf.OnlineFbank, start: int, out: np.ndarray) -> np.ndarray:
+    """Frames ``start`` .. ``start + len(out) - 1`` of ``fbank`` written into the rows of ``out``
+    (n, num_mel_bins) float32, in place, and ``out`` returned. kaldi-native-fbank hands out one
+    frame a call; filling a preallocated array skips the list and the copy of ``np.stack``."""
+    get = fbank.get_frame
+    for i in range(len(out)):
+        out[i] = get(start + i)
+    return out
 
 
 def pad_feats(feats: list[np.ndarray], min_frames: int = 1) -> tuple[np.ndarray, np.ndarray]:

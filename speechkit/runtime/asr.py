@@ -22,7 +22,7 @@ from time import perf_counter
 import kaldi_native_fbank as knf
 import numpy as np
 
-from speechkit.audio.fbank import online_fbank
+from speechkit.audio.fbank import online_fbank, read_frames
 from speechkit.audio.vad import GateConfig, SpeechGate, accept_many
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
@@ -216,12 +216,7 @@ class OnlineRecognizer:
         if not ready:
             return
         t0 = perf_counter()
-        x = np.zeros((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
-        x_lens = np.zeros(len(ready), dtype=np.int64)
-        for b, s in enumerate(ready):
-            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
-            x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
-            x_lens[b] = n
+        x, x_lens = self.gather_features(ready)
         att_context = np.array(self.att_context, dtype=np.int64)
         if self._pool is not None:  # a new stream takes a slot; a failed call gives new slots back
             t1 = perf_counter()
@@ -244,6 +239,19 @@ class OnlineRecognizer:
         for b, s in enumerate(ready):  # each stream's search reads only its own state, so it can follow the unstacking
             self._decode(s, log_probs[b, : int(lens[b])])
         self._add_timings(t0, t1, t2, t3, perf_counter())
+
+    def gather_features(self, ready: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
+        """The next chunk of each stream's fbank frames → x (B, chunk_feats, num_mel_bins) float32,
+        zero past each stream's frames, and x_lens (B,) int64: how many frames each has (a whole
+        chunk, or what is left of a finished stream). The frames stay in the streams' fbanks."""
+        x = np.empty((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
+        x_lens = np.empty(len(ready), dtype=np.int64)
+        for b, s in enumerate(ready):
+            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
+            read_frames(s.fbank, s.frames_done, x[b, :n])
+            x[b, n:] = 0.0
+            x_lens[b] = n
+        return x, x_lens
 
     def _add_timings(self, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
         """One decode_streams call's stage boundaries (perf_counter readings) into ``timings``."""

@@ -216,8 +216,13 @@ class BatchEngine(StreamEngine):
             self.stats.streams_decoded += len(batch)
             self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
         t0 = perf_counter()
-        done = [self.rec.is_done(c.stream) for c, _, _ in jobs]
-        out = [(c, c.tracker.update(c.stream), d) for (c, _, _), d in zip(jobs, done)]
+        # a stream's text changes only when it is decoded or done: the others have no news, and
+        # asking their trackers would spell their partials again for nothing
+        decoded = {id(s) for s in ready}
+        out = []
+        for c, _, _ in jobs:
+            done = self.rec.is_done(c.stream)
+            out.append((c, c.tracker.update(c.stream) if done or id(c.stream) in decoded else [], done))
         stages["results"] += perf_counter() - t0
         return out
 

@@ -230,15 +230,22 @@ def _stream(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from speechkit.serve.protocol import Limits
     from speechkit.serve.server import run_server
+    from speechkit.serve.workers import run_workers
 
     try:
         limits = Limits(args.max_frame_bytes, args.max_stream_seconds, args.idle_timeout, args.max_connections,
                         args.max_text_chars)
     except ValueError as e:
         raise SpeechkitError(str(e)) from None
-    run_server(args.model_dir, args.host, args.port, limits=limits, num_threads=args.threads, max_batch=args.max_batch,
-               att_context=_context(args.att_context), vc_dir=args.vc, references=args.references, tts_dir=args.tts,
-               prompts=args.prompts, beam=args.beam, device=args.device)
+    if args.workers < 1:
+        raise SpeechkitError(f"--workers must be at least 1, got {args.workers}")
+    options = dict(limits=limits, num_threads=args.threads, max_batch=args.max_batch, att_context=_context(args.att_context),
+                   vc_dir=args.vc, references=args.references, tts_dir=args.tts, prompts=args.prompts, beam=args.beam,
+                   device=args.device)
+    if args.workers == 1:
+        run_server(args.model_dir, args.host, args.port, **options)
+    else:
+        run_workers(args.workers, args.model_dir, args.host, args.port, **options)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -448,7 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     sv.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the batched model calls (default 1)")
     sv.add_argument("--max-batch", type=int, default=64, help="most streams in one model call (default 64)")
-    sv.add_argument("--max-connections", type=int, default=100, help="more are closed with 1013 (default 100)")
+    sv.add_argument("--workers", type=int, default=1,
+                    help="server processes on the one port, each with its own model and engine; the kernel spreads the "
+                         "connections (default 1; see docs/serve.md)")
+    sv.add_argument("--max-connections", type=int, default=100,
+                    help="more are closed with 1013 (default 100; with --workers, the total: each worker takes its share)")
     sv.add_argument("--max-frame-bytes", type=int, default=256 * 1024, help="larger audio frames are closed with 1009 (default 262144)")
     sv.add_argument("--max-stream-seconds", type=float, default=600.0, help="longer streams are decoded to the limit, then closed with 4002 (default 600)")
     sv.add_argument("--idle-timeout", type=float, default=10.0, help="seconds without a message before closing with 4001 (default 10)")

@@ -83,6 +83,14 @@ def finals(rec, s):
     return rec.text(s), [(seg.tokens, seg.times, seg.start, seg.end) for seg in s.finals]
 
 
+def changing_groups(step, live):
+    """A different two-way split of the live streams every step (seeded by the step)."""
+    r = np.random.default_rng(step)
+    order = [live[k] for k in r.permutation(len(live))]
+    cut = int(r.integers(0, len(order) + 1))
+    return [g for g in (order[:cut], order[cut:]) if g]
+
+
 def test_many_streams_in_changing_batches_equal_the_numpy_path(recs, speech):
     numpy_rec, pool_rec = recs
     n = 13  # more streams at once than the pool's first capacity: it must grow
@@ -91,15 +99,9 @@ def test_many_streams_in_changing_batches_equal_the_numpy_path(recs, speech):
     starts = [int(v) for v in rng.integers(0, 6, n)]
     drops = {2: starts[2] + 4, 7: starts[7] + 2}  # dropped mid-way
 
-    def groups(step, live):  # a different split of the live streams every step
-        r = np.random.default_rng(step)
-        order = [live[k] for k in r.permutation(len(live))]
-        cut = int(r.integers(0, len(order) + 1))
-        return [g for g in (order[:cut], order[cut:]) if g]
-
-    ref, _ = drive(numpy_rec, waves, starts, drops, groups)
+    ref, _ = drive(numpy_rec, waves, starts, drops, changing_groups)
     grows = pool_rec._pool.grows
-    got, slots = drive(pool_rec, waves, starts, drops, groups)
+    got, slots = drive(pool_rec, waves, starts, drops, changing_groups)
     for i in range(n):
         assert finals(pool_rec, got[i]) == finals(numpy_rec, ref[i]), i
     texts = [numpy_rec.text(s) for i, s in enumerate(ref) if i not in drops]
@@ -204,14 +206,8 @@ def test_transducer_streams_in_changing_batches_equal_the_numpy_path(transducer_
     starts = [int(v) for v in rng.integers(0, 3, n)]
     drops = {1: starts[1] + 3, 6: starts[6] + 1}  # dropped mid-way
 
-    def groups(step, live):  # a different split of the live streams every step
-        r = np.random.default_rng(step)
-        order = [live[k] for k in r.permutation(len(live))]
-        cut = int(r.integers(0, len(order) + 1))
-        return [g for g in (order[:cut], order[cut:]) if g]
-
-    ref, _ = drive(numpy_rec, waves, starts, drops, groups)
-    got, slots = drive(pool_rec, waves, starts, drops, groups)
+    ref, _ = drive(numpy_rec, waves, starts, drops, changing_groups)
+    got, slots = drive(pool_rec, waves, starts, drops, changing_groups)
     for i in range(n):
         assert finals(pool_rec, got[i]) == finals(numpy_rec, ref[i]), i
         assert got[i].state == [] and ref[i].state  # the caches lived in the pool, not in the stream

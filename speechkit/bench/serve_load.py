@@ -1,7 +1,8 @@
 """Load test of ``speechkit serve`` on loopback: one server process, then for each client count
 (``--clients 100,500,1000``) a warm-up round and the measured rounds of that many concurrent
 clients streaming test utterances at real-time pace. The clients run as asyncio tasks spread over
-``--client-procs`` worker processes, so one Python event loop is not the bottleneck.
+``--client-procs`` worker processes, so one Python event loop is not the bottleneck; the server
+runs ``--workers`` processes (its CPU and memory are theirs summed).
 
 Each count gets a row: every transcript against the same utterance sent by a single client alone,
 the time from the end of speech (last audio frame sent) to the final result (`done`), the
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from speechkit.bench import add_output_args, comma_list, emit
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
-from speechkit.proc import cpu_seconds, rss_mb
+from speechkit.proc import cpu_seconds, descendants, rss_mb
 from speechkit.runtime.console import file_blocks
 from speechkit.serve.client import stream_audio
 
@@ -52,8 +53,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_pids(pid: int) -> list[int]:
+    """The server process and every process below it (its --workers)."""
+    return [pid, *descendants(pid)]
+
+
+def _tree_rss(pid: int) -> float:
+    total = 0.0
+    for p in _server_pids(pid):
+        try:
+            total += rss_mb(p)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
 def _proc(pid: int) -> tuple[float, float]:
-    return rss_mb(pid), cpu_seconds(pid)
+    """The server's RSS (MB) and CPU seconds, summed over its processes."""
+    cpu = 0.0
+    for p in _server_pids(pid):
+        try:
+            cpu += cpu_seconds(p)
+        except OSError:
+            pass
+    return _tree_rss(pid), cpu
 
 
 def _health(port: int) -> dict:
@@ -277,7 +300,7 @@ class Sampler:
     def _loop(self):
         while True:
             try:
-                self.rss.append(rss_mb(self.pid))
+                self.rss.append(_tree_rss(self.pid))
             except OSError:
                 pass
             if self.gpu is not None and (s := self.gpu.sample()) is not None:
@@ -425,7 +448,7 @@ def row_lines(row: dict, args) -> list[str]:
 def main(args: argparse.Namespace) -> None:
     from speechkit.runtime.session import parse_device
 
-    for name in ("utts", "rounds", "threads", "max_batch", "client_procs"):
+    for name in ("utts", "rounds", "threads", "max_batch", "client_procs", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SpeechkitError(f"--{name.replace('_', '-')} must be at least 1")
     counts = args.clients
@@ -441,8 +464,9 @@ def main(args: argparse.Namespace) -> None:
     gpu = GpuProbe(index) if kind == "cuda" else None
     port = free_port()
     url = f"ws://127.0.0.1:{port}/asr"
+    # the total: with --workers each worker takes a share, and the kernel's spread is uneven
     extra = ["--threads", str(args.threads), "--max-batch", str(args.max_batch), "--device", args.device,
-             "--max-connections", str(max(top, 100))]
+             "--max-connections", str(max(top, 100) * args.workers), "--workers", str(args.workers)]
     log = tempfile.TemporaryFile("w+")
     server = start_server(args.model_dir, port, extra, log)
     pool = None
@@ -467,14 +491,16 @@ def main(args: argparse.Namespace) -> None:
     best = largest_within(rows, args.p95_bound)
     result = {
         "model": args.model_dir, "device": args.device, "clients": counts, "rounds": args.rounds, "realtime": not args.fast,
-        "threads": args.threads, "max_batch": args.max_batch, "utterances": len(utts), "client_procs": procs,
+        "threads": args.threads, "max_batch": args.max_batch, "workers": args.workers, "utterances": len(utts),
+        "client_procs": procs,
         "open_file_limit": nofile, "machine": f"{os.cpu_count()} CPUs",
         "server_rss_mb_after_single_client": round(rss_single, 1),
         "p95_bound_ms": args.p95_bound, "max_send_lag_ms": args.max_send_lag,
         "largest_clients_within_p95_bound": best,
         "rows": rows,
     }
-    lines = [f"speechkit serve {args.model_dir} --device {args.device} --threads {args.threads} --max-batch {args.max_batch} on loopback; "
+    lines = [f"speechkit serve {args.model_dir} --device {args.device} --threads {args.threads} --max-batch {args.max_batch} "
+             f"--workers {args.workers} on loopback; "
              f"clients in {procs} process{'es' if procs != 1 else ''}; {os.cpu_count()} CPUs shared by server and clients; "
              f"open-file limit {nofile}",
              f"single-client references: {len(utts)} utterances; server RSS after them {rss_single:.1f} MB"]
@@ -508,6 +534,7 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="the server's --device: cpu (default), cuda or cuda:N; a GPU's utilisation and memory are sampled too")
     p.add_argument("--threads", type=int, default=1, help="the server's ONNX Runtime threads (default 1)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="the server's --workers: its processes on the one port (default 1)")
     p.add_argument("--p95-bound", type=float, default=300.0, metavar="MS",
                    help="the summary names the largest count whose p95 end-of-speech -> final latency is at most this (default 300 ms)")
     p.add_argument("--max-send-lag", type=float, default=50.0, metavar="MS",

@@ -6,7 +6,8 @@ the ``websockets`` library. Limits close only the offending connection, with a d
 ``speechkit serve MODEL`` serves what MODEL is: a streaming ASR export (``/asr``), a MeanVC export
 (``/vc`` alone) or a CLEAR export (``/tts`` alone); ``--vc VC_MODEL`` and ``--tts TTS_MODEL`` add
 ``/vc`` and ``/tts`` beside it, so that one page offers every mode. Each endpoint has its own
-engine: the models share nothing a batch could."""
+engine: the models share nothing a batch could. ``--workers N`` runs N such servers on one port
+(speechkit/serve/workers.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from speechkit.serve.protocol import (PROTOCOL_VERSION, UPLOAD, Close, Limits, P
                                       parse_control, parse_start, parse_text)
 from speechkit.serve.tts_engine import TtsConnection, TtsEngine, TtsStats, load_prompts
 from speechkit.serve.vc_engine import VcConnection, VcEngine
+from speechkit.serve.workers import PUBLISH_EVERY, WorkerSlot
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/capture-worklet.js": "capture-worklet.js"}
@@ -116,6 +118,7 @@ class SpeechServer:
         self.vc_engine: VcEngine | None = None
         self.tts_engine: TtsEngine | None = None
         self.active = 0  # open WebSocket connections, counted at the handshake
+        self.slot: WorkerSlot | None = None  # one of --workers N: /health answers for all of them
 
     @property
     def modes(self) -> list[str]:
@@ -127,7 +130,8 @@ class SpeechServer:
             return None  # the WebSocket handshake goes on
         path = request.path.split("?", 1)[0]
         if path == "/health":
-            return self._response(HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json")
+            health = self.health() if self.slot is None else self.slot.gather(self.health())
+            return self._response(HTTPStatus.OK, json.dumps(health).encode(), "application/json")
         if path in PAGES and (STATIC / PAGES[path]).is_file():
             file = STATIC / PAGES[path]
             ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
@@ -329,13 +333,19 @@ class SpeechServer:
         for engine in engines:
             engine.start()
         async with serve(self._handler, host, port, process_request=self._http, max_size=self.limits.max_frame_bytes,
-                         max_queue=64, compression=None) as server:
+                         max_queue=64, compression=None, reuse_port=self.slot is not None) as server:
             bound = server.sockets[0].getsockname()[1]
+            publisher = None
+            if self.slot is not None:
+                self.slot.publish(self.health())  # before `ready`: /health counts every worker from the start
+                publisher = asyncio.create_task(self._keep_published())
             if ready is not None:
                 ready.set_result(bound)
             try:
                 await (stop if stop is not None else asyncio.Future())
             finally:
+                if publisher is not None:
+                    publisher.cancel()
                 for c in [c for engine in engines for c in engine.conns]:  # what was decoded was sent; say why we stop
                     c.outbox.put_nowait({"type": "error", "code": Close.GOING_AWAY, "reason": "server shutting down"})
                     c.outbox.put_nowait(("close", Close.GOING_AWAY, "server shutting down"))
@@ -344,6 +354,19 @@ class SpeechServer:
                 await server.wait_closed()
                 for engine in engines:
                     await engine.stop()
+
+    async def _keep_published(self) -> None:
+        """A worker's health file: rewritten within 0.1 s of a connection opening or closing, else
+        every PUBLISH_EVERY s."""
+        last, at = None, time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            health = self.health()
+            now = time.monotonic()
+            seen = (health["connections"], health.get("connections_total"))
+            if seen != last or now - at >= PUBLISH_EVERY:
+                self.slot.publish(health)
+                last, at = seen, now
 
 
 AsrServer = SpeechServer  # the name from before /vc
@@ -371,15 +394,20 @@ def _stage_stats(engine: BatchEngine | None) -> dict:
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
                att_context=None, vc_dir: str | None = None, references: str | None = None, tts_dir: str | None = None,
-               prompts: str | None = None, beam: int = 1, device: str = "cpu") -> None:
+               prompts: str | None = None, beam: int = 1, device: str = "cpu", slot: WorkerSlot | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; ``slot``: as one worker of ``--workers N`` (then the parent
+    prints the ready line, and the worker stops when the parent goes)."""
     server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, tts_dir=tts_dir, prompts=prompts, limits=limits,
                           num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam, device=device)
+    server.slot = slot
 
     async def main():
         loop = asyncio.get_running_loop()
         stop, ready = loop.create_future(), loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        if slot is not None:  # the parent never writes: readable means it is gone
+            loop.add_reader(slot.link.fileno(), lambda: stop.done() or stop.set_result(None))
         task = asyncio.create_task(server.serve(host, port, ready, stop))
         bound = await asyncio.wait_for(asyncio.shield(ready), 30) if not task.done() else None
         if bound is not None:
@@ -392,8 +420,12 @@ def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_thre
             if server.tts is not None:
                 parts.append(f"ws://{host}:{bound}/tts, {len(server.prompts)} preset prompt(s), "
                              "streams take turns a chunk at a time")
-            print(f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket {'; '.join(parts)}); "
-                  f"{num_threads} thread(s) on {device}; Ctrl-C to stop", file=sys.stderr, flush=True)
+            line = (f"speechkit serve: {model_dir} on http://{host}:{bound}/ (WebSocket {'; '.join(parts)}); "
+                    f"{num_threads} thread(s) on {device}")
+            if slot is None:
+                print(f"{line}; Ctrl-C to stop", file=sys.stderr, flush=True)
+            else:
+                slot.ready(bound, line)
         await task
 
     asyncio.run(main())

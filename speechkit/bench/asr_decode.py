@@ -15,21 +15,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jiwer
 import numpy as np
-import onnxruntime as ort
-import torch
-from tqdm import tqdm
 
-from speechkit.audio.fbank import FbankConfig, compute_fbank
-from speechkit.audio.fbank import pad_feats
-from speechkit.audio.io import load_audio
 from speechkit.bench import add_output_args, emit
 from speechkit.bench.asr_stream import machine
-from speechkit.data.kaldi import load_data_dir
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.inference.asr import Recognizer
+
+if TYPE_CHECKING:  # torch and the rest load with the benchmark, not with `speechkit --help`
+    import torch
+    from tqdm import tqdm
+
+    from speechkit.audio.fbank import FbankConfig
+    from speechkit.inference.asr import Recognizer
 
 DECODERS = ("paraformer", "ar_greedy", "ar_beam")
 MODES = ("torch_batch1", "torch_batched", "cpu_onnx")
@@ -48,6 +47,10 @@ def load_utterances(data_dir: str | Path, n: int, fronts: Sequence[FbankConfig],
                     usable: Callable[[int], bool]) -> tuple[list[BenchUtt], list[str]]:
     """The first ``n`` utterances by id whose audio reads and whose fbank is long enough for
     every model (``usable(frames)``), with their features; and why the others were skipped."""
+    from speechkit.audio.fbank import compute_fbank
+    from speechkit.audio.io import load_audio
+    from speechkit.data.kaldi import load_data_dir
+
     utts, skipped = [], []
     for u in sorted(load_data_dir(data_dir), key=lambda u: u.utt_id):
         if len(utts) == n:
@@ -70,6 +73,10 @@ def load_utterances(data_dir: str | Path, n: int, fronts: Sequence[FbankConfig],
 
 
 def _pad(feats: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    from speechkit.audio.fbank import pad_feats
+
     x, lens = pad_feats(feats)
     return torch.from_numpy(x).to(device), torch.from_numpy(lens).to(device)
 
@@ -109,6 +116,8 @@ def _summary(ms: np.ndarray, utts: int, audio_seconds: float, per_utt_calls: boo
 
 def _wer(refs: list[str], hyps: list[str]) -> float | None:
     """Percent, over the utterances with a non-empty reference (as ``speechkit score``)."""
+    import jiwer
+
     pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
     return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
 
@@ -128,6 +137,7 @@ def _torch_runs(models: dict, beams: dict[str, int], feats: dict[str, list[np.nd
                 dev: torch.device, repeats: int, seconds: float, bar: tqdm) -> tuple[dict, dict]:
     """Every decoder on the torch device, one utterance per call then in ``batches`` → timings
     and token ids (in utterance order) per mode and decoder."""
+    import torch
 
     def sync() -> None:  # CUDA kernels run asynchronously: a call is done when its device is idle
         if dev.type == "cuda":
@@ -154,6 +164,8 @@ def _torch_runs(models: dict, beams: dict[str, int], feats: dict[str, list[np.nd
 def _cpu_onnx_runs(paraformer, attention, beams: dict[str, int], para_feats: list[np.ndarray], ar_feats: list[np.ndarray],
                    repeats: int, seconds: float, bar: tqdm) -> tuple[dict, dict]:
     """One utterance per call through ONNX Runtime, torch (the AR search loop) on one thread too."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     timings, hyps = {}, {}
@@ -172,6 +184,8 @@ def _cpu_onnx_runs(paraformer, attention, beams: dict[str, int], para_feats: lis
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -180,6 +194,8 @@ def _device(name: str) -> torch.device:
 
 
 def _load(exp_dir: str | Path, checkpoint: str, device: torch.device, head: str) -> Recognizer:
+    from speechkit.inference.asr import Recognizer
+
     rec = Recognizer.from_exp_dir(exp_dir, checkpoint, device=str(device))
     if rec.model.cfg.head != head:
         raise SpeechkitError(f"--{head} {exp_dir}: that experiment's head is '{rec.model.cfg.head}', not '{head}'")
@@ -222,6 +238,10 @@ def bench_asr_decode(paraformer_exp: str | Path, attention_exp: str | Path, data
                                ("repeats", repeats, 1)):
         if value < least:
             raise SpeechkitError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    import onnxruntime as ort
+    import torch
+    from tqdm import tqdm
+
     from speechkit.export.attention import OnnxAttentionModel, export_attention
     from speechkit.runtime.paraformer import OfflineRecognizer
 

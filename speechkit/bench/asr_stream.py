@@ -16,21 +16,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import jiwer
 import numpy as np
-import onnxruntime as ort
-from tqdm import tqdm
 
-from speechkit.audio.io import load_audio
 from speechkit.bench import add_output_args, emit
-from speechkit.bench.sherpa_ref import sherpa_recognizer, sherpa_versions
 from speechkit.errors import SpeechkitError
 from speechkit.proc import rss_mb
-from speechkit.runtime.asr import OnlineRecognizer
-from speechkit.runtime.console import model_family, open_recognizer
-from speechkit.runtime.transducer import TransducerRecognizer
+
+if TYPE_CHECKING:  # ONNX Runtime and the rest load with the benchmark, not with `speechkit --help`
+    from tqdm import tqdm
+
+    from speechkit.runtime.asr import OnlineRecognizer
 
 TEST_WAVS = Path("egs/synth/asr/data/wav/test")  # relative to the repo that holds models/<name>
 WARMUP_SECONDS = 60.0  # audio streamed before the first memory reading
@@ -76,6 +73,8 @@ def _test_wavs(model_dir: Path) -> list[Path]:
 
 def load_bench_audio(model_dir: Path, sample_rate: int, wav: str | Path | None) -> BenchAudio:
     """The user's wav; else the recipe's test wavs next to the model; else the synthetic signal."""
+    from speechkit.audio.io import load_audio
+
     cap = int(MAX_UTTERANCE * sample_rate)
     if wav is not None:
         samples, _ = load_audio(wav, sample_rate)  # strict: AudioError for stereo or another rate
@@ -134,6 +133,8 @@ def _piece(rec: OnlineRecognizer) -> int:
 
 
 def _bar(progress: bool, seconds: float, desc: str) -> tqdm:
+    from tqdm import tqdm
+
     return tqdm(total=round(seconds, 1), desc=desc, unit="s", disable=not progress, file=sys.stderr, leave=False)
 
 
@@ -194,6 +195,8 @@ def _latency_run(rec: OnlineRecognizer, audio: np.ndarray, seconds: float, progr
 def text_agreement(ours: str, theirs: str) -> dict:
     """Whether two transcripts of the same audio say the same words; the word error rate of ours
     against theirs (None when theirs is empty, where no rate is defined)."""
+    import jiwer
+
     a, b = ours.split(), theirs.split()
     return {"texts_equal": a == b, "text_wer": float(jiwer.wer(" ".join(b), " ".join(a))) if b else None, "words": len(b)}
 
@@ -280,6 +283,8 @@ def _memory_run(rec: OnlineRecognizer, audio: np.ndarray, seconds: float, progre
 
 
 def machine() -> dict:
+    import onnxruntime as ort
+
     cpu = platform.processor() or platform.machine()
     try:
         names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")]
@@ -293,6 +298,8 @@ def machine() -> dict:
 
 def search_name(family: str, beam: int) -> str:
     """The search a recognizer of ``family`` runs at ``beam``, in words."""
+    from speechkit.runtime.transducer import TransducerRecognizer
+
     if beam == 1:
         return "greedy"
     return "modified beam" if family == TransducerRecognizer.family else "CTC prefix beam"
@@ -336,6 +343,9 @@ def bench_asr_stream(model_dir: str | Path, *, threads: int = 1, att_context: tu
       ``text_wer`` (ours against sherpa-onnx's) and ``words`` (sherpa-onnx's); the versions.
     - ``wall_seconds``: the runs, after the models were loaded and warmed by two chunks.
     """
+    from speechkit.bench.sherpa_ref import sherpa_recognizer, sherpa_versions
+    from speechkit.runtime.console import model_family, open_recognizer
+
     if threads < 1:
         raise SpeechkitError(f"threads must be at least 1, got {threads}")
     if not isinstance(beam, int) or beam < 1:

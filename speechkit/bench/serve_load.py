@@ -33,14 +33,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from speechkit.bench import add_output_args, comma_list, emit
-from speechkit.data.kaldi import read_table
+from speechkit.devices import device_arg
 from speechkit.errors import SpeechkitError
 from speechkit.proc import cpu_seconds, descendants, rss_mb
-from speechkit.runtime.console import file_blocks
-from speechkit.serve.client import stream_audio
 
 CLIENTS_PER_PROC = 250  # the default --client-procs gives each worker process at most this many clients
 
@@ -105,6 +102,9 @@ def start_server(model_dir: str, port: int, extra: list[str], log=None) -> subpr
 
 
 def load_utterances(data_dir: Path, limit: int) -> list[tuple[str, np.ndarray, int]]:
+    from speechkit.data.kaldi import read_table
+    from speechkit.runtime.console import file_blocks
+
     if not (data_dir / "wav.scp").is_file():
         raise SpeechkitError(f"{data_dir}: no wav.scp (build test data with `speechkit corpus synth`, or give --data)")
     out = []
@@ -131,6 +131,8 @@ def raise_open_file_limit() -> int:
 async def _run_clients(url: str, utts, ids: list[int], rounds: int, realtime: bool, t_start: float, progress) -> tuple[list, list]:
     """Clients ``ids`` (client i streams utterance i + r in round r, one after another), all
     starting at ``t_start`` (monotonic) → ([(key, text, close code, latency ms, error)], send lags in s)."""
+    from speechkit.serve.client import stream_audio
+
     results: list = []
     lags: list = []
 
@@ -158,6 +160,8 @@ def _worker(conn, utts, counter) -> None:
     def progress():
         with counter.get_lock():
             counter.value += 1
+
+    import speechkit.serve.client  # noqa: F401 - loaded before "ready", so the first round starts together
 
     conn.send(("ready",))
     while (job := conn.recv()) is not None:
@@ -192,6 +196,8 @@ class ClientPool:
     def run(self, url: str, clients: int, rounds: int, realtime: bool, timeout: float, what: str) -> dict:
         """One load of ``clients`` clients × ``rounds`` → {"results", "lags", "cpu" (client CPU s),
         "cpu_per_proc", "procs", "wall"}."""
+        from tqdm import tqdm
+
         t_start = time.monotonic() + (0.5 if self.workers else 0.0)
         with tqdm(total=clients * rounds, desc=f"{what}: {clients} clients", unit="stream") as bar:
             if not self.workers:
@@ -446,7 +452,10 @@ def row_lines(row: dict, args) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from speechkit.runtime.session import parse_device
+    from tqdm import tqdm
+
+    from speechkit.devices import parse_device
+    from speechkit.serve.client import stream_audio
 
     for name in ("utts", "rounds", "threads", "max_batch", "client_procs", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -517,8 +526,6 @@ def main(args: argparse.Namespace) -> None:
 
 def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``bench`` subcommands."""
-    from speechkit.runtime.session import device_arg
-
     p = bench_sub.add_parser("serve", help="load test of `speechkit serve` on loopback: N real-time clients per count, latency, "
                                            "CPU, GPU, memory, the clients' own cost")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="the model folder `speechkit serve` opens")

@@ -13,13 +13,15 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile as sf
-from tqdm import tqdm
 
 from speechkit.bench import add_output_args
 from speechkit.errors import SpeechkitError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 READ_SECONDS = 1.0  # file blocks
 
@@ -104,6 +106,8 @@ def _seconds(path: str) -> float:
 def _writer(path: str, rate: int):
     """A mono sound file written as blocks come, under a temporary name renamed at the end (a
     failed run leaves no truncated file under ``path``)."""
+    import soundfile as sf
+
     out = Path(path)
     part = out.with_name(f"{out.stem}.part{out.suffix}")
     try:
@@ -136,6 +140,8 @@ def _export(args) -> None:
 
 
 def _encode(args) -> None:
+    from tqdm import tqdm
+
     codec = _Codec(args.model, args.device, args.threads)
     with tqdm(total=_seconds(args.wav), unit="s", desc=f"encode {Path(args.wav).name}", file=sys.stderr) as bar:
         z = np.concatenate(list(codec.encode_blocks(_blocks(args.wav, codec.sample_rate, bar), args.n_q)), axis=1)
@@ -144,6 +150,8 @@ def _encode(args) -> None:
 
 
 def _decode(args) -> None:
+    from tqdm import tqdm
+
     from speechkit.runtime.codec import decode_blocks
 
     codec = _Codec(args.model, args.device, args.threads)
@@ -161,6 +169,8 @@ def _decode(args) -> None:
 
 
 def _resynth(args) -> None:
+    from tqdm import tqdm
+
     from speechkit.runtime.codec import decode_blocks
 
     codec = _Codec(args.model, args.device, args.threads)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from speechkit.bench import comma_list
+from speechkit.devices import device_arg
 from speechkit.errors import SpeechkitError
 
 EXAMPLE = 'speechkit generate exp/audiogen/onnx --text "calm piano in c major at 90 bpm" --seconds 10 --out piano.wav'
@@ -92,8 +93,6 @@ def _plot(outs: list[Path], captions: list[str], clips, sample_rate: int, args) 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from speechkit.runtime.session import device_arg
-
     p = sub.add_parser("generate", help="text-to-music: generate audio from captions with an exported MAGNeT model (no torch)",
                        description=__doc__.split("\n\n")[0].replace("`", "") + f"\n\nexample: {EXAMPLE}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -103,7 +103,7 @@ class _ExportedCodec:
 
     def __init__(self, path: str | Path, device: str | None, threads: int):
         from speechkit.runtime.codec import CodecRuntime
-        from speechkit.runtime.session import parse_device
+        from speechkit.devices import parse_device
 
         self.device = device or "cpu"
         self.rt, self.threads = CodecRuntime(path, threads, self.device), threads

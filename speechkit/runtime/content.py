@@ -24,7 +24,7 @@ import onnx
 
 from speechkit.audio.fbank import online_fbank
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks
+from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks, next_chunks
 from speechkit.runtime.session import open_model
 
 FAMILY = "ctc-streaming-conformer"
@@ -159,13 +159,7 @@ class ContentEncoder:
         ready = [s for s in streams if s.ready]
         if not ready:
             return [np.zeros((0, self.dim), np.float32) for _ in streams]
-        x = np.zeros((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), dtype=np.float32)
-        x_lens = np.zeros(len(ready), dtype=np.int64)
-        for b, cs in enumerate(ready):
-            s = cs._feed
-            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
-            x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
-            x_lens[b] = n
+        x, x_lens = next_chunks([cs._feed for cs in ready], self.chunk_feats, self.fbank_cfg.num_mel_bins)
         feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
         for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
             feeds[name] = np.concatenate([cs._feed.state[STATE_NAMES.index(name)] for cs in ready], axis=axis)

@@ -25,7 +25,7 @@ from speechkit.audio.fbank import LOG_FLOOR, FbankConfig, online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.transducer import BeamState, GreedyState, Hypothesis, greedy_search, modified_beam_search
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import DECODE_STAGES, EndpointConfig, OnlineRecognizer, Stream
+from speechkit.runtime.asr import DECODE_STAGES, EndpointConfig, OnlineRecognizer, Stream, next_chunks
 from speechkit.runtime.session import make_session
 from speechkit.text.tokenizer import load_tokenizer
 
@@ -134,12 +134,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
             return
         t0 = perf_counter()
         # a last partial chunk is padded with the fbank of digital silence (the graph takes whole chunks)
-        x = np.full((len(ready), self.chunk_feats, self.fbank_cfg.num_mel_bins), LOG_FLOOR, dtype=np.float32)
-        n_feats = []
-        for b, s in enumerate(ready):
-            n = min(self.chunk_feats, s.fbank.num_frames_ready - s.frames_done)
-            x[b, :n] = np.stack([s.fbank.get_frame(s.frames_done + i) for i in range(n)])
-            n_feats.append(n)
+        x, n_feats = next_chunks(ready, self.chunk_feats, self.fbank_cfg.num_mel_bins, pad=LOG_FLOOR)
         if self._pool is not None:
             t1 = perf_counter()
             out = self._pool.run_streams(ready, {"x": x})[0]
@@ -152,7 +147,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
             out, *new_state = self.session.run(None, feeds)
             t2 = perf_counter()
         frames = []
-        for b, (s, n) in enumerate(zip(ready, n_feats)):
+        for b, (s, n) in enumerate(zip(ready, n_feats.tolist())):
             if self._pool is None:
                 s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)

@@ -206,13 +206,18 @@ class OnlineRecognizer:
         # a new stream's caches (batch 1): what create_stream copies and what a fresh pool slot reads
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[n]],
                                      dtype=np.int64 if n == "cached_len" else np.float32) for n in STATE_NAMES]
-        self._pool = None
-        if device_states if device_states is not None else parse_device(device)[0] == "cuda":
-            from speechkit.runtime.state_pool import StatePool
+        self._pool = self._state_pool(model_dir / model_file, device, device_states, STATE_NAMES, STATE_BATCH_AXIS)
 
-            self._pool = StatePool(model_dir / model_file, self.session, STATE_NAMES, STATE_BATCH_AXIS, self._state_zeros)
+    def _state_pool(self, model_path: Path, device: str, device_states: bool | None, state_names: list[str],
+                    batch_axes: list[int]):
+        """The device state pool of this recognizer's session (:mod:`speechkit.runtime.state_pool`),
+        or None for the numpy path; ``device_states`` None: a pool on a GPU (cuda, cuda:N), none on
+        the CPU. ``self.session`` and ``self._state_zeros`` must be set."""
+        if not (device_states if device_states is not None else parse_device(device)[0] == "cuda"):
+            return None
+        from speechkit.runtime.state_pool import StatePool
 
-    _pool = None
+        return StatePool(model_path, self.session, state_names, batch_axes, self._state_zeros)
 
     def create_stream(self) -> Stream:
         state = [z.copy() for z in self._state_zeros]

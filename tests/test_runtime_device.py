@@ -1,11 +1,12 @@
-"""The runtime's ``device``: ``cpu``, ``cuda`` or ``cuda:N``, read by one parser (a bad form is a
-one-line error, from the API and argparse's from the CLI); ``cuda`` without a CUDA onnxruntime is a
-one-line error (API and CLI); with CUDA faked, every session asks for the CUDA provider first, on
-GPU N for ``cuda:N``, and one that ONNX Runtime could only start on the CPU is an error, never a
-silent fallback; the streaming recognizer keeps its caches on any GPU; the ``gpu``
-extra never pulls torch; the commands that open exported dirs (generate, vc, tts, codec, speaker
-embed and the tts and codec evals) pass ``--device`` on to every session, cpu by default. CPU
-results are the rest of the suite's."""
+"""The runtime's ``device``: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]``, read by one parser (a bad
+form is a one-line error, from the API and argparse's from the CLI); ``cuda`` or ``tensorrt``
+without the provider in this onnxruntime is a one-line error (API and CLI); with CUDA (and
+TensorRT) faked, every session asks for the provider first, on GPU N, with CUDA and the CPU behind
+it; one that ONNX Runtime could only start on a later provider, or not at all (a GPU index past
+the last), is a one-line error, never a silent fallback or a traceback; the streaming recognizer
+keeps its caches on any GPU; the ``gpu`` extra never pulls torch; the commands that open exported
+dirs (generate, vc, tts, codec, speaker embed and the tts and codec evals) pass ``--device`` on to
+every session, cpu by default. CPU results are the rest of the suite's."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from speechkit.runtime.vc import VoiceConverter
 ROOT = Path(__file__).resolve().parents[1]
 STREAM, PARAFORMER, CODEC = (ROOT / "models" / m for m in ("asr-stream-synth", "asr-paraformer-synth", "codec-vae-synth"))
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+TRT = ["TensorrtExecutionProvider", *CUDA]
+DEVICES = "cpu, cuda, cuda:N, tensorrt or tensorrt:N (N: the GPU's index, cuda = cuda:0, tensorrt = tensorrt:0)"
 
 
 @pytest.fixture
@@ -46,25 +49,31 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [p for p in real() if p != "CUDAExecutionProvider"])
 
 
-def fake_cuda(monkeypatch, reports: list[str] | None = None, options: list[dict] | None = None) -> list[list[str]]:
-    """Pretend onnxruntime-gpu is installed: sessions run on the CPU but say they run on ``reports``
-    (None: on the providers asked for). → the provider names the runtime asked for, one list per
-    session; ``options`` (when given) gets each session's provider options by name, as asked."""
+def fake_cuda(monkeypatch, reports: list[str] | None = None, options: list[dict] | None = None,
+              available: list[str] = CUDA, raises: Exception | None = None, kwargs: list[dict] | None = None) -> list[list[str]]:
+    """Pretend onnxruntime-gpu is installed with the ``available`` providers: sessions run on the
+    CPU but say they run on ``reports`` (None: on the providers asked for), or fail with ``raises``.
+    → the provider names the runtime asked for, one list per session; ``options`` (when given) gets
+    each session's provider options by name, as asked, and ``kwargs`` its other keyword arguments."""
     asked, real = [], ort.InferenceSession
 
-    def session(path, opts=None, providers=None, provider_options=None):
+    def session(path, opts=None, providers=None, provider_options=None, **extra):
         names = [p if isinstance(p, str) else p[0] for p in providers]  # a name, or (name, options)
         given = provider_options or [{} if isinstance(p, str) else p[1] for p in providers]
         asked.append(names)
         if options is not None:
             options.append(dict(zip(names, given)))
+        if kwargs is not None:
+            kwargs.append(extra)
+        if raises is not None:
+            raise raises
         s = real(path, opts, providers=["CPUExecutionProvider"])
         s.get_providers = lambda: list(reports or names)
         # as ONNX Runtime reports them: every value a string
         s.get_provider_options = lambda: {n: {k: str(v) for k, v in o.items()} for n, o in zip(names, given)}
         return s
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
     monkeypatch.setattr(ort, "InferenceSession", session)
     return asked
 
@@ -98,17 +107,19 @@ def test_a_bad_device_is_one_line(device):
 
 
 @pytest.mark.parametrize("device, parsed", [("cpu", ("cpu", 0)), ("cuda", ("cuda", 0)), ("cuda:0", ("cuda", 0)),
-                                            ("cuda:1", ("cuda", 1)), ("cuda:12", ("cuda", 12))])
+                                            ("cuda:1", ("cuda", 1)), ("cuda:12", ("cuda", 12)), ("tensorrt", ("tensorrt", 0)),
+                                            ("tensorrt:0", ("tensorrt", 0)), ("tensorrt:3", ("tensorrt", 3))])
 def test_parse_device(device, parsed):
     assert parse_device(device) == parsed
 
 
 @pytest.mark.parametrize("device", ["gpu", "CUDA", "Cuda:1", "", "cuda:", "cuda:x", "cuda:-1", "cuda:1.5", "cuda:1 ", " cuda",
-                                    "cuda1", "cpu:0", "cuda:1:2", "cuda:\u0661", None, 1])
+                                    "cuda1", "cpu:0", "cuda:1:2", "cuda:\u0661", None, 1, "tensorrt:", "TensorRT", "trt",
+                                    "tensorrt:x", "tensorrt:-1", "tensorrt1", "tensorrt:cuda", "cuda:tensorrt", "tensorrt:1 "])
 def test_parse_device_names_the_forms(device):
     with pytest.raises(SpeechkitError) as e:
         parse_device(device)
-    assert one_line(e) == f"device must be cpu, cuda or cuda:N (N: the GPU's index, cuda = cuda:0), got {device!r}"
+    assert one_line(e) == f"device must be {DEVICES}, got {device!r}"
 
 
 @pytest.mark.parametrize("device, gpu", [("cuda", 0), ("cuda:0", 0), ("cuda:1", 1), ("cuda:7", 7)])
@@ -125,12 +136,14 @@ def test_cuda_n_reaches_the_cuda_provider(monkeypatch, device, gpu):
     assert asked[-1] == ["CPUExecutionProvider"] and options[-1] == {"CPUExecutionProvider": {}}
 
 
-@pytest.mark.parametrize("device, states", [("cuda", True), ("cuda:1", True), ("cuda:3", True), ("cpu", False)])
-def test_device_states_follow_the_kind_of_device(monkeypatch, device, states):
-    """The caches stay on the device for every GPU, not only the first: the state pool's session
-    asks the recognizer's GPU too; device_states=False keeps them on the host on any GPU."""
+@pytest.mark.parametrize("device, states", [("cuda", True), ("cuda:1", True), ("cuda:3", True), ("tensorrt:2", True),
+                                            ("cpu", False)])
+def test_device_states_follow_the_kind_of_device(monkeypatch, tmp_path, device, states):
+    """The caches stay on the device for every GPU, not only the first, TensorRT's too: the state
+    pool's session asks the recognizer's GPU too; device_states=False keeps them on the host on any GPU."""
     options = []
-    fake_cuda(monkeypatch, options=options)
+    monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path))
+    fake_cuda(monkeypatch, options=options, available=TRT)
     rec = OnlineRecognizer(STREAM, device=device)
     assert (rec._pool is not None) == states
     assert len(options) == 1 + states
@@ -166,6 +179,147 @@ def test_no_silent_fallback_to_the_cpu(monkeypatch, open_):
     assert "could not start CUDAExecutionProvider" in msg and "runs on CPUExecutionProvider" in msg
 
 
+@pytest.mark.parametrize("device, providers", [
+    ("cpu", ["CPUExecutionProvider"]),
+    ("cuda", [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]),
+    ("cuda:2", [("CUDAExecutionProvider", {"device_id": 2}), "CPUExecutionProvider"]),
+    ("tensorrt:1", [("TensorrtExecutionProvider", {"device_id": 1, "trt_engine_cache_enable": True,
+                                                   "trt_engine_cache_path": "CACHE", "trt_fp16_enable": False}),
+                    ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]),
+])
+def test_the_providers_each_device_asks_for(monkeypatch, tmp_path, device, providers):
+    """The providers argument as it reaches ort.InferenceSession; TensorRT caches its engines under
+    ~/.cache/speechkit/tensorrt (made if missing), fp16 off; GPU sessions turn ORT's own CPU retry off."""
+    got = []
+
+    class Session:
+        def __init__(self, path, opts, providers, **kw):
+            got.append((providers, kw))
+            self.get_providers = lambda: [p if isinstance(p, str) else p[0] for p in providers]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: TRT)
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SPEECHKIT_TRT_CACHE", raising=False)
+    monkeypatch.delenv("SPEECHKIT_TRT_FP16", raising=False)
+    cache = tmp_path / ".cache" / "speechkit" / "tensorrt"
+    assert isinstance(make_session(CODEC / "decoder.onnx", device=device), Session)
+    want = [(p[0], {k: str(cache) if v == "CACHE" else v for k, v in p[1].items()}) if isinstance(p, tuple) else p for p in providers]
+    assert got == [(want, {} if device == "cpu" else {"enable_fallback": 0})]
+    assert cache.is_dir() == device.startswith("tensorrt")
+
+
+def test_tensorrt_options_follow_the_environment(monkeypatch, tmp_path):
+    options = []
+    fake_cuda(monkeypatch, options=options, available=TRT)
+    monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path / "engines"))
+    monkeypatch.setenv("SPEECHKIT_TRT_FP16", "1")
+    make_session(CODEC / "decoder.onnx", device="tensorrt")
+    assert options[-1]["TensorrtExecutionProvider"] == {"device_id": 0, "trt_engine_cache_enable": True,
+                                                        "trt_engine_cache_path": str(tmp_path / "engines"), "trt_fp16_enable": True}
+    assert (tmp_path / "engines").is_dir() and options[-1]["CUDAExecutionProvider"] == {"device_id": 0}
+    monkeypatch.setenv("SPEECHKIT_TRT_FP16", "true")
+    with pytest.raises(SpeechkitError) as e:
+        make_session(CODEC / "decoder.onnx", device="tensorrt")
+    assert one_line(e) == "SPEECHKIT_TRT_FP16 must be 0 or 1, got 'true'"
+
+
+@pytest.mark.parametrize("open_", [lambda d: make_session(CODEC / "decoder.onnx", device=d), lambda d: CodecRuntime(CODEC, device=d),
+                                   lambda d: speechkit.load(STREAM, device=d)], ids=["session", "codec", "streaming"])
+def test_tensorrt_without_its_provider_is_one_line(monkeypatch, open_):
+    asked = fake_cuda(monkeypatch)  # onnxruntime-gpu without TensorRT: CUDA and the CPU only
+    for device in ("tensorrt", "tensorrt:1"):
+        with pytest.raises(SpeechkitError) as e:
+            open_(device)
+        msg = one_line(e)
+        assert msg.startswith(f"device={device!r}: this onnxruntime ") and "has no TensorrtExecutionProvider" in msg
+        assert "onnxruntime-gpu plus the TensorRT libraries" in msg and "speechkit[gpu]" in msg
+    assert asked == []
+
+
+@pytest.mark.parametrize("reports", [CUDA, ["CPUExecutionProvider"]], ids=["on-cuda", "on-cpu"])
+def test_no_silent_fallback_from_tensorrt(monkeypatch, tmp_path, reports):
+    """TensorRT that could not load (ORT logs it and goes on with the providers behind it) is an error."""
+    monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path))
+    fake_cuda(monkeypatch, reports, available=TRT)
+    with pytest.raises(SpeechkitError) as e:
+        CodecRuntime(CODEC, device="tensorrt:1")
+    msg = one_line(e)
+    assert "could not start TensorrtExecutionProvider" in msg and f"runs on {reports[0]}" in msg and "TensorRT (libnvinfer)" in msg
+
+
+# what onnxruntime-gpu raises for device_id 7 on a machine with fewer GPUs (pybind's RuntimeError), and a status error
+ORDINAL = ("/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:123 std::conditional_t<THRW, void, "
+           "onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, ERRTYPE, const char*, "
+           "const char*, int) [with ERRTYPE = cudaError; bool THRW = true; std::conditional_t<THRW, void, "
+           "onnxruntime::common::Status> = void] CUDA failure 101: invalid device ordinal ; GPU=7 ; hostname=gpu-host ; "
+           "file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_execution_provider.cc ; line=282 ; "
+           "expr=cudaSetDevice(info_.device_id); \n\n")
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tensorrt:7"])
+@pytest.mark.parametrize("gpus, seen", [(2, "; this process sees 2 GPUs (index 0 to 1), so there is no GPU 7"),
+                                        (1, "; this process sees 1 GPU (index 0), so there is no GPU 7"),
+                                        (0, "; this process sees no GPU, so there is no GPU 7"), (None, "")])
+def test_a_gpu_past_the_last_is_one_line(monkeypatch, tmp_path, device, gpus, seen):
+    """ORT's exception at session creation becomes one line: the device, the provider, ORT's reason
+    without its C++ location, and how many GPUs the driver shows when it can say."""
+    import speechkit.runtime.session as session
+
+    monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(session, "visible_gpus", lambda: gpus)
+    kwargs = []
+    fake_cuda(monkeypatch, available=TRT, raises=RuntimeError(ORDINAL), kwargs=kwargs)
+    with pytest.raises(SpeechkitError) as e:
+        make_session(CODEC / "decoder.onnx", device=device)
+    first = "TensorrtExecutionProvider" if device.startswith("tensorrt") else "CUDAExecutionProvider"
+    assert one_line(e) == (f"device={device!r}: onnxruntime could not open {CODEC / 'decoder.onnx'} on {first}: "
+                           f"CUDA failure 101: invalid device ordinal ; GPU=7{seen}")
+    assert kwargs == [{"enable_fallback": 0}]  # else ORT prints the error to stdout and retries on the CPU
+
+
+def test_an_onnxruntime_status_error_is_one_line(monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    import speechkit.runtime.session as session
+
+    monkeypatch.setattr(session, "visible_gpus", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,6")
+    fake_cuda(monkeypatch, raises=Fail("[ONNXRuntimeError] : 1 : FAIL : CUDA error cudaErrorNoDevice:no CUDA-capable device\nmore"))
+    with pytest.raises(SpeechkitError) as e:
+        CodecRuntime(CODEC, device="cuda:1")
+    assert one_line(e).endswith(": CUDA error cudaErrorNoDevice:no CUDA-capable device; this process sees 4 GPUs (index 0 to 3) "
+                                "(CUDA_VISIBLE_DEVICES='2,3,5,6')")
+
+
+def test_visible_gpus_asks_the_driver_and_never_fails(monkeypatch):
+    import ctypes
+
+    from speechkit.devices import visible_gpus
+
+    class Driver:
+        def __init__(self, init: int, count: int):
+            self.init, self.count = init, count
+
+        def cuInit(self, flags):
+            return self.init
+
+        def cuDeviceGetCount(self, out):
+            out._obj.value = self.count
+            return 0
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert visible_gpus() is None
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver(0, 3))
+    assert visible_gpus() == 3
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver(100, 3))  # CUDA_ERROR_NO_DEVICE from cuInit
+    assert visible_gpus() is None
+
+
 @pytest.mark.parametrize("argv", [["transcribe", STREAM, "WAV"], ["stream", STREAM, "--wav", "WAV"],
                                   ["decode-onnx", STREAM, "DATA", "OUT"], ["serve", STREAM, "--port", "0"],
                                   ["transcribe", PARAFORMER, "WAV"]],
@@ -189,8 +343,7 @@ def test_cli_device_choices(run_cli, capsys, argv, device):
         run_cli(*argv, "--device", device)
     assert e.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage, then the error on one line
-    assert last.endswith(f"error: argument --device: device must be cpu, cuda or cuda:N (N: the GPU's index, cuda = cuda:0), "
-                         f"got {device!r}"), last
+    assert last.endswith(f"error: argument --device: device must be {DEVICES}, got {device!r}"), last
 
 
 @pytest.mark.parametrize("argv", [["transcribe", STREAM, "x.wav"], ["stream", STREAM, "--wav", "x.wav"],
@@ -382,6 +535,15 @@ def test_the_evals_label_their_timing_with_the_device(monkeypatch, run_cli, expo
         assert set(codec.rtf([np.zeros(1600, np.float32)])) == rtf
 
 
+def test_codec_eval_counts_tensorrt_as_a_gpu(monkeypatch, tmp_path):
+    from speechkit.eval.codec_eval import load_eval_codec
+
+    monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path))
+    asked = fake_cuda(monkeypatch, available=TRT)
+    codec = load_eval_codec(CODEC, "tensorrt:1")
+    assert asked == [TRT] * 2 and codec.on_gpu and codec.runtime == "onnxruntime, tensorrt:1"
+
+
 def test_generate_takes_only_cpu_or_cuda(run_cli, exports, tmp_path):
     with pytest.raises(SystemExit) as e:
         run_cli(*_argv(exports, COMMANDS["generate"], tmp_path / "x.wav"), "--device", "gpu")
@@ -407,5 +569,5 @@ def test_device_help_names_both_runtimes(argv):
         for word in argv:
             sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
     help_ = next(a for a in sub._actions if "--device" in a.option_strings).help
-    assert "ONNX Runtime on cpu (default) or cuda" in help_, help_
+    assert "ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N]" in help_, help_
     assert argv == ["generate"] or help_.startswith("experiment dirs: cuda | cpu (default"), help_

@@ -262,17 +262,18 @@ def test_sherpa_ctc_streams_equal_the_numpy_path(sherpa_ctc_folder):
 
 
 class CudaSession:
-    """A CPU session that says it runs on CUDA device ``device_id`` (ORT reports it as a string)."""
+    """A CPU session that says it runs on GPU ``device_id`` through ``first`` (ORT reports the id as
+    a string)."""
 
-    def __init__(self, session, device_id):
-        self.session, self.device_id = session, device_id
+    def __init__(self, session, device_id, first="CUDAExecutionProvider"):
+        self.session, self.device_id, self.first = session, device_id, first
 
     def get_providers(self):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [self.first, "CPUExecutionProvider"]
 
     def get_provider_options(self):
-        cuda = {} if self.device_id is None else {"device_id": str(self.device_id)}
-        return {"CUDAExecutionProvider": {"gpu_mem_limit": "1024", **cuda}, "CPUExecutionProvider": {}}
+        gpu = {} if self.device_id is None else {"device_id": str(self.device_id)}
+        return {self.first: {"gpu_mem_limit": "1024", **gpu}, "CPUExecutionProvider": {}}
 
     def __getattr__(self, name):
         return getattr(self.session, name)
@@ -285,6 +286,7 @@ def test_session_device_reads_the_cuda_device_id(monkeypatch):
     monkeypatch.setattr(ort, "get_device", lambda: "GPU")
     assert session_device(CudaSession(rec.session, 1)) == ("cuda", 1)
     assert session_device(CudaSession(rec.session, None)) == ("cuda", 0)
+    assert session_device(CudaSession(rec.session, 2, "TensorrtExecutionProvider")) == ("cuda", 2)  # TensorRT: CUDA memory
     assert session_device(rec.session) == ("cpu", 0)  # a CPU session on a GPU build
 
 

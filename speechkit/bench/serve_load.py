@@ -470,7 +470,7 @@ def main(args: argparse.Namespace) -> None:
     procs = args.client_procs or max(1, min(os.cpu_count() or 1, math.ceil(top / CLIENTS_PER_PROC)))
     utts = load_utterances(Path(args.data), args.utts)
     kind, index = parse_device(args.device)
-    gpu = GpuProbe(index) if kind == "cuda" else None
+    gpu = GpuProbe(index) if kind != "cpu" else None
     port = free_port()
     url = f"ws://127.0.0.1:{port}/asr"
     # the total: with --workers each worker takes a share, and the kernel's spread is uneven

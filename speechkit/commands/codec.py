@@ -225,7 +225,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         c.add_argument("npy" if name == "decode" else "wav")
         c.add_argument("out")
         c.add_argument("--device", default="cpu", help="experiment dirs: cuda | cpu (default cpu); "
-                       "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
+                       "exported dirs: ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU)")
         c.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
         if name != "decode":
             c.add_argument("--n-q", type=int, default=None, help="RVQ: stages to keep (a lower bitrate)")
@@ -236,7 +236,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("data", nargs="+", help="Kaldi data dirs (wav.scp + text)")
     v.add_argument("--asr-model", default="models/asr-stream-synth", help="exported ASR model for the WER (default models/asr-stream-synth)")
     v.add_argument("--device", default=None, help="experiment dirs: cuda | cpu (default: cuda when there is one); "
-                   "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
+                   "exported dirs: ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU)")
     v.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported codec (default 1)")
     v.add_argument("--n-q", default=None, help="RVQ: comma-separated stage counts to evaluate (default: all stages, and half)")
     v.add_argument("--max-utts", type=int, default=None, help="at most this many utterances per data dir")

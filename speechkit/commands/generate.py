@@ -116,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="sampling temperature: one number, or start,end annealed (default MAGNeT 3,0.1; AR 1)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default MAGNeT 0.9; AR top-k 250)")
     p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
-                   help="ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU (needs onnxruntime-gpu: "
+                   help="ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU) (needs onnxruntime-gpu: "
                         "pip install 'speechkit[gpu]')")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--plot", action="store_true", help="also write the clips' log-mel spectrograms as a PNG (needs matplotlib)")

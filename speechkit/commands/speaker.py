@@ -128,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", default=None, help="write an (N, D) .npy, one row per file in order (default: print "
                    "'<path> <values>' lines)")
     e.add_argument("--device", default="cpu", help="experiment dirs: cuda | cpu (default cpu); "
-                   "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
+                   "exported dirs: ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU)")
     e.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for an exported dir (default 1)")
     e.set_defaults(func=_embed)
     v = speaker.add_parser("eval", help="equal error rate of same- vs different-speaker pairs of a data dir's utterances "

@@ -14,7 +14,7 @@ from speechkit.errors import SpeechkitError
 
 ACTIONS = ("prepare", "train", "export", "eval", "synth")
 DEVICE_HELP = ("experiment dirs: cuda | cpu (default: cuda when there is one); "
-               "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
+               "exported dirs: ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU)")
 
 
 def _options(args):

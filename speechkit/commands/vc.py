@@ -16,7 +16,7 @@ ACTIONS = ("prepare", "train", "export", "eval", "convert")
 SHIPPED_CODEC = "models/codec-vae-synth"
 SHIPPED_ASR = "models/asr-stream-synth"
 DEVICE_HELP = ("experiment dirs: cuda | cpu (default: cuda when there is one); "
-               "exported dirs: ONNX Runtime on cpu (default) or cuda, cuda:N for the N-th GPU")
+               "exported dirs: ONNX Runtime on cpu (default), cuda[:N] or tensorrt[:N] (N: the GPU)")
 
 
 def _prepare(args) -> None:

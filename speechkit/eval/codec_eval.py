@@ -110,7 +110,7 @@ class _ExportedCodec:
         self.kind, self.sample_rate, self.hop = self.rt.kind, self.rt.sample_rate, self.rt.hop
         self.frame_rate, self.latent_dim = self.sample_rate / self.hop, self.rt.latent_dim
         self.params_m = _graph_params_m(Path(path))
-        self.on_gpu = parse_device(self.device)[0] == "cuda"
+        self.on_gpu = parse_device(self.device)[0] != "cpu"
         self.runtime = f"onnxruntime, {self.device}" if self.on_gpu else f"onnxruntime, {threads} thread{'s' if threads > 1 else ''}"
         self.n_q = self.rt.codebooks.shape[0] if self.rt.codebooks is not None else None
         self.codebook_size = self.rt.codebooks.shape[1] if self.n_q else None

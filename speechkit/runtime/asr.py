@@ -211,9 +211,9 @@ class OnlineRecognizer:
     def _state_pool(self, model_path: Path, device: str, device_states: bool | None, state_names: list[str],
                     batch_axes: list[int]):
         """The device state pool of this recognizer's session (:mod:`speechkit.runtime.state_pool`),
-        or None for the numpy path; ``device_states`` None: a pool on a GPU (cuda, cuda:N), none on
+        or None for the numpy path; ``device_states`` None: a pool on a GPU (cuda[:N], tensorrt[:N]), none on
         the CPU. ``self.session`` and ``self._state_zeros`` must be set."""
-        if not (device_states if device_states is not None else parse_device(device)[0] == "cuda"):
+        if not (device_states if device_states is not None else parse_device(device)[0] != "cpu"):
             return None
         from speechkit.runtime.state_pool import StatePool
 

@@ -121,9 +121,10 @@ def _build(model: onnx.ModelProto, state_names: list[str], batch_axes: list[int]
 
 def session_device(session: ort.InferenceSession) -> tuple[str, int]:
     """(device type, device id) where ``session`` runs: its CUDA device on an onnxruntime-gpu build
-    (ORT reports the id as a string), else the host."""
-    if ort.get_device() == "GPU" and session.get_providers()[0] == "CUDAExecutionProvider":
-        return "cuda", int(session.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", 0))
+    (ORT reports the id as a string; TensorRT's engines work in the same CUDA memory), else the host."""
+    first = session.get_providers()[0]
+    if ort.get_device() == "GPU" and first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        return "cuda", int(session.get_provider_options().get(first, {}).get("device_id", 0))
     return "cpu", 0
 
 

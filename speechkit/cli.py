@@ -198,6 +198,18 @@ def _export_sherpa(args: argparse.Namespace) -> None:
         print(f"int8 weights: {mb[0]:.1f} MB (float32 {mb[1]:.1f} MB); encoder output within {q['output_rel_err']:.2%} of float32")
 
 
+def _export_fp16(args: argparse.Namespace) -> None:
+    from speechkit.export.fp16 import TOLERANCE, export_fp16
+
+    report = export_fp16(args.model_dir, args.out_dir, device=args.device, keep=tuple(k for k in args.keep.split(",") if k))
+    for name, g in report["graphs"].items():
+        worst = max((r["rel_max_abs_diff"] for r in g["outputs"].values() if "rel_max_abs_diff" in r), default=0.0)
+        print(f"{args.out_dir}/{name}: {g['fp16_mb']:.1f} MB (float32 {g['fp32_mb']:.1f} MB); max |Δ|/max|float32| "
+              f"{worst:.1e} <= {TOLERANCE} ({g['checked']})")
+        if g.get("cpu_float32_ops"):
+            print(f"  this CPU runs {', '.join(g['cpu_float32_ops'])} of it in float32: float16 is for GPUs")
+
+
 def _decode_stream(args: argparse.Namespace) -> None:
     from speechkit.runtime.decode import decode_data_dir_streaming
 
@@ -402,6 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="store the graphs' weights as int8 (per channel, float32 arithmetic; about a quarter of the size), "
                          "checked against float32")
     es.set_defaults(func=_export_sherpa)
+    e16 = ex.add_parser("fp16", help="an exported float32 model dir → float16 graphs for GPUs (float32 inputs and outputs), "
+                                     "checked against float32; on a CPU float16 gains nothing",
+                         description="Convert every graph of an exported float32 model dir to float16 arithmetic for a GPU "
+                                     "(inputs and outputs stay float32, so every runtime opens it), kept only within the "
+                                     "stated tolerance of float32 (OUT_DIR/fp16.json). ONNX Runtime's CPU runs most float16 "
+                                     "ops in float32: the CPU check emulates float16 rounding; check on --device cuda.")
+    e16.add_argument("model_dir", help="exported float32 model dir (every *.onnx in it; not --int8)")
+    e16.add_argument("out_dir")
+    e16.add_argument("--keep", default="", metavar="OPS",
+                     help="comma-separated op types kept float32 besides the numerically sensitive defaults (e.g. LayerNormalization)")
+    _add_device(e16)
+    e16.set_defaults(func=_export_fp16)
 
     ds = sub.add_parser("decode-stream", aliases=["decode-onnx"],
                         help="recognise a data dir with an exported model and ONNX Runtime: a streaming model chunk by chunk, "

@@ -100,3 +100,12 @@ def test_codec_and_clear_configs_bench_too(tmp_path, capsys):
                                                "--warmup", 1, "--device", "cpu", "--json", "--no-ceiling", "--set", "model.text_layers=0"])
     _, plain = run_bench(args, capsys)
     assert plain["overrides"] == {"model": {"text_layers": 0}} and plain["tflops_per_step"] < r["tflops_per_step"]
+
+
+def test_timed_steps_past_the_first_epoch(setup, capsys):
+    """A warm-up longer than one epoch (13 batches) of the small data set: the FLOPs sample comes from the epochs
+    the timed steps ran in (it was an empty sample, statistics.StatisticsError)."""
+    args = bench_args(train_bench.add_parser, ["train", setup / "conf.yaml", "--data", setup / "dump", "--steps", 2, "--warmup", 14,
+                                               "--device", "cpu", "--json", "--no-ceiling", "--set", "train_conf.max_epochs=4"])
+    _, r = run_bench(args, capsys)
+    assert r["steps"] == 2 and r["tflops_per_step"] > 0

@@ -241,7 +241,14 @@ def measure(family: str, config: str, overrides: dict, data: list[str], device_n
                   "params_m": round(sum(p.numel() for p in engine.modules[engine.main].parameters()) / 1e6, 2),
                   "overrides": overrides}
         # FLOPs: the timed batches' mean, estimated from a sample of them
-        keys = task.plan(0, 0, 1)[warmup : warmup + steps]
+        # (epoch by epoch: a small data set gives the timed steps over several epochs)
+        keys, epoch = [], 0
+        while len(keys) < warmup + steps:
+            more = list(task.plan(epoch, 0, 1))
+            if not more:
+                break
+            keys, epoch = keys + more, epoch + 1
+        keys = keys[warmup : warmup + steps]
         sample = keys[:: max(1, len(keys) // 8)][:8]
         flops, secs = [], []
         for k in sample:

@@ -1,5 +1,7 @@
 """The speech gate batched across streams (vad.accept_many) gives the bits of each gate's own accept."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,7 +82,7 @@ def test_accept_many_is_bit_identical_to_each_gate_alone(seed, monkeypatch):
 
     # and the measures behind the decisions are the same bits, frame by frame: 1, 2, 3 and 10 frames
     # a call (BLAS gives different last bits for different row counts: each call's rows keep theirs)
-    sizes = [160, 320, 480, 1600]
+    sizes = [160, 320, 320, 320, 480, 1600, 1600]  # runs of calls of one size too (one lone frame a call: the spy takes it first)
     x = [(_signal(rng, 40000, 16000) + rng.normal(0, 1e-7, 40000)).astype(np.float32) for _ in sizes]  # no two frames alike
     measured = []
     for batched in (False, True):
@@ -143,3 +145,81 @@ def test_streams_gated_later_in_one_pass_match_streams_gated_at_once():
     for s, t in zip(now, later):
         assert s.gate.frames > 300 and _state(s.gate) == _state(t.gate)
         assert s.fbank.num_frames_ready == t.fbank.num_frames_ready and s.samples_in == t.samples_in
+
+
+class _ReferenceGate:
+    """The gate's per-call algorithm as it was before its per-call cost was cut (2026-12-07),
+    kept verbatim in its arithmetic: the fast path must give these bits for any split."""
+
+    def __init__(self, sample_rate: int, cfg: GateConfig = GateConfig()):
+        g = SpeechGate(sample_rate, cfg)  # constants only (bands, tilt fit, window)
+        self.cfg, self.hop, self.win, self.nfft, self.lag, self.floor_frames = cfg, g.hop, g.win, g.nfft, g.lag, g.floor_frames
+        self.flat_band, self.peak_band, self.tilt, self.tilt_fit, self.window = g.flat_band, g.peak_band, g.tilt, g.tilt_fit, g.window
+        self.recent_power = np.zeros((self.lag, self.peak_band.sum()))
+        self.tail = np.zeros(self.win - self.hop, dtype=np.float64)
+        self.recent_db = np.full(0, np.inf)
+        self.active = bytearray()
+        self.measures: list[np.ndarray] = []  # (5, M) a call: level, floor, flatness, peak, change
+
+    def accept(self, samples: np.ndarray) -> None:
+        samples, step = np.asarray(samples, dtype=np.float32), 100 * self.hop
+        for at in range(0, len(samples), step):
+            x = np.concatenate([self.tail, samples[at : at + step]])
+            n = (len(x) - self.win) // self.hop + 1 if len(x) >= self.win else 0
+            self.tail = x[n * self.hop :]
+            if n:
+                frames = np.lib.stride_tricks.as_strided(x, (n, self.win), (self.hop * x.strides[0], x.strides[0]))
+                self.active += self._decide(frames).astype(np.uint8).tobytes()
+
+    def _decide(self, frames: np.ndarray) -> np.ndarray:
+        frames = frames - frames.mean(axis=1, keepdims=True)
+        db = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+        power = np.abs(np.fft.rfft(frames * self.window, self.nfft, axis=1)) ** 2 + 1e-20
+        log_power, wide = np.log(power[:, self.flat_band]), power[:, self.peak_band]
+        residual = log_power - (log_power @ self.tilt_fit) @ self.tilt.T
+        flatness = np.exp(np.mean(residual, axis=1)) / np.mean(np.exp(residual), axis=1)
+        peak = (wide[:, :-2] + wide[:, 1:-1] + wide[:, 2:]).max(axis=1) / wide.sum(axis=1)
+        before = np.concatenate([self.recent_power, wide])[: len(wide)]
+        change = np.abs(wide - before).sum(axis=1) / (wide + before).sum(axis=1)
+        self.recent_power = np.concatenate([self.recent_power, wide])[-self.lag :]
+        history = np.concatenate([self.recent_db, db])
+        padded = np.concatenate([np.full(self.floor_frames, np.inf), history])
+        floor = np.lib.stride_tricks.sliding_window_view(padded, self.floor_frames + 1).min(axis=1)[-len(db) :]
+        self.recent_db = history[-self.floor_frames :]
+        cfg = self.cfg
+        self.measures.append(np.stack([db, floor, flatness, peak, change]))
+        return ((db > cfg.silence_db) & (db >= floor + cfg.above_floor_db) & (flatness < cfg.max_flatness)
+                & (peak < cfg.max_peak) & (change > cfg.min_change))
+
+
+def _splits(rng, n: int, sr: int) -> dict[str, list[int]]:
+    """Block edges: one block, 20 ms messages, random sizes (single samples to several seconds)."""
+    ragged = np.cumsum(rng.choice([1, 7, sr // 100 - 1, sr // 50, sr // 10 + 3, int(rng.integers(1, 3 * sr))], 400))
+    return {"one": [0, n], "20ms": list(range(0, n, sr // 50)) + [n], "random": [0] + [int(e) for e in ragged if e < n] + [n]}
+
+
+@pytest.mark.parametrize("sr,cfg", [(16000, GateConfig()), (8000, GateConfig(floor_seconds=0.5, min_change=0.1))])
+def test_gate_gives_the_reference_bits_for_any_split(sr, cfg, monkeypatch):
+    import soundfile as sf
+
+    rng = np.random.default_rng(sr)
+    speech = sf.read(Path(__file__).parents[1] / "egs/synth/codec/samples/original.flac", dtype="float32")[0]  # 16 kHz
+    speech = np.interp(np.arange(len(speech) * sr // 16000) * 16000 / sr, np.arange(len(speech)), speech)
+    x = np.concatenate([speech] + [_signal(rng, int(rng.integers(sr // 2, 2 * sr)), sr) for _ in range(6)]).astype(np.float32)
+    for name, edges in _splits(rng, len(x), sr).items():
+        ref, fast, many = _ReferenceGate(sr, cfg), SpeechGate(sr, cfg), SpeechGate(sr, cfg)
+        twin = SpeechGate(sr, cfg)  # accept_many shares its calls with a second gate
+        measures = []  # the measures behind ``fast``'s decisions, to the last bit
+        rule = vad._speech_like
+        for a, b in zip(edges[:-1], edges[1:]):
+            ref.accept(x[a:b])
+            with monkeypatch.context() as mp:
+                mp.setattr(vad, "_speech_like", lambda c, *m: measures.append(np.stack(m)) or rule(c, *m))
+                fast.accept(x[a:b])
+            accept_many([many, twin], [x[a:b], x[a:b][::-1]])
+        assert ref.active.count(1) > 100 and ref.active.count(0) > 100, name  # both decisions are exercised
+        assert np.concatenate(measures, axis=1).tobytes() == np.concatenate(ref.measures, axis=1).tobytes(), name
+        for g in (fast, many):
+            assert bytes(g.active) == bytes(ref.active), name
+            assert g.tail.tobytes() == ref.tail.tobytes() and g.recent_power.tobytes() == ref.recent_power.tobytes()
+            assert g.recent_db[-len(ref.recent_db) :].tobytes() == ref.recent_db.tobytes()

@@ -110,6 +110,11 @@ def _join(joiner_fn: JoinerFn, enc: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rows(rows: list[np.ndarray]) -> np.ndarray:
+    """The rows as one (N, D) array; one row is a view, not a copy (one stream is the usual call)."""
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
+
+
 def greedy_search(enc_frames: Sequence[np.ndarray], states: Sequence[GreedyState], decoder_fn: DecoderFn,
                   joiner_fn: JoinerFn, unk_id: int | None = None) -> list[GreedyState]:
     """S: streams, T_s: this call's encoder frames of stream s (may differ, may be 0), D: dim.
@@ -129,7 +134,7 @@ def greedy_search(enc_frames: Sequence[np.ndarray], states: Sequence[GreedyState
     lengths = [len(e) for e in frames]
     for t in range(max(lengths, default=0)):
         active = [i for i, n in enumerate(lengths) if n > t]
-        best = _join(joiner_fn, np.stack([frames[i][t] for i in active]), np.stack([dec[i] for i in active])).argmax(-1)
+        best = _join(joiner_fn, _rows([frames[i][t] for i in active]), _rows([dec[i] for i in active])).argmax(-1)
         emitted = []
         for i, y in zip(active, best.tolist()):
             if _is_symbol(y, unk_id):
@@ -146,21 +151,24 @@ def greedy_search(enc_frames: Sequence[np.ndarray], states: Sequence[GreedyState
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
 
 
 def _expand(hyps: tuple[Hypothesis, ...], scores: np.ndarray, beam: int, frame: int, unk_id: int | None) -> tuple[Hypothesis, ...]:
     """scores (H, V): each hypothesis's log-prob plus each token's → the best ``beam`` (hyp,
     token) pairs, merged by their token sequence (log-add; the better one's frames kept)."""
     flat = scores.ravel()
+    neg = -flat
     k = min(beam, flat.size)
-    top = np.argpartition(-flat, k - 1)[:k]
-    top = top[np.argsort(-flat[top], kind="stable")]
+    top = np.argpartition(neg, k - 1)[:k]
+    top = top[np.argsort(neg[top], kind="stable")]
     vocab = scores.shape[1]
     merged: dict[tuple[int, ...], Hypothesis] = {}
-    for idx in top.tolist():
-        h, y, score = hyps[idx // vocab], idx % vocab, float(flat[idx])
+    for idx, score in zip(top.tolist(), flat[top].tolist()):
+        row, y = divmod(idx, vocab)
+        h = hyps[row]
         ys, times = (h.ys + (y,), h.frames + (frame,)) if _is_symbol(y, unk_id) else (h.ys, h.frames)
         old = merged.get(ys)
         merged[ys] = Hypothesis(ys, times, score) if old is None else Hypothesis(ys, old.frames, float(np.logaddexp(old.log_prob, score)))
@@ -189,7 +197,10 @@ def modified_beam_search(enc_frames: Sequence[np.ndarray], states: Sequence[Beam
         new = list(dict.fromkeys(c for c in contexts if c not in cache))
         if new:
             cache.update(zip(new, _decode(decoder_fn, new)))
-        logits = _join(joiner_fn, np.stack([frames[i][t] for i, _ in rows]), np.stack([cache[c] for c in contexts]))
+        # one stream's hypotheses share its frame: one row repeated, not a stack of views
+        enc = (np.repeat(frames[active[0]][t : t + 1], len(rows), axis=0) if len(active) == 1
+               else np.stack([frames[i][t] for i, _ in rows]))
+        logits = _join(joiner_fn, enc, np.stack([cache[c] for c in contexts]))
         scores = _log_softmax(logits) + np.array([h.log_prob for _, h in rows])[:, None]
         at = 0
         for i in active:

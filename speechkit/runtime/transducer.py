@@ -136,16 +136,19 @@ class Zipformer2Recognizer(OnlineRecognizer):
             out = self._pool.run_streams(ready, {"x": x})[0]
             t2 = perf_counter()
         else:
+            # one stream (the usual CPU case) feeds its caches and keeps the new ones as they are:
+            # concatenating and slicing them back copied ~80 arrays a chunk for nothing
+            alone = len(ready) == 1
             feeds = {"x": x}
             for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
-                feeds[name] = np.concatenate([s.state[k] for s in ready], axis=axis)
+                feeds[name] = ready[0].state[k] if alone else np.concatenate([s.state[k] for s in ready], axis=axis)
             t1 = perf_counter()
             out, *new_state = self.session.run(None, feeds)
             t2 = perf_counter()
         frames = []
         for b, (s, n) in enumerate(zip(ready, n_feats.tolist())):
             if self._pool is None:
-                s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
+                s.state = new_state if alone else [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)
             s.frames_done += n
             frames.append(out[b, : -(-n // self.subsampling)])

@@ -22,7 +22,8 @@ from serve_harness import LiveServer
 from speechkit.errors import SpeechkitError
 from speechkit.proc import descendants
 from speechkit.serve.client import stream_audio
-from speechkit.serve.workers import merge_health, reserve_port
+from speechkit.serve.health import merge_health
+from speechkit.serve.workers import reserve_port
 from test_serve import LIMITS, MODEL, speech  # noqa: F401 - `speech` is a fixture
 
 READY = re.compile(r"on http://127\.0\.0\.1:(\d+)/ .* in each of (\d+) workers \(at most (\d+) connections each\)")

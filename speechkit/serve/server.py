@@ -37,7 +37,7 @@ from speechkit.serve.protocol import (PROTOCOL_VERSION, UPLOAD, Close, Limits, P
                                       parse_control, parse_start, parse_text)
 from speechkit.serve.tts_engine import TtsConnection, TtsEngine, TtsStats, load_prompts
 from speechkit.serve.vc_engine import VcConnection, VcEngine
-from speechkit.serve.workers import PUBLISH_EVERY, WorkerSlot
+from speechkit.serve.health import PUBLISH_EVERY, WorkerSlot
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/capture-worklet.js": "capture-worklet.js"}

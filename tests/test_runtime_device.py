@@ -139,17 +139,30 @@ def test_cuda_n_reaches_the_cuda_provider(monkeypatch, device, gpu):
 @pytest.mark.parametrize("device, states", [("cuda", True), ("cuda:1", True), ("cuda:3", True), ("tensorrt:2", True),
                                             ("cpu", False)])
 def test_device_states_follow_the_kind_of_device(monkeypatch, tmp_path, device, states):
-    """The caches stay on the device for every GPU, not only the first, TensorRT's too: the state
-    pool's session asks the recognizer's GPU too; device_states=False keeps them on the host on any GPU."""
-    options = []
+    """The caches stay on the device for every GPU, not only the first, TensorRT's too: the plain
+    graph opens on the CPU (metadata and shapes only, its weights not on the GPU twice), the state
+    pool's graph on the recognizer's provider and GPU, its pools in that GPU's memory;
+    device_states=False keeps them on the host on any GPU, the one session on the GPU."""
+    options, placed = [], []
+    real_value = ort.OrtValue.ortvalue_from_numpy
     monkeypatch.setenv("SPEECHKIT_TRT_CACHE", str(tmp_path))
-    fake_cuda(monkeypatch, options=options, available=TRT)
+    asked = fake_cuda(monkeypatch, options=options, available=TRT)
+    monkeypatch.setattr(ort, "get_device", lambda: "GPU")
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy",  # recorded, then made on the host
+                        staticmethod(lambda arr, kind="cpu", index=0: placed.append((kind, index)) or real_value(arr)))
     rec = OnlineRecognizer(STREAM, device=device)
     assert (rec._pool is not None) == states
-    assert len(options) == 1 + states
-    if states:  # the recognizer's session and the pool's (which passes on the options as ORT reports them: strings)
-        assert [int(o["CUDAExecutionProvider"]["device_id"]) for o in options] == [parse_device(device)[1]] * 2
-        assert OnlineRecognizer(STREAM, device=device, device_states=False)._pool is None
+    kind, index = parse_device(device)
+    first = {"cuda": CUDA, "tensorrt": TRT, "cpu": ["CPUExecutionProvider"]}[kind]
+    if states:
+        assert asked == [["CPUExecutionProvider"], first]
+        assert options[1][first[0]]["device_id"] == options[1]["CUDAExecutionProvider"]["device_id"] == index
+        assert (rec._pool.device_type, rec._pool.device_id) == ("cuda", index)
+        assert placed and set(placed) == {("cuda", index)}
+        rec = OnlineRecognizer(STREAM, device=device, device_states=False)
+        assert rec._pool is None and asked[2:] == [first] and options[2][first[0]]["device_id"] == index
+    else:
+        assert asked == [first] and placed == []
 
 
 def test_cuda_is_asked_first_and_decodes_as_the_cpu(monkeypatch, tmp_path):
@@ -158,12 +171,12 @@ def test_cuda_is_asked_first_and_decodes_as_the_cpu(monkeypatch, tmp_path):
     cpu_text = speechkit.load(STREAM).transcribe(wav).text
     asked = fake_cuda(monkeypatch)
     asr = speechkit.load(STREAM, device="cuda")
-    # the model's session and the one that keeps the caches on the device (runtime/state_pool.py)
-    assert asked == [CUDA] * 2 and asr.recognizer._pool is not None
+    # the plain graph's session (metadata only) and the one that keeps the caches on the device (runtime/state_pool.py)
+    assert asked == [["CPUExecutionProvider"], CUDA] and asr.recognizer._pool is not None
     assert asr.transcribe(wav).text == cpu_text and cpu_text
     CodecRuntime(CODEC, device="cuda")
     OfflineRecognizer(PARAFORMER, device="cuda")
-    assert asked == [CUDA] * 5  # the codec's encoder and decoder, the Paraformer
+    assert asked[2:] == [CUDA] * 3  # the codec's encoder and decoder, the Paraformer
     make_session(CODEC / "decoder.onnx")
     assert asked[-1] == ["CPUExecutionProvider"]
 
@@ -234,7 +247,7 @@ def test_tensorrt_without_its_provider_is_one_line(monkeypatch, open_):
         msg = one_line(e)
         assert msg.startswith(f"device={device!r}: this onnxruntime ") and "has no TensorrtExecutionProvider" in msg
         assert "onnxruntime-gpu plus the TensorRT libraries" in msg and "speechkit[gpu]" in msg
-    assert asked == []
+    assert all(a == ["CPUExecutionProvider"] for a in asked)  # only the streaming recognizer's plain graph opened
 
 
 @pytest.mark.parametrize("reports", [CUDA, ["CPUExecutionProvider"]], ids=["on-cuda", "on-cpu"])

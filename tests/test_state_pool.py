@@ -2,7 +2,7 @@
 model's caches, and a sherpa-format transducer's (greedy and beam), kept in pool slots give exactly
 the numpy path's tokens, texts and token times for streams that start, end and drop at different
 chunks in batches whose composition changes, the pools grow past their first capacity, and the
-server's engine frees a dropped client's slot; a session on cuda:N keeps its pools on GPU N."""
+server's engine frees a dropped client's slot; a pool on cuda:N opens its graph and keeps its pools on GPU N."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.errors import SpeechkitError
 from speechkit.runtime import OnlineRecognizer
 from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES
-from speechkit.runtime.state_pool import INITIAL_CAPACITY, StatePool, session_device, wrap_model
+from speechkit.runtime.state_pool import INITIAL_CAPACITY, StatePool, pool_device, wrap_model
 from speechkit.runtime.transducer import SherpaCtcRecognizer, TransducerRecognizer
 from test_sherpa_ctc_runtime import folder as sherpa_ctc_folder  # noqa: F401 (the fixture: a tiny zipformer2 CTC export)
 from test_transducer_e2e import BEAM, waves_of
@@ -262,38 +262,32 @@ def test_sherpa_ctc_streams_equal_the_numpy_path(sherpa_ctc_folder):
 
 
 class CudaSession:
-    """A CPU session that says it runs on GPU ``device_id`` through ``first`` (ORT reports the id as
-    a string)."""
+    """A CPU session that says it runs on ``first``."""
 
-    def __init__(self, session, device_id, first="CUDAExecutionProvider"):
-        self.session, self.device_id, self.first = session, device_id, first
+    def __init__(self, session, first="CUDAExecutionProvider"):
+        self.session, self.first = session, first
 
     def get_providers(self):
         return [self.first, "CPUExecutionProvider"]
-
-    def get_provider_options(self):
-        gpu = {} if self.device_id is None else {"device_id": str(self.device_id)}
-        return {self.first: {"gpu_mem_limit": "1024", **gpu}, "CPUExecutionProvider": {}}
 
     def __getattr__(self, name):
         return getattr(self.session, name)
 
 
-def test_session_device_reads_the_cuda_device_id(monkeypatch):
-    rec = OnlineRecognizer(MODEL)
-    assert session_device(rec.session) == ("cpu", 0)
-    assert session_device(CudaSession(rec.session, 1)) == ("cpu", 0)  # a CPU-only onnxruntime: host memory
+def test_pool_device_follows_the_device(monkeypatch):
+    assert pool_device("cpu") == ("cpu", 0)
+    assert pool_device("cuda:1") == ("cpu", 0)  # a CPU-only onnxruntime: host memory
     monkeypatch.setattr(ort, "get_device", lambda: "GPU")
-    assert session_device(CudaSession(rec.session, 1)) == ("cuda", 1)
-    assert session_device(CudaSession(rec.session, None)) == ("cuda", 0)
-    assert session_device(CudaSession(rec.session, 2, "TensorrtExecutionProvider")) == ("cuda", 2)  # TensorRT: CUDA memory
-    assert session_device(rec.session) == ("cpu", 0)  # a CPU session on a GPU build
+    assert pool_device("cuda:1") == ("cuda", 1)
+    assert pool_device("cuda") == ("cuda", 0)
+    assert pool_device("tensorrt:2") == ("cuda", 2)  # TensorRT: CUDA memory
+    assert pool_device("cpu") == ("cpu", 0)  # device_states=True on the CPU of a GPU build
 
 
-def test_pools_and_the_wrapped_session_go_to_the_sessions_gpu(monkeypatch, speech):
-    """A session on cuda:1 (faked on the CPU: every device placement the pool asks ORT for is
-    recorded, then made on the host): the wrapped graph opens with the same provider options, every
-    pool is created and bound on device 1, and the tokens are the numpy path's."""
+def test_pools_and_the_wrapped_session_go_to_the_requested_gpu(monkeypatch, speech):
+    """A pool on cuda:1 (faked on the CPU: every device placement the pool asks ORT for is
+    recorded, then made on the host): the wrapped graph opens through make_session on GPU 1 (its
+    threads and arena too), every pool is created and bound on device 1, and the tokens are the numpy path's."""
     numpy_rec, rec = OnlineRecognizer(MODEL), OnlineRecognizer(MODEL)
     opened, placed = [], []
     real_session, real_value = ort.InferenceSession, ort.OrtValue.ortvalue_from_numpy
@@ -310,9 +304,9 @@ def test_pools_and_the_wrapped_session_go_to_the_sessions_gpu(monkeypatch, speec
             return getattr(self.io, name)
 
     class Opened(CudaSession):  # ORT asked to open the wrapped graph on CUDA; a CPU session behind it
-        def __init__(self, model, options, providers, provider_options):
-            opened.append(dict(zip(providers, provider_options)))
-            super().__init__(real_session(model, options, providers=["CPUExecutionProvider"]), 1)
+        def __init__(self, model, options, providers, **kwargs):
+            opened.append((providers, kwargs, options.intra_op_num_threads, options.enable_cpu_mem_arena))
+            super().__init__(real_session(model, options, providers=["CPUExecutionProvider"]))
 
         def io_binding(self):
             return CpuBinding(self.session.io_binding())
@@ -322,11 +316,13 @@ def test_pools_and_the_wrapped_session_go_to_the_sessions_gpu(monkeypatch, speec
         return real_value(arr, "cpu", 0)
 
     monkeypatch.setattr(ort, "get_device", lambda: "GPU")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", Opened)
     monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(value))
-    rec._pool = StatePool(MODEL / "model.onnx", CudaSession(rec.session, 1), STATE_NAMES, STATE_BATCH_AXIS,
-                          rec._state_zeros, capacity=1)
-    assert opened == [{"CUDAExecutionProvider": {"gpu_mem_limit": "1024", "device_id": "1"}, "CPUExecutionProvider": {}}]
+    rec._pool = StatePool(MODEL / "model.onnx", "cuda:1", STATE_NAMES, STATE_BATCH_AXIS, rec._state_zeros,
+                          num_threads=2, memory_arena=False, capacity=1)
+    assert opened == [([("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"], {"enable_fallback": 0}, 2, False)]
+    assert (rec._pool.device_type, rec._pool.device_id) == ("cuda", 1)
     assert rec.transcribe_batch(speech[:2]) == numpy_rec.transcribe_batch(speech[:2])
     assert rec._pool.grows == 1  # the pools were re-created once, on the same device
     pools = [(d, i) for name, d, i in placed if name == "pool" or name.startswith("new_pool_")]
@@ -335,7 +331,28 @@ def test_pools_and_the_wrapped_session_go_to_the_sessions_gpu(monkeypatch, speec
 
 
 def test_a_wrapped_session_that_falls_back_to_the_cpu_is_an_error(monkeypatch):
-    rec = OnlineRecognizer(MODEL)
-    monkeypatch.setattr(ort, "get_device", lambda: "GPU")  # this CPU build cannot start the CUDA provider
-    with pytest.raises(SpeechkitError, match="could not start CUDAExecutionProvider"):
-        StatePool(MODEL / "model.onnx", CudaSession(rec.session, 1), STATE_NAMES, STATE_BATCH_AXIS, rec._state_zeros)
+    """make_session's check, naming the wrapped graph: this CPU build cannot start the CUDA provider."""
+    rec, real = OnlineRecognizer(MODEL), ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", lambda model, options, providers, **kw: real(model, options, providers=["CPUExecutionProvider"]))
+    with pytest.raises(SpeechkitError) as e:
+        StatePool(MODEL / "model.onnx", "cuda:1", STATE_NAMES, STATE_BATCH_AXIS, rec._state_zeros)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{MODEL / 'model.onnx'} (its device-state graph): onnxruntime could not "
+                                              "start CUDAExecutionProvider (the session runs on CPUExecutionProvider)")
+
+
+def test_a_transducer_opens_its_encoder_on_the_gpu_once(monkeypatch, transducer_folder):
+    """The encoder's plain graph opens on the CPU (metadata and shapes), its device-state graph,
+    the decoder and the joiner on cuda:1 (faked on the CPU); the tokens stay the numpy path's."""
+    from test_runtime_device import CUDA, fake_cuda
+
+    out = transducer_folder[0]
+    waves = waves_of(transducer_folder[1])
+    want = TransducerRecognizer(out, gate=None).transcribe_batch(waves)
+    options = []
+    asked = fake_cuda(monkeypatch, options=options)
+    rec = TransducerRecognizer(out, gate=None, device="cuda:1")
+    assert asked == [["CPUExecutionProvider"], CUDA, CUDA, CUDA]
+    assert [o["CUDAExecutionProvider"]["device_id"] for o in options[1:]] == [1, 1, 1]
+    assert rec.transcribe_batch(waves) == want and all(want)

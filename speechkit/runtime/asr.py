@@ -179,11 +179,13 @@ class OnlineRecognizer:
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
                  beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu",
                  device_states: bool | None = None):
-        """``device_states``: keep the streams' encoder caches on the session's device between
+        """``device_states``: keep the streams' encoder caches on ``device`` between
         chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda``, ``cuda:N``), off on the CPU."""
         model_dir = Path(model_dir)
+        pooled = self._wants_pool(device, device_states)
+        # with a pool, the plain graph's session only gives the metadata and shapes: the CPU's
         self.session, self.meta, self.fbank_cfg = open_model(model_dir, model_file, "ctc-streaming-conformer", "streaming CTC",
-                                                             num_threads, memory_arena, device)
+                                                             num_threads, memory_arena, "cpu" if pooled else device)
         meta = self.meta
         self.sample_rate = self.fbank_cfg.sample_rate
         self.subsampling = int(meta["subsampling"])
@@ -206,18 +208,22 @@ class OnlineRecognizer:
         # a new stream's caches (batch 1): what create_stream copies and what a fresh pool slot reads
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in self._state_shapes[n]],
                                      dtype=np.int64 if n == "cached_len" else np.float32) for n in STATE_NAMES]
-        self._pool = self._state_pool(model_dir / model_file, device, device_states, STATE_NAMES, STATE_BATCH_AXIS)
+        self._pool = (self._state_pool(model_dir / model_file, device, STATE_NAMES, STATE_BATCH_AXIS, num_threads, memory_arena)
+                      if pooled else None)
 
-    def _state_pool(self, model_path: Path, device: str, device_states: bool | None, state_names: list[str],
-                    batch_axes: list[int]):
-        """The device state pool of this recognizer's session (:mod:`speechkit.runtime.state_pool`),
-        or None for the numpy path; ``device_states`` None: a pool on a GPU (cuda[:N], tensorrt[:N]), none on
-        the CPU. ``self.session`` and ``self._state_zeros`` must be set."""
-        if not (device_states if device_states is not None else parse_device(device)[0] != "cpu"):
-            return None
+    @staticmethod
+    def _wants_pool(device: str, device_states: bool | None) -> bool:
+        """Whether the caches go to a device state pool (:mod:`speechkit.runtime.state_pool`);
+        ``device_states`` None: on a GPU (cuda[:N], tensorrt[:N]), not on the CPU."""
+        return device_states if device_states is not None else parse_device(device)[0] != "cpu"
+
+    def _state_pool(self, model_path: Path, device: str, state_names: list[str], batch_axes: list[int],
+                    num_threads: int, memory_arena: bool):
+        """The device state pool of the encoder at ``model_path``, its wrapped graph opened on
+        ``device``; ``self._state_zeros`` must be set."""
         from speechkit.runtime.state_pool import StatePool
 
-        return StatePool(model_path, self.session, state_names, batch_axes, self._state_zeros)
+        return StatePool(model_path, device, state_names, batch_axes, self._state_zeros, num_threads, memory_arena)
 
     def create_stream(self) -> Stream:
         state = [z.copy() for z in self._state_zeros]

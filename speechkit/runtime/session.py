@@ -63,12 +63,15 @@ def gpus_seen(index: int) -> str:
     return f"; this process sees {gpus}{where}" + (f", so there is no GPU {index}" if index >= count else "")
 
 
-def make_session(path: str | Path, num_threads: int = 1, memory_arena: bool = True,
-                 device: str = "cpu") -> ort.InferenceSession:
-    """``device``: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]``; a GPU session that ONNX Runtime
+def make_session(path: str | Path | bytes, num_threads: int = 1, memory_arena: bool = True,
+                 device: str = "cpu", name: str | None = None) -> ort.InferenceSession:
+    """``path``: a model file, or a serialized model (a graph built in memory) that errors call
+    ``name``; ``device``: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]``; a GPU session that ONNX Runtime
     could not start on the provider asked, or only on a later one, is a one-line error, never a
     silent fallback. ``memory_arena=False`` gives working memory back after each call instead of
     keeping the largest batch's (a server whose batch size follows its load)."""
+    model = path if isinstance(path, bytes) else str(path)
+    name = name or ("a serialized model" if isinstance(path, bytes) else str(path))
     kind, index = parse_device(device)
     first = FIRST_PROVIDER[kind]
     if first not in ort.get_available_providers():
@@ -87,17 +90,17 @@ def make_session(path: str | Path, num_threads: int = 1, memory_arena: bool = Tr
     # at load instead of keeping QDQ pairs for integer kernels
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if kind == "cpu":
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        return ort.InferenceSession(model, opts, providers=providers)
     try:
         # enable_fallback=0: ONNX Runtime's Python layer would otherwise print the error to stdout
         # and retry on the CPU (at load, and again whenever a run fails on the GPU)
-        session = ort.InferenceSession(str(path), opts, providers=providers, enable_fallback=0)
+        session = ort.InferenceSession(model, opts, providers=providers, enable_fallback=0)
     except ORT_ERRORS as e:
-        raise SpeechkitError(f"device={device!r}: onnxruntime could not open {path} on {first}: "
+        raise SpeechkitError(f"device={device!r}: onnxruntime could not open {name} on {first}: "
                              f"{ort_reason(e)}{gpus_seen(index)}") from None
     if session.get_providers()[0] != first:  # ONNX Runtime only logs a warning when a provider's libraries fail to load
         libraries = "TensorRT (libnvinfer), CUDA and cuDNN" if kind == "tensorrt" else "CUDA and cuDNN"
-        raise SpeechkitError(f"{path}: onnxruntime could not start {first} (the session runs on "
+        raise SpeechkitError(f"{name}: onnxruntime could not start {first} (the session runs on "
                              f"{session.get_providers()[0]}); check the {libraries} libraries onnxruntime-gpu "
                              f"{ort.__version__} needs")
     return session

@@ -1,10 +1,12 @@
-"""Streaming encoder caches kept on the session's device between chunks (ONNX Runtime I/O binding).
+"""Streaming encoder caches kept on the recognizer's device between chunks (ONNX Runtime I/O binding).
 
 The numpy path of a recognizer's ``decode_streams`` concatenates every ready stream's caches into
 the batch and slices the new ones back out, so on a CUDA session each chunk copies all the caches
 host → device → host. Here each cache lives in a *pool* tensor of C slots on the device, its batch
 axis moved first (a slot is one contiguous block); a stream owns one slot from its first chunk
-until it is done or released. The model graph is wrapped once at load time (kept in memory):
+until it is done or released. The model graph is wrapped once at load time (kept in memory) and
+only the wrapped one opens on the device, so the weights sit on the GPU once (and TensorRT builds
+one engine); the recognizer's session of the plain graph stays on the CPU:
 
     cached_k   = Where(Reshape(fresh), 0, Transpose(Gather(pool_k, slots, axis=0)))   # fresh: the zero initial state
     ...the model, unchanged (its other inputs → its other outputs)...
@@ -30,7 +32,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from speechkit.devices import parse_device
 from speechkit.errors import SpeechkitError
+from speechkit.runtime.session import make_session
 
 INITIAL_CAPACITY = 8
 MIN_OPSET = 13  # Gather, Where, Transpose, Reshape and ScatterND (no reduction) in their opset-13 forms
@@ -119,32 +123,25 @@ def _build(model: onnx.ModelProto, state_names: list[str], batch_axes: list[int]
     return model
 
 
-def session_device(session: ort.InferenceSession) -> tuple[str, int]:
-    """(device type, device id) where ``session`` runs: its CUDA device on an onnxruntime-gpu build
-    (ORT reports the id as a string; TensorRT's engines work in the same CUDA memory), else the host."""
-    first = session.get_providers()[0]
-    if ort.get_device() == "GPU" and first in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-        return "cuda", int(session.get_provider_options().get(first, {}).get("device_id", 0))
-    return "cpu", 0
+def pool_device(device: str) -> tuple[str, int]:
+    """(device type, device id) of the memory the pools live in for ``device``: GPU N's on an
+    onnxruntime-gpu build (TensorRT's engines work in the same CUDA memory), else the host's."""
+    kind, index = parse_device(device)
+    return ("cuda", index) if kind != "cpu" and ort.get_device() == "GPU" else ("cpu", 0)
 
 
 class StatePool:
-    """The pools of one recognizer's session: slots, the wrapped session, one call per batch."""
+    """The pools of one recognizer's encoder: slots, the wrapped session, one call per batch."""
 
-    def __init__(self, model_path: str | Path, session: ort.InferenceSession, state_names: list[str], batch_axes: list[int],
-                 zero_state: list[np.ndarray], capacity: int = INITIAL_CAPACITY):
-        """``zero_state``: one new stream's caches (batch 1 on each batch axis), the model's initial state."""
+    def __init__(self, model_path: str | Path, device: str, state_names: list[str], batch_axes: list[int],
+                 zero_state: list[np.ndarray], num_threads: int = 1, memory_arena: bool = True,
+                 capacity: int = INITIAL_CAPACITY):
+        """``zero_state``: one new stream's caches (batch 1 on each batch axis), the model's initial
+        state; the wrapped graph opens on ``device`` as :func:`make_session` opens any model."""
         self.state_names, self.batch_axes = list(state_names), list(batch_axes)
-        # the pools live where the session runs (cuda:1 for a session opened there), else host memory
-        self.device_type, self.device_id = session_device(session)
-        # the same options, providers and provider options (the device id among them) as the
-        # model's own session: threads, arena, CUDA then CPU
-        providers, options = session.get_providers(), session.get_provider_options()
-        self.session = ort.InferenceSession(wrap_model(model_path, state_names, batch_axes), session.get_session_options(),
-                                            providers=providers, provider_options=[options.get(p, {}) for p in providers])
-        if self.session.get_providers()[0] != providers[0]:  # as make_session: never a silent fallback to the CPU
-            raise SpeechkitError(f"{model_path}: the device-state graph could not start {providers[0]} "
-                                 f"(it runs on {self.session.get_providers()[0]})")
+        self.device_type, self.device_id = pool_device(device)
+        self.session = make_session(wrap_model(model_path, state_names, batch_axes), num_threads, memory_arena, device,
+                                    name=f"{model_path} (its device-state graph)")
         state_outputs = {new_pool_name(n) for n in state_names}
         # the model's own outputs, in its order (the wrapped graph lists the new pools after them)
         self.outputs = [o.name for o in self.session.get_outputs() if o.name not in state_outputs]

@@ -65,7 +65,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
     encoder graph (``encoder_file``) opened and its metadata read, the fbank, the flat state list
     with each tensor's batch axis, streams, and one batched encoder call per chunk. A subclass
     names its family and files and searches each chunk's encoder output (``_search_chunk``).
-    ``device_states``: keep the streams' encoder caches on the session's device between chunks
+    ``device_states``: keep the streams' encoder caches on ``device`` between chunks
     (:mod:`speechkit.runtime.state_pool`: a slot per stream until it is done or released); None: on
     for a CUDA ``device``, off on the CPU."""
 
@@ -83,7 +83,9 @@ class Zipformer2Recognizer(OnlineRecognizer):
         for name in self.files:
             if not (model_dir / name).is_file():
                 raise SpeechkitError(f"{model_dir / name}: missing (export with `{self.export_hint}`)")
-        self.session = make_session(model_dir / self.encoder_file, num_threads, memory_arena, device)
+        pooled = self._wants_pool(device, device_states)
+        # with a pool, the plain encoder's session only gives the metadata and shapes: the CPU's
+        self.session = make_session(model_dir / self.encoder_file, num_threads, memory_arena, "cpu" if pooled else device)
         self.meta = meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("model_type") != MODEL_TYPE or not meta.get("fbank_samples", "").startswith("int16"):
             raise SpeechkitError(f"{model_dir}/{self.encoder_file}: not a speechkit zipformer2 encoder for int16-range fbank "
@@ -109,8 +111,8 @@ class Zipformer2Recognizer(OnlineRecognizer):
         self._state_zeros = [np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                                       dtype=np.int64 if i.type == "tensor(int64)" else np.float32) for i in inputs]
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
-        self._pool = self._state_pool(model_dir / self.encoder_file, device, device_states, self._state_names,
-                                      self._state_axes)
+        self._pool = (self._state_pool(model_dir / self.encoder_file, device, self._state_names, self._state_axes,
+                                       num_threads, memory_arena) if pooled else None)
 
     def create_stream(self) -> Stream:
         return self._new_stream(Stream)

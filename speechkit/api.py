@@ -274,7 +274,7 @@ def load(model_dir: str | Path, *, num_threads: int = 1, device: str = "cpu", **
     ``options``: ``codec_dir``, ``asr_dir``), a text-to-music model (``audiogen.json``, its graphs
     and ``codec/``) :class:`TextToMusic` (``generate(texts, seconds, mode="magnet"|"hybrid"|"ar",
     rescore=0.0, seed=0, ...)`` → a clip per caption, one clip for a single caption string; only
-    ``num_threads`` and ``device`` apply). ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (the ``gpu`` extra; a
+    ``num_threads`` and ``device`` apply). ``device``: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (the ``gpu`` extra; a
     one-line error, never a silent CPU fallback, when CUDA cannot start). ``options`` go to the
     recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``; both families: ``gate=None`` keeps
     tokens the speech-activity gate would drop as silence or noise)."""

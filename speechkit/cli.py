@@ -277,7 +277,7 @@ def _results(args: argparse.Namespace) -> None:
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
-                   help="where ONNX Runtime runs the model: cpu (default), cuda or cuda:N (the N-th GPU); cuda needs the [gpu] extra")
+                   help="where ONNX Runtime runs the model: cpu (default), cuda or cuda:N (the N-th GPU), tensorrt or tensorrt:N (TensorRT, CUDA behind it); a GPU needs the [gpu] extra")
 
 
 def build_parser() -> argparse.ArgumentParser:

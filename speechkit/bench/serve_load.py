@@ -538,7 +538,7 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "each at the largest count, at most the CPU count; 1: all in this process)")
     p.add_argument("--rounds", type=int, default=3, help="utterances each client streams, one after another (default 3)")
     p.add_argument("--device", type=device_arg, default="cpu", metavar="DEVICE",
-                   help="the server's --device: cpu (default), cuda or cuda:N; a GPU's utilisation and memory are sampled too")
+                   help="the server's --device: cpu (default), cuda[:N] or tensorrt[:N]; a GPU's utilisation and memory are sampled too")
     p.add_argument("--threads", type=int, default=1, help="the server's ONNX Runtime threads (default 1)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (default 64)")
     p.add_argument("--workers", type=int, default=1, help="the server's --workers: its processes on the one port (default 1)")

@@ -42,7 +42,7 @@ def _export(args) -> None:
 
 def _embedder(model: str, device: str | None, threads: int) -> Callable[[str], np.ndarray]:
     """MODEL → a function audio path → embedding (D,): the ONNX runtime for an exported dir (on
-    ``device`` cpu, the default, cuda or cuda:N), else PyTorch."""
+    ``device`` cpu, the default, cuda[:N] or tensorrt[:N]), else PyTorch."""
     from speechkit.runtime.speaker import SpeakerRuntime, is_exported_speaker
 
     if is_exported_speaker(model):

@@ -26,7 +26,7 @@ from speechkit.audio.fbank import online_fbank, read_frames
 from speechkit.audio.vad import GateConfig, SpeechGate, accept_many
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
 from speechkit.errors import AudioError, SpeechkitError
-from speechkit.runtime.session import open_model, parse_device
+from speechkit.runtime.session import open_model, require_provider
 from speechkit.text.tokenizer import load_tokenizer
 
 STATE_NAMES = ["cached_sub1", "cached_sub2", "cached_att", "cached_conv", "cached_len"]
@@ -214,8 +214,10 @@ class OnlineRecognizer:
     @staticmethod
     def _wants_pool(device: str, device_states: bool | None) -> bool:
         """Whether the caches go to a device state pool (:mod:`speechkit.runtime.state_pool`);
-        ``device_states`` None: on a GPU (cuda[:N], tensorrt[:N]), not on the CPU."""
-        return device_states if device_states is not None else parse_device(device)[0] != "cpu"
+        ``device_states`` None: on a GPU (cuda[:N], tensorrt[:N]), not on the CPU. A provider this
+        onnxruntime lacks is the one-line error here, before the plain graph opens on the CPU."""
+        kind = require_provider(device)[0]
+        return device_states if device_states is not None else kind != "cpu"
 
     def _state_pool(self, model_path: Path, device: str, state_names: list[str], batch_axes: list[int],
                     num_threads: int, memory_arena: bool):

@@ -63,6 +63,20 @@ def gpus_seen(index: int) -> str:
     return f"; this process sees {gpus}{where}" + (f", so there is no GPU {index}" if index >= count else "")
 
 
+def require_provider(device: str) -> tuple[str, int, str]:
+    """``device`` → (kind, index, its first provider), or a one-line error when this onnxruntime
+    lacks that provider; before any session opens (a recognizer with a device state pool opens
+    its plain graph on the CPU first)."""
+    kind, index = parse_device(device)
+    first = FIRST_PROVIDER[kind]
+    if first not in ort.get_available_providers():
+        need = ("TensorRT needs onnxruntime-gpu plus the TensorRT libraries (libnvinfer)" if kind == "tensorrt"
+                else "for a GPU")
+        raise SpeechkitError(f"device={device!r}: this onnxruntime {ort.__version__} has no {first} "
+                             f"({need}: {GPU_INSTALL})")
+    return kind, index, first
+
+
 def make_session(path: str | Path | bytes, num_threads: int = 1, memory_arena: bool = True,
                  device: str = "cpu", name: str | None = None) -> ort.InferenceSession:
     """``path``: a model file, or a serialized model (a graph built in memory) that errors call
@@ -72,13 +86,7 @@ def make_session(path: str | Path | bytes, num_threads: int = 1, memory_arena: b
     keeping the largest batch's (a server whose batch size follows its load)."""
     model = path if isinstance(path, bytes) else str(path)
     name = name or ("a serialized model" if isinstance(path, bytes) else str(path))
-    kind, index = parse_device(device)
-    first = FIRST_PROVIDER[kind]
-    if first not in ort.get_available_providers():
-        need = ("TensorRT needs onnxruntime-gpu plus the TensorRT libraries (libnvinfer)" if kind == "tensorrt"
-                else "for a GPU")
-        raise SpeechkitError(f"device={device!r}: this onnxruntime {ort.__version__} has no {first} "
-                             f"({need}: {GPU_INSTALL})")
+    kind, index, first = require_provider(device)
     providers = providers_for(kind, index)
     if kind == "tensorrt":
         Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,22 @@ def next_chunks(streams: list, chunk_feats: int, num_mel_bins: int, pad: float =
     return x, x_lens
 
 
+def batch_states(states: list[list[np.ndarray]], axes: list[int]) -> list[np.ndarray]:
+    """Streams' encoder caches → one batch per cache, along its batch axis; a lone stream's as they
+    are (the usual CPU case: concatenating and slicing back copied every cache for nothing)."""
+    if len(states) == 1:
+        return list(states[0])
+    return [np.concatenate([s[k] for s in states], axis=axis) for k, axis in enumerate(axes)]
+
+
+def split_states(batch: list[np.ndarray], count: int, axes: list[int]) -> list[list[np.ndarray]]:
+    """:func:`batch_states` undone: each stream's own copy (an idle stream never keeps a whole
+    batch's memory alive); a lone stream's as they are."""
+    if count == 1:
+        return [list(batch)]
+    return [[np.take(t, [b], axis=axis) for t, axis in zip(batch, axes)] for b in range(count)]
+
+
 class OnlineRecognizer:
     """An exported streaming model (``model.onnx`` + tokenizer files) ready to decode streams."""
 
@@ -180,7 +196,7 @@ class OnlineRecognizer:
                  beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu",
                  device_states: bool | None = None):
         """``device_states``: keep the streams' encoder caches on ``device`` between
-        chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda``, ``cuda:N``), off on the CPU."""
+        chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda[:N]``, ``tensorrt[:N]``), off on the CPU."""
         model_dir = Path(model_dir)
         pooled = self._wants_pool(device, device_states)
         # with a pool, the plain graph's session only gives the metadata and shapes: the CPU's
@@ -251,16 +267,15 @@ class OnlineRecognizer:
             log_probs, lens = self._pool.run_streams(ready, {"x": x, "x_lens": x_lens, "att_context": att_context})
             t2 = perf_counter()
         else:
-            feeds = {"x": x, "x_lens": x_lens, "att_context": att_context}
-            for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
-                feeds[name] = np.concatenate([s.state[STATE_NAMES.index(name)] for s in ready], axis=axis)
+            feeds = {"x": x, "x_lens": x_lens, "att_context": att_context,
+                     **dict(zip(STATE_NAMES, batch_states([s.state for s in ready], STATE_BATCH_AXIS)))}
             t1 = perf_counter()
             out = self.session.run(None, feeds)
             t2 = perf_counter()
-            log_probs, lens, new_state = out[0], out[1], out[2:]
+            log_probs, lens = out[0], out[1]
+            for s, state in zip(ready, split_states(out[2:], len(ready), STATE_BATCH_AXIS)):
+                s.state = state
         for b, s in enumerate(ready):
-            if self._pool is None:
-                s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
             s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
             s.frames_done += int(x_lens[b])
         t3 = perf_counter()

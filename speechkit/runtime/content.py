@@ -24,7 +24,7 @@ import onnx
 
 from speechkit.audio.fbank import online_fbank
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks, next_chunks
+from speechkit.runtime.asr import STATE_BATCH_AXIS, STATE_NAMES, Stream, array_blocks, batch_states, next_chunks, split_states
 from speechkit.runtime.session import open_model
 
 FAMILY = "ctc-streaming-conformer"
@@ -160,14 +160,13 @@ class ContentEncoder:
         if not ready:
             return [np.zeros((0, self.dim), np.float32) for _ in streams]
         x, x_lens = next_chunks([cs._feed for cs in ready], self.chunk_feats, self.fbank_cfg.num_mel_bins)
-        feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64)}
-        for name, axis in zip(STATE_NAMES, STATE_BATCH_AXIS):
-            feeds[name] = np.concatenate([cs._feed.state[STATE_NAMES.index(name)] for cs in ready], axis=axis)
+        feeds = {"x": x, "x_lens": x_lens, "att_context": np.array(self.att_context, dtype=np.int64),
+                 **dict(zip(STATE_NAMES, batch_states([cs._feed.state for cs in ready], STATE_BATCH_AXIS)))}
         log_probs, lens, feats, *new_state = self.session.run(self._outputs, feeds)
         out = {}
-        for b, cs in enumerate(ready):
+        for b, (cs, state) in enumerate(zip(ready, split_states(new_state, len(ready), STATE_BATCH_AXIS))):
             s, k = cs._feed, int(lens[b])
-            s.state = [np.take(t, [b], axis=axis) for t, axis in zip(new_state, STATE_BATCH_AXIS)]
+            s.state = state
             s.fbank.pop(int(x_lens[b]))  # frees the frames: memory stays flat however long the stream
             s.frames_done += int(x_lens[b])
             cs.frames += k

@@ -25,7 +25,7 @@ from speechkit.audio.fbank import LOG_FLOOR, FbankConfig, online_fbank
 from speechkit.audio.vad import GateConfig, SpeechGate
 from speechkit.decoding.transducer import BeamState, GreedyState, Hypothesis, greedy_search, modified_beam_search
 from speechkit.errors import SpeechkitError
-from speechkit.runtime.asr import DECODE_STAGES, EndpointConfig, OnlineRecognizer, Stream, next_chunks
+from speechkit.runtime.asr import DECODE_STAGES, EndpointConfig, OnlineRecognizer, Stream, batch_states, next_chunks, split_states
 from speechkit.runtime.session import make_session
 from speechkit.text.tokenizer import load_tokenizer
 
@@ -67,7 +67,7 @@ class Zipformer2Recognizer(OnlineRecognizer):
     names its family and files and searches each chunk's encoder output (``_search_chunk``).
     ``device_states``: keep the streams' encoder caches on ``device`` between chunks
     (:mod:`speechkit.runtime.state_pool`: a slot per stream until it is done or released); None: on
-    for a CUDA ``device``, off on the CPU."""
+    for a GPU ``device`` (cuda[:N], tensorrt[:N]), off on the CPU."""
 
     family: str  # export.json's model_family
     what: str  # the family in words, for errors
@@ -138,19 +138,14 @@ class Zipformer2Recognizer(OnlineRecognizer):
             out = self._pool.run_streams(ready, {"x": x})[0]
             t2 = perf_counter()
         else:
-            # one stream (the usual CPU case) feeds its caches and keeps the new ones as they are:
-            # concatenating and slicing them back copied ~80 arrays a chunk for nothing
-            alone = len(ready) == 1
-            feeds = {"x": x}
-            for k, (name, axis) in enumerate(zip(self._state_names, self._state_axes)):
-                feeds[name] = ready[0].state[k] if alone else np.concatenate([s.state[k] for s in ready], axis=axis)
+            feeds = {"x": x, **dict(zip(self._state_names, batch_states([s.state for s in ready], self._state_axes)))}
             t1 = perf_counter()
             out, *new_state = self.session.run(None, feeds)
             t2 = perf_counter()
+            for s, state in zip(ready, split_states(new_state, len(ready), self._state_axes)):
+                s.state = state
         frames = []
         for b, (s, n) in enumerate(zip(ready, n_feats.tolist())):
-            if self._pool is None:
-                s.state = new_state if alone else [np.take(t, [b], axis=axis) for t, axis in zip(new_state, self._state_axes)]
             s.fbank.pop(n)
             s.frames_done += n
             frames.append(out[b, : -(-n // self.subsampling)])

@@ -114,14 +114,6 @@ def _summary(ms: np.ndarray, utts: int, audio_seconds: float, per_utt_calls: boo
     return out
 
 
-def _wer(refs: list[str], hyps: list[str]) -> float | None:
-    """Percent, over the utterances with a non-empty reference (as ``speechkit score``)."""
-    import jiwer
-
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
-    return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
-
-
 def _same(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
 
@@ -242,6 +234,7 @@ def bench_asr_decode(paraformer_exp: str | Path, attention_exp: str | Path, data
     import torch
     from tqdm import tqdm
 
+    from speechkit.eval.wer import wer_percent
     from speechkit.export.attention import OnnxAttentionModel, export_attention
     from speechkit.runtime.paraformer import OfflineRecognizer
 
@@ -305,8 +298,8 @@ def bench_asr_decode(paraformer_exp: str | Path, attention_exp: str | Path, data
         "utts": n, "cpu_utts": n_cpu, "audio_seconds": round(seconds, 3), "cpu_audio_seconds": round(cpu_seconds, 3),
         "skipped": skipped, "beam": beam, "batch": batch, "repeats": repeats,
         "timings": timings,
-        "wer": {d: _wer(refs, texts["torch_batch1"][d]) for d in DECODERS},
-        "wer_cpu_onnx": {d: _wer(refs[:n_cpu], t) for d, t in texts["cpu_onnx"].items()},
+        "wer": {d: wer_percent(refs, texts["torch_batch1"][d]) for d in DECODERS},
+        "wer_cpu_onnx": {d: wer_percent(refs[:n_cpu], t) for d, t in texts["cpu_onnx"].items()},
         # agreement with torch_batch1's tokens: batching pads, ONNX and the CPU round differently
         "batched_same_tokens": {d: _same(hyps["torch_batched"][d], hyps["torch_batch1"][d]) for d in DECODERS},
         "onnx_same_tokens": {d: _same(h, hyps["torch_batch1"][d][:n_cpu]) for d, h in hyps["cpu_onnx"].items()},

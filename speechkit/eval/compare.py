@@ -13,6 +13,7 @@ from pathlib import Path
 
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
+from speechkit.eval.wer import read_wer_json
 
 RESULTS_HEADING = "## This run against the shipped model"
 
@@ -63,10 +64,6 @@ def sentences_in_training(texts: Iterable[str], seed: int, train_utterances: int
     return sum(t in found for t in texts)
 
 
-def _wer(path: Path) -> float | None:
-    return json.loads(path.read_text())["wer"] if path.is_file() else None
-
-
 def _duration(seconds: float) -> str:
     return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
@@ -81,7 +78,7 @@ def run_row(label: str, exp_dir: str | Path, train_dir: str | Path, hardware: st
     wer = {}
     for s in splits:
         stream = exp_dir / f"decode_{s}.stream" / "wer.json"
-        wer[s] = _wer(stream if stream.is_file() else exp_dir / f"decode_{s}" / "wer.json")
+        wer[s] = read_wer_json(stream if stream.is_file() else exp_dir / f"decode_{s}" / "wer.json", missing_ok=True)
     return Row(label, data_hours(train_dir), json.loads(info.read_text())["parameters"],
                f"{_duration(training_seconds(exp_dir / 'metrics.jsonl'))}, {hardware}", wer)
 
@@ -96,8 +93,9 @@ def load_card(model_dir: str | Path) -> dict:
 def card_row(label: str, card: dict, decodes: str | Path, splits: list[str]) -> Row:
     """The row of a shipped model: figures from its card, WER from ``decodes/decode_<split>/wer.json``."""
     t = card["training"]
+    wer = {s: read_wer_json(Path(decodes) / f"decode_{s}" / "wer.json", missing_ok=True) for s in splits}
     return Row(label, card["corpus"]["train_hours"], f"{card['parameters_m']:.2f} M",
-               f"~{t['minutes']:.0f} min, {t['hardware']}", {s: _wer(Path(decodes) / f"decode_{s}" / "wer.json") for s in splits})
+               f"~{t['minutes']:.0f} min, {t['hardware']}", wer)
 
 
 def compare(exp_dir: str | Path, data_dir: str | Path, model_dir: str | Path, decodes: str | Path, run_label: str,

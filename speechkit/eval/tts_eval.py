@@ -25,6 +25,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechkit.errors import SpeechkitError
+from speechkit.eval.wer import wer_percent
 
 JUDGES = ("asr", "pocketsphinx", "resemblyzer", "dnsmos")
 
@@ -106,12 +107,6 @@ def synthesize_set(synth, pairs: list[dict], out_dir: Path, opts, reuse: bool = 
             "empty": int((secs == 0).sum()), "per_utt": rows}
 
 
-def _wer(refs: list[str], hyps: list[str]) -> float:
-    from speechkit.eval.wer import score_texts
-
-    return round(score_texts(refs, hyps)["wer"], 2)
-
-
 def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: str | None, threads: int = 1) -> dict:
     """Scores of the synthesised wavs in ``out_dir/wav`` next to those of the real recordings."""
     from speechkit.audio.io import load_audio
@@ -153,7 +148,7 @@ def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: st
         ps = PocketsphinxJudge()
         hyp_s = ps.transcribe_many([synth[p["utt"]] for p in have], 16000, jobs=threads)
         hyp_r = ps.transcribe_many([real[p["utt"]] for p in have], 16000, jobs=threads)
-        out["pocketsphinx"] = {"wer_synth": _wer(refs, hyp_s), "wer_real": _wer(refs, hyp_r)}
+        out["pocketsphinx"] = {"wer_synth": wer_percent(refs, hyp_s, 2), "wer_real": wer_percent(refs, hyp_r, 2)}
         out["pocketsphinx"]["ratio"] = round(out["pocketsphinx"]["wer_synth"] / max(out["pocketsphinx"]["wer_real"], 1e-9), 3)
     if "resemblyzer" in judges:
         from speechkit.eval.tts_judges import SpeakerJudge

@@ -32,6 +32,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechkit.errors import SpeechkitError
+from speechkit.eval.wer import wer_percent
 
 JUDGES = ("asr", "pocketsphinx", "resemblyzer", "dnsmos")
 DEFAULT_CODEC = Path(__file__).resolve().parents[2] / "models" / "codec-vae-synth"
@@ -161,12 +162,6 @@ def log_f0_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int = 16000) -
     return float(np.corrcoef(fa[:n][both], fb[:n][both])[0, 1])
 
 
-def _wer(refs: list[str], hyps: list[str]) -> float:
-    from speechkit.eval.wer import score_texts
-
-    return round(score_texts(refs, hyps)["wer"], 2)
-
-
 class _Judges:
     """The judges, built once, scoring sets of clips of the same pairs."""
 
@@ -196,7 +191,7 @@ class _Judges:
             sims = [self.sj.similarity(self.sj.embed(clips[p["utt"]], 16000), refs[p["ref_utt"]]) for p in have]
             out["similarity"] = round(float(np.mean(sims)), 4)
         if self.ps is not None:
-            out["wer_pocketsphinx"] = _wer(texts, self.ps.transcribe_many([clips[p["utt"]] for p in have], 16000, jobs=self.threads))
+            out["wer_pocketsphinx"] = wer_percent(texts, self.ps.transcribe_many([clips[p["utt"]] for p in have], 16000, jobs=self.threads), 2)
         if "asr" in self.judges and self.asr_model is not None:
             from speechkit.eval.audio_quality import asr_wer
             from speechkit.eval.heldout import held_out

@@ -1,4 +1,5 @@
-"""Word and character error rates of a Kaldi ``hyp`` against a Kaldi ``text`` (jiwer)."""
+"""Word and character error rates of a Kaldi ``hyp`` against a Kaldi ``text`` (jiwer), of two text
+lists, and the ``wer`` read back from the wer.json that ``speechkit score --out`` writes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import jiwer
 
 from speechkit.data.kaldi import read_table
+from speechkit.errors import SpeechkitError
 
 
 def score(ref_path: str | Path, hyp_path: str | Path) -> dict:
@@ -22,11 +24,8 @@ def score(ref_path: str | Path, hyp_path: str | Path) -> dict:
 
 def score_texts(refs: list[str], hyps: list[str]) -> dict:
     """WER/CER (%) of parallel lists of lower-case word strings; empty references are left out."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     n_utts = len(refs)
-    nonempty = [(" ".join(r.split()), " ".join(h.split())) for r, h in zip(refs, hyps) if r.strip()]
-    refs, hyps = [r for r, _ in nonempty], [h for _, h in nonempty]
+    refs, hyps = _scored(refs, hyps)
     words = jiwer.process_words(refs, hyps)
     chars = jiwer.process_characters(refs, hyps)
     n_words = sum(len(r.split()) for r in refs)
@@ -36,6 +35,38 @@ def score_texts(refs: list[str], hyps: list[str]) -> dict:
         "ref_words": n_words, "utterances": n_utts, "missing": 0,
         "sentence_errors": sum(r != h for r, h in zip(refs, hyps)),
     }
+
+
+def wer_percent(refs: list[str], hyps: list[str], digits: int | None = None) -> float | None:
+    """WER (%) of parallel lists as :func:`score_texts` counts it, rounded to ``digits`` when given;
+    None when no reference is non-empty."""
+    refs, hyps = _scored(refs, hyps)
+    if not refs:
+        return None
+    wer = 100.0 * jiwer.process_words(refs, hyps).wer
+    return wer if digits is None else round(wer, digits)
+
+
+def _scored(refs: list[str], hyps: list[str]) -> tuple[list[str], list[str]]:
+    """The pairs with a non-empty reference, runs of whitespace made one space."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    pairs = [(" ".join(r.split()), " ".join(h.split())) for r, h in zip(refs, hyps) if r.strip()]
+    return [r for r, _ in pairs], [h for _, h in pairs]
+
+
+def read_wer_json(path: str | Path, missing_ok: bool = False) -> float | None:
+    """The ``wer`` of a ``speechkit score --out`` wer.json; None for a missing file when
+    ``missing_ok``. A missing file otherwise, or a malformed one, is a SpeechkitError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise SpeechkitError(f"{path}: missing (a wer.json from `speechkit score --out`)")
+    try:
+        return float(json.loads(path.read_text())["wer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpeechkitError(f"{path}: not a wer.json with a numeric 'wer' ({type(e).__name__}: {e})") from None
 
 
 def score_to_file(ref_path, hyp_path, out_json) -> dict:

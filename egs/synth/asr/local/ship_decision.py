@@ -15,20 +15,10 @@ import sys
 from pathlib import Path
 
 from speechkit.errors import SpeechkitError
+from speechkit.eval.wer import read_wer_json
 
 TOLERANCE = 0.5  # absolute WER points the synth test set may lose
 _EPS = 1e-9  # wer.json rounds to 2 decimals: 13.63 - 13.13 must count as 0.5, not 0.5000000000000018
-
-
-def read_wer(path: str | Path) -> float:
-    """The ``wer`` of a ``speechkit score`` wer.json."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeechkitError(f"{path}: missing (a wer.json from `speechkit score --out`)")
-    try:
-        return float(json.loads(path.read_text())["wer"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise SpeechkitError(f"{path}: not a wer.json with a numeric 'wer' ({type(e).__name__}: {e})") from None
 
 
 def decide(new: dict[str, float], shipped: dict[str, float], tolerance: float = TOLERANCE) -> dict:
@@ -77,8 +67,8 @@ def main() -> int:
     p.add_argument("--out", default=None, help="write the decision here as JSON")
     args = p.parse_args()
     try:
-        new = {"real_dev": read_wer(args.new_real_dev), "test": read_wer(args.new_test)}
-        shipped = {"real_dev": read_wer(args.shipped_real_dev), "test": read_wer(args.shipped_test)}
+        new = {"real_dev": read_wer_json(args.new_real_dev), "test": read_wer_json(args.new_test)}
+        shipped = {"real_dev": read_wer_json(args.shipped_real_dev), "test": read_wer_json(args.shipped_test)}
         decision = decide(new, shipped, args.tolerance)
     except SpeechkitError as e:
         print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)

@@ -44,6 +44,35 @@ def test_float32_io_float16_weights_metadata_kept(exported):
     assert 0 < report["outputs"]["log_probs"]["rel_max_abs_diff"] <= 0.02
 
 
+def test_metadata_says_float16_and_the_dir_still_opens(exported, tmp_path):
+    """export.json, card.json and README.md of the copy describe float16, not the float32 source."""
+    import shutil
+
+    import speechkit
+    import speechkit.export.fp16 as fp16
+
+    root, _ = exported
+    fp32_info = json.loads((root / "fp32" / "export.json").read_text())
+    info = json.loads((root / "fp16" / "export.json").read_text())
+    assert info["weights"] == "fp16" and info["compute"] == "float16" and info["model_family"] == fp32_info["model_family"]
+    assert info["parity"] == fp32_info["parity"] and info["size_mb"] < fp32_info["size_mb"]
+    assert info["size_mb"] == round((root / "fp16" / "model.onnx").stat().st_size / 1e6, 3)
+    f = info["fp16"]
+    assert f["source"] == str(root / "fp32") and f["source_weights"] == "fp32" and f["report"] == "fp16.json"
+    assert f["ok"] and "Softmax" in f["keep_float32"] and 0 < f["rel_max_abs_diff"]["model.onnx"] <= f["tolerance"]
+    assert type(speechkit.load(root / "fp16")).__name__ == "StreamingAsr"
+
+    src = tmp_path / "src"
+    shutil.copytree(root / "fp32", src)
+    (src / "README.md").write_text("# a float32 model\n")
+    (src / "card.json").write_text(json.dumps({"name": "tiny", "format": "float32 ONNX"}))
+    fp16.export_fp16(src, tmp_path / "out")
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["weights"] == "fp16" and card["compute"] == "float16" and card["fp16_of"] == str(src)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert readme.startswith("> **Float16 copy**") and readme.endswith("# a float32 model\n")
+
+
 def test_emulation_rounds_every_op_output_to_float16():
     """The CPU check's graph is float32 arithmetic with float16 rounding after each op, not the
     float32 graph again."""

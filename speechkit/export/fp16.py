@@ -29,6 +29,7 @@ TOLERANCE = 0.02  # max |Δ| / max |float32| of every float output
 KEEP_FLOAT32 = ("Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "ReduceMean", "ReduceSum",
                 "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "CumSum", "Sin", "Cos", "Range")
 BATCH, FRAMES = 2, 64  # dynamic dims of the check's inputs: the first axis, any other
+DESCRIBED = ("export.json", "card.json", "README.md", "fp16.json")  # rewritten for the float16 copy, not copied
 
 
 def convert_graph(model: onnx.ModelProto, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
@@ -188,8 +189,9 @@ def check_graph(fp32_path: str | Path, fp16_path: str | Path, device: str = "cpu
 
 
 def export_fp16(model_dir: str | Path, out_dir: str | Path, device: str = "cpu", keep: tuple[str, ...] = ()) -> dict:
-    """Every ``*.onnx`` of ``model_dir`` → float16 in ``out_dir`` with the dir's other files and
-    ``fp16.json`` (per-graph parity); nothing is left in ``out_dir`` unless every graph passes."""
+    """Every ``*.onnx`` of ``model_dir`` → float16 in ``out_dir`` with the dir's other files,
+    ``fp16.json`` (per-graph parity) and an export.json (card.json, README.md where the dir has
+    them) that says float16; nothing is left in ``out_dir`` unless every graph passes."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     graphs = sorted(model_dir.glob("*.onnx"))
     if not graphs:
@@ -225,7 +227,43 @@ def export_fp16(model_dir: str | Path, out_dir: str | Path, device: str = "cpu",
     for p in model_dir.iterdir():
         if p.is_dir():
             shutil.copytree(p, out_dir / p.name, dirs_exist_ok=True)
-        elif p.suffix != ".onnx" and p.name != "fp16.json":
+        elif p.suffix != ".onnx" and p.name not in DESCRIBED:
             shutil.copy(p, out_dir / p.name)
     (out_dir / "fp16.json").write_text(json.dumps(report, indent=1) + "\n")
+    source = model_dir / "export.json"
+    info = json.loads(source.read_text()) if source.is_file() else {}
+    (out_dir / "export.json").write_text(json.dumps(fp16_export_info(info, model_dir, report), indent=1) + "\n")
+    if (model_dir / "card.json").is_file():
+        card = json.loads((model_dir / "card.json").read_text())
+        card.update(weights="fp16", compute="float16", fp16_of=str(model_dir),
+                    fp16_note="training and results are the source's (float32 arithmetic); the float16 parity is in fp16.json")
+        (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    if (model_dir / "README.md").is_file():
+        (out_dir / "README.md").write_text(readme_note(model_dir, report) + (model_dir / "README.md").read_text())
     return report
+
+
+def fp16_export_info(info: dict, model_dir: Path, report: dict) -> dict:
+    """The float32 dir's export.json ``info`` for its float16 copy: ``weights`` fp16 (the key the
+    int8 and audiogen exports use) and ``compute`` float16, the float16 graphs' sizes in place of
+    the float32 ones, and ``fp16``: the source dir, the ops kept float32 and each graph's parity
+    (fp16.json has it in full). The other keys, ``parity`` among them, are the float32 export's."""
+    graphs = report["graphs"]
+    kept = {k: v for k, v in info.items() if not k.endswith("_mb")}
+    worst = {name: max((r["rel_max_abs_diff"] for r in g["outputs"].values() if "rel_max_abs_diff" in r), default=0.0)
+             for name, g in graphs.items()}
+    return {**kept, "weights": "fp16", "compute": "float16",
+            "sizes_mb": {name: g["fp16_mb"] for name, g in graphs.items()},
+            "size_mb": round(sum(g["fp16_mb"] for g in graphs.values()), 3),
+            "fp16": {"source": str(model_dir), "source_weights": info.get("weights", "fp32"),
+                     "keep_float32": report["keep_float32"], "ok": all(g["ok"] for g in graphs.values()),
+                     "tolerance": TOLERANCE, "rel_max_abs_diff": worst,
+                     "checked": {name: g["checked"] for name, g in graphs.items()}, "report": "fp16.json"}}
+
+
+def readme_note(model_dir: Path, report: dict) -> str:
+    """The lines put above the float32 dir's README.md in its float16 copy."""
+    return (f"> **Float16 copy** of `{model_dir}` (`speechkit export fp16`): float16 weights and arithmetic "
+            f"behind float32 inputs and outputs, for GPUs; {', '.join(report['keep_float32'])} stay float32. "
+            f"Parity against the source's graphs: `fp16.json`. The rest of this file describes the source "
+            f"(float32 arithmetic); its figures were not measured again in float16.\n\n")

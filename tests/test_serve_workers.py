@@ -1,10 +1,12 @@
 """`speechkit serve --workers N`: N server processes on one port. Concurrent transcripts equal
 the single-worker server's, /health sums what every worker published, connections reach both
-workers, a dead worker takes the whole server down with one line, and SIGTERM leaves nothing."""
+workers, a host of two addresses is held on both, a dead worker takes the whole server
+down with one line, and SIGTERM leaves nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
@@ -23,7 +25,8 @@ from speechkit.errors import SpeechkitError
 from speechkit.proc import descendants
 from speechkit.serve.client import stream_audio
 from speechkit.serve.health import merge_health
-from speechkit.serve.workers import reserve_port
+from speechkit.serve import workers
+from speechkit.serve.workers import listen_addresses, reserve_port
 from test_serve import LIMITS, MODEL, speech  # noqa: F401 - `speech` is a fixture
 
 READY = re.compile(r"on http://127\.0\.0\.1:(\d+)/ .* in each of (\d+) workers \(at most (\d+) connections each\)")
@@ -78,6 +81,13 @@ class WorkersServer:
             self.proc.wait(10)
 
 
+def loopbacks(host: str, port: int) -> list[tuple]:
+    """``listen_addresses`` of a host of two addresses, both loopback (Linux routes all of 127/8 to lo),
+    so that the test needs no IPv6."""
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, ("127.0.0.2", port))]
+
+
 def alive(pid: int) -> bool:
     """Running, not a zombie waiting for a reaper."""
     try:
@@ -120,12 +130,69 @@ def test_a_port_someone_listens_on_is_refused():
         other.listen()
         with pytest.raises(SpeechkitError, match="cannot listen on 127.0.0.1"):
             reserve_port("127.0.0.1", other.getsockname()[1])
-    probe = reserve_port("127.0.0.1", 0)  # a free port, held but taking no connections
+    [probe] = reserve_port("127.0.0.1", 0)  # a free port, held but taking no connections
     try:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(probe.getsockname()[:2], timeout=2).close()
     finally:
         probe.close()
+
+
+def test_listen_addresses_are_every_address_once_in_order(monkeypatch):
+    assert listen_addresses("127.0.0.1", 80) == [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, ("127.0.0.1", 80))]
+    v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))
+    v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 80, 0, 0))
+    asked = []
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        asked.append((host, port, family, type, flags))
+        return [v6, v4, v6]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert listen_addresses("localhost", 80) == [v6[:3] + v6[4:], v4[:3] + v4[4:]]
+    listen_addresses("", 80)  # every interface, as asyncio asks for it
+    assert asked == [("localhost", 80, 0, socket.SOCK_STREAM, socket.AI_PASSIVE), (None, 80, 0, socket.SOCK_STREAM, socket.AI_PASSIVE)]
+
+
+def test_a_host_of_two_addresses_is_held_on_both(monkeypatch):
+    monkeypatch.setattr(workers, "listen_addresses", loopbacks)
+    held = reserve_port("localhost", 0)
+    try:
+        port = held[0].getsockname()[1]
+        assert [s.getsockname()[:2] for s in held] == [("127.0.0.1", port), ("127.0.0.2", port)]
+        for addr in ("127.0.0.1", "127.0.0.2"):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((addr, port), timeout=2).close()
+    finally:
+        for sock in held:
+            sock.close()
+    with socket.socket() as other:  # another server on the second address alone
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.2", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(SpeechkitError, match=rf"^cannot listen on localhost:{port} \(127.0.0.2\): Address already in use$"):
+            reserve_port("localhost", port)
+
+
+def test_port_0_tries_another_port_taken_on_the_second_address(monkeypatch):
+    monkeypatch.setattr(workers, "listen_addresses", loopbacks)
+    hold, tried = workers._hold, []
+
+    def taken_once(family, kind, proto, addr):
+        tried.append(addr)
+        if len(tried) == 2:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return hold(family, kind, proto, addr)
+
+    monkeypatch.setattr(workers, "_hold", taken_once)
+    held = reserve_port("localhost", 0)
+    try:
+        assert [addr[1] for addr in tried[::2]] == [0, 0] and tried[3][1] == held[0].getsockname()[1]
+        assert [s.getsockname()[1] for s in held] == [tried[3][1]] * 2
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_concurrent_transcripts_equal_the_single_worker_server(two, speech, single):

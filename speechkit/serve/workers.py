@@ -5,6 +5,7 @@ file in a run folder, and whichever worker answers /health sums them."""
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -22,26 +23,78 @@ from speechkit.serve.health import WorkerSlot
 from speechkit.serve.protocol import Limits
 
 STOP_SECONDS = 15.0  # a worker still running this long after SIGTERM is killed
+FREE_PORT_TRIES = 10  # for --port 0: a port free on the first address may be taken on another
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (``port`` 0: a free one) with SO_REUSEPORT but not
-    listening: it keeps the port from anyone else while the workers bind it beside it, and takes
-    no connections. Fails (one line) when something already listens there, even with SO_REUSEPORT,
-    so that a second server never silently joins the first."""
+def listen_addresses(host: str, port: int) -> list[tuple]:
+    """Every ``(family, type, proto, sockaddr)`` that asyncio's ``loop.create_server(host=host,
+    port=port)``, and so each worker, binds: all that ``host`` resolves to ("localhost" is often
+    127.0.0.1 and ::1; "" is every interface of both families), in getaddrinfo's order, once each."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list(dict.fromkeys((family, kind, proto, addr) for family, kind, proto, _, addr in infos))
+
+
+def reserve_port(host: str, port: int) -> list[socket.socket]:
+    """One socket on every address of ``host`` (``listen_addresses``), all bound to ``port``
+    (0: one that is free on all of them) with SO_REUSEPORT but not listening: they keep the port
+    from anyone else while the workers bind it beside them, and take no connections. Fails (one
+    line) when something already listens on any of them, even with SO_REUSEPORT, so that a second
+    server never silently joins the first."""
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as plain:
-            plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            plain.bind(addr)
-            addr = (addr[0], plain.getsockname()[1], *addr[2:])
-        probe = socket.socket(family, kind, proto)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        probe.bind(addr)
+        addresses = [a for a in listen_addresses(host, port) if _supported(*a[:3])]
     except OSError as e:
         raise SpeechkitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    return probe
+    if not addresses:
+        raise SpeechkitError(f"cannot listen on {host}:{port}: {os.strerror(errno.EAFNOSUPPORT)}")
+    for _ in range(FREE_PORT_TRIES if port == 0 else 1):
+        held: list[socket.socket] = []
+        try:
+            for family, kind, proto, addr in addresses:
+                where = addr[0]
+                if held:  # the port the first address got
+                    addr = (addr[0], held[0].getsockname()[1], *addr[2:])
+                held.append(_hold(family, kind, proto, addr))
+            return held
+        except OSError as e:
+            for sock in held:
+                sock.close()
+            error = e
+            if error.errno != errno.EADDRINUSE:
+                break
+    named = f" ({where})" if len(addresses) > 1 else ""
+    raise SpeechkitError(f"cannot listen on {host}:{port}{named}: {error.strerror or error}")
+
+
+def _supported(family: int, kind: int, proto: int) -> bool:
+    """Whether this machine makes such sockets: asyncio skips an address it cannot (IPv6 turned off
+    while "localhost" still resolves to ::1), and so the workers bind it nowhere."""
+    try:
+        socket.socket(family, kind, proto).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hold(family: int, kind: int, proto: int, addr: tuple) -> socket.socket:
+    """``addr`` bound with SO_REUSEPORT, after a plain bind there (which fails where anyone
+    listens) found it free; an IPv6 socket is IPv6 only, as asyncio makes the workers'."""
+    def bound(reuse_port: bool, addr: tuple) -> socket.socket:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    with bound(False, addr) as plain:
+        addr = (addr[0], plain.getsockname()[1], *addr[2:])
+    return bound(True, addr)
 
 
 def _worker(slot: WorkerSlot, model_dir: str, host: str, port: int, options: dict) -> None:
@@ -63,8 +116,8 @@ def run_workers(workers: int, model_dir: str, host: str, port: int, *, limits: L
     """Serve with ``workers`` processes until SIGINT/SIGTERM (forwarded to them); a worker that
     dies is a SpeechkitError once the others are stopped. ``limits.max_connections`` is the
     total: each worker takes its share, rounded up."""
-    probe = reserve_port(host, port)
-    port = probe.getsockname()[1]
+    held = reserve_port(host, port)
+    port = held[0].getsockname()[1]
     run_dir = tempfile.mkdtemp(prefix="speechkit-serve-")
     share = replace(limits, max_connections=math.ceil(limits.max_connections / workers))
     ctx = multiprocessing.get_context("spawn")
@@ -103,7 +156,8 @@ def run_workers(workers: int, model_dir: str, host: str, port: int, *, limits: L
             signal.signal(sig, handler)
         for link in links:
             link.close()
-        probe.close()
+        for sock in held:
+            sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

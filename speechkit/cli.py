@@ -517,9 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate_commands.add_parser(sub)
 
-    from speechkit.bench import asr_decode, asr_stream, audiogen_gen, serve_load, train as train_bench, tts_synth, vc_convert
+    from speechkit.bench import (asr_decode, asr_stream, audiogen_gen, serve_engine, serve_load, train as train_bench, tts_synth,
+                                 vc_convert)
 
-    for bench_module in (asr_stream, asr_decode, serve_load, tts_synth, vc_convert, train_bench, audiogen_gen):
+    for bench_module in (asr_stream, asr_decode, serve_load, serve_engine, tts_synth, vc_convert, train_bench, audiogen_gen):
         bench_module.add_parser(bench)
 
     sc = sub.add_parser("score", help="WER/CER of a hypothesis file against a reference text")

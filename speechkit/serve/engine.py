@@ -122,21 +122,31 @@ class StreamEngine:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                jobs = []
-                for c in list(self.conns):
-                    audio, c.pending = c.pending, []
-                    finish = c.ending and not self._closed(c)
-                    if audio or finish or self._ready(c):
-                        jobs.append((c, audio, finish))
-                if not jobs:
-                    break
-                for conn, out, done in await loop.run_in_executor(self._pool, self._timed_step, jobs):
-                    if conn.closed:
-                        continue
-                    self._deliver(conn, out)
-                    if done:
-                        self._finish(conn)
+            while jobs := self.take_jobs():
+                self.deliver(await loop.run_in_executor(self._pool, self._timed_step, jobs))
+
+    def take_jobs(self) -> list:
+        """``(conn, audio, finish)`` of every stream with audio, an end to finish or a chunk ready;
+        the audio is taken from its ``pending``."""
+        jobs = []
+        for c in list(self.conns):
+            audio, c.pending = c.pending, []
+            finish = c.ending and not self._closed(c)
+            if audio or finish or self._ready(c):
+                jobs.append((c, audio, finish))
+        return jobs
+
+    def deliver(self, results: list) -> list:
+        """Each step result to its open connection, finishing those that are done → the finished."""
+        finished = []
+        for conn, out, done in results:
+            if conn.closed:
+                continue
+            self._deliver(conn, out)
+            if done:
+                self._finish(conn)
+                finished.append(conn)
+        return finished
 
     def _timed_step(self, jobs: list) -> list:
         t = perf_counter()

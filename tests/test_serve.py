@@ -229,6 +229,15 @@ def test_server_runs_without_torch():
     assert float(out) == 520.0
 
 
+def test_server_session_has_no_arena_and_no_memory_pattern():
+    """No arena (working memory follows the batch size) and no memory pattern, whose one block per
+    call glibc would map and page-fault in afresh every call."""
+    from speechkit.serve.server import AsrServer
+
+    opts = AsrServer(MODEL).rec.session.get_session_options()
+    assert not opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
+
+
 def test_engine_asks_only_changed_streams_for_results(speech, alone):
     """The engine's worker step, driven tick by tick with 20 ms messages (no network; streams 0 and
     2 start a chunk apart, so they are batched): a stream it did not ask for results has none (a

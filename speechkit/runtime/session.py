@@ -92,6 +92,10 @@ def make_session(path: str | Path | bytes, num_threads: int = 1, memory_arena: b
         Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = memory_arena
+    # without an arena, the memory pattern's one large block per call had glibc give memory back and
+    # page-fault it in again every call (`bench serve-engine`, 1000 streams: 18 s of kernel time
+    # against 3.5 s without the pattern, and a lower peak; docs/serve.md)
+    opts.enable_mem_pattern = memory_arena
     opts.intra_op_num_threads = num_threads
     opts.inter_op_num_threads = 1
     # weight-only int8 files (export/quantize.py): fold DequantizeLinear into float32 weights once

@@ -42,3 +42,20 @@ def test_a_differing_transcript_fails(run_cli, monkeypatch):
     assert code != 0
     assert "transcripts equal to the single-stream decode: NO" in out
     assert "differs from the single-stream decode" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_data_dir_gives_its_first_utterances_only(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    from speechkit.bench import serve_engine
+
+    lines = []
+    for i, seconds in enumerate((0.5, 0.25, 1.0)):
+        sf.write(tmp_path / f"u{i}.wav", np.full(int(16000 * seconds), 0.01 * (i + 1), np.float32), 16000)
+        lines.append(f"u{i} {tmp_path / f'u{i}.wav'}\n")
+    (tmp_path / "wav.scp").write_text("".join(lines))
+    monkeypatch.setattr(serve_engine, "DATA_UTTERANCES", 2)
+    speech, info = serve_engine.load_speech(16000, None, str(tmp_path))
+    assert info["source"] == "data" and info["files"] == 2 and info["seconds"] == 0.75
+    assert speech.size == 12000

@@ -34,6 +34,7 @@ from speechkit.errors import SpeechkitError
 SPEECH = ("egs/synth/codec/samples/original.flac", "egs/synth/codec/samples/unseen_original.flac",
           "egs/synth/tts/samples/espeak-en-029-grandma-test_unseen-000055.real.flac")
 DISTINCT = 16  # different signals among the streams: each is also decoded alone, as the reference
+DATA_UTTERANCES = 200  # --data: the first this many utterances of its wav.scp (memory stays bounded)
 PARTS = {  # part → its row in the table, in order
     "fbank": "kaldi-native-fbank accept_waveform / input_finished",
     "reads": "knf frame reads (read_frames' get_frame) and pop",
@@ -135,7 +136,7 @@ def engine_tick(engine) -> list:
     work in the engine's worker code and deliver, until none has work → the finished connections."""
     finished = []
     while jobs := engine.take_jobs():
-        finished += engine.deliver(engine._timed_step(jobs))
+        finished += engine.deliver(engine.timed_step(jobs))
     return finished
 
 
@@ -149,14 +150,14 @@ def _done_text(conn) -> str | None:
 
 
 def load_speech(sample_rate: int, wav: str | None, data: str | None) -> tuple[np.ndarray, dict]:
-    """The speech the streams loop over, at ``sample_rate``: ``wav``, the utterances of the Kaldi
-    data dir ``data``, else the project's espeak samples (``SPEECH``)."""
+    """The speech the streams loop over, at ``sample_rate``: ``wav``, the first ``DATA_UTTERANCES``
+    utterances of the Kaldi data dir ``data``, else the project's espeak samples (``SPEECH``)."""
     from speechkit.audio.io import load_audio, resample_audio
 
     if data is not None:
         from speechkit.bench.serve_load import load_utterances
 
-        utts = load_utterances(Path(data), 10**9)
+        utts = load_utterances(Path(data), DATA_UTTERANCES)
         if not utts:
             raise SpeechkitError(f"{data}: wav.scp lists no audio")
         clips = [resample_audio(x, rate, sample_rate) for _, x, rate in utts]
@@ -252,7 +253,7 @@ def bench_serve_engine(model_dir: str, *, streams: int = 1000, message_ms: float
         "message_ms": round(step * 1000 / rate, 3), "seconds_per_stream": round(length / rate, 3), "start_spread_ticks": spread,
         "chunk_ms": rec.chunk_ms, "audio": audio_info, "distinct_signals": k, "stream_seconds": round(stream_seconds, 1),
         "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-        # kernel time: mostly page faults of the session's fresh buffers (no memory arena), larger at larger batches
+        # kernel time: page faults of memory the allocator gave back (docs/serve.md, "the session's kernel time")
         "cpu_user_seconds": round(times1.user - times0.user, 2), "cpu_system_seconds": round(times1.system - times0.system, 2),
         "parts": {p: {"label": label, "cpu_ms_per_stream_second": round(ms[p], 3), "share": round(ms[p] / total, 4) if total else None}
                   for p, label in PARTS.items()},
@@ -317,7 +318,7 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--max-batch", type=int, default=64, help="most streams in one model call, as serve's --max-batch (default 64)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--wav", default=None, metavar="FILE", help="speech the streams loop over (default: the project's espeak samples)")
-    src.add_argument("--data", default=None, metavar="DIR", help="a Kaldi data dir whose wav.scp utterances the streams loop over")
+    src.add_argument("--data", default=None, metavar="DIR", help="a Kaldi data dir: its first 200 wav.scp utterances are what the streams loop over")
     add_output_args(p)
     p.set_defaults(func=main)
     return p

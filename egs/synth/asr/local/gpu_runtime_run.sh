@@ -12,7 +12,7 @@
 # 3. `speechkit bench serve models/asr-stream-synth --device cuda --clients C` (and the CPU at the
 #    first count for reference): latency, the largest count within p95 <= 300 ms, GPU/CPU use; once
 #    per --workers count (server processes sharing the GPU: one process's host-side work, fbank
-#    and gates, is about 5-5.6 ms per stream-second, so one process alone tops out near 180-200 streams; docs/serve.md);
+#    and gates, is about 5 ms per stream-second, so one process alone tops out near 190-210 streams; docs/serve.md);
 #    before it, `speechkit bench serve-engine --device cuda`: that host time measured with the model on the GPU.
 # Work goes to $WORK (default /tmp/runtime_gpu), the report (runtime.json, JSON per bench) to $REPORT.
 set -euo pipefail

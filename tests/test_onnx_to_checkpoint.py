@@ -84,3 +84,22 @@ def test_another_config_is_one_line(exported, tmp_path):
     other = build_model(load_experiment_config(RECIPE / "conf" / "train_stream_gpu.yaml"), 12).state_dict()
     with pytest.raises(SystemExit, match="another config"):
         _script().recover(d / "fp32.onnx", other)
+
+
+def test_recipe_tokenizer_stage_of_a_finetuning_config_copies_the_init_tokens(tmp_path, run_cli):
+    """run.sh's stage 3 runs before training makes the exp dir; with init_checkpoint it must copy
+    the init's tokens there (it used to fail: no such file)."""
+    import yaml
+
+    init = tmp_path / "init"
+    init.mkdir()
+    chars = ["<blk>", "<unk>", "z", "y", "x", " "]  # an order no tokenizer trained on the text would give
+    (init / "tokens.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(chars)))
+    cfg = yaml.safe_load((RECIPE / "conf" / "finetune_real_cpu.yaml").read_text())
+    cfg["train_conf"]["init_checkpoint"] = str(init / "model.pt")
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "text").write_text("u1 abc\nu2 xyz\n")
+    rc, out, err = run_cli("tokenizer", "--config", tmp_path / "ft.yaml", "--text", tmp_path / "text",
+                           "--exp-dir", tmp_path / "new" / "exp")
+    assert rc == 0, err
+    assert (tmp_path / "new" / "exp" / "tokens.txt").read_text() == (init / "tokens.txt").read_text()

@@ -36,6 +36,7 @@ def prepare_tokenizer(cfg: ExperimentConfig, exp_dir: Path, texts: list[str]):
     if init:
         src = Path(init).parent
         load_tokenizer(src)  # one line if it has none
+        exp_dir.mkdir(parents=True, exist_ok=True)  # the recipe's tokenizer stage runs before training makes it
         for name in ("tokens.txt", "bpe.model"):
             if (src / name).is_file():
                 shutil.copy(src / name, exp_dir / name)

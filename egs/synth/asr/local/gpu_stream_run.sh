@@ -20,7 +20,9 @@
 #                      local/ship_decision.py: replace it when the new int8 model is better on real dev
 #                      and no worse than +--tolerance WER points on test (ship_decision.json).
 #   --config CONF      the training config (relative to egs/synth/asr, or absolute); its
-#                      att_context_size gives the look-aheads decoded.
+#                      att_context_size gives the look-aheads decoded. One with train_conf.init_checkpoint
+#                      (conf/finetune_real_gpu.yaml) fine-tunes the shipped model, whose weights
+#                      local/onnx_to_checkpoint.py takes back out of its ONNX file first.
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_stream_run.sh > /tmp/gpu_stream.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -52,6 +54,13 @@ if [ -n "$epochs" ]; then
   config=$WORK/train_stream_gpu.yaml
 fi
 data=$WORK/data exp=$WORK/exp
+# a fine-tuning config (train_conf.init_checkpoint, relative to egs/synth/asr) starts from the
+# shipped model: its weights come back from its ONNX file when they are not there yet
+init=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['train_conf'].get('init_checkpoint') or '')" "$config")
+if [ -n "$init" ]; then
+  [[ $init = /* ]] || init=$asr/$init
+  [ -f "$init" ] || python3 "$asr/local/onnx_to_checkpoint.py" "$shipped" "$(dirname "$init")" --config "$config"
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 if [ "$stage" -le 0 ] && [ -n "$engines" ]; then synth_corpus "$data" "$hours" 0 "$(nproc)" "$engines"; fi
 "$asr/run.sh" --stage "$stage" --stop_stage 5 --config "$config" --hours "$hours" --nj "$(nproc)" \

@@ -4,15 +4,14 @@ parameters, training time and hardware, WER per test split), read from the files
 
 from __future__ import annotations
 
-import itertools
 import json
 import textwrap
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
+from speechkit.eval.heldout import training_text
 from speechkit.eval.wer import read_wer_json
 
 RESULTS_HEADING = "## This run against the shipped model"
@@ -46,24 +45,6 @@ def training_seconds(metrics_jsonl: str | Path) -> float:
     return total + last
 
 
-def sentences_in_training(texts: Iterable[str], seed: int, train_utterances: int, scheme: str = "v1",
-                          sentences: Iterable[str] | None = None) -> int:
-    """How many of ``texts`` a synth corpus of ``seed`` trained on (``training_sentences``).
-    ``sentences`` replaces the corpus's training text, in order (tests)."""
-    texts = list(texts)
-    wanted, found = set(texts), set()
-    if sentences is None:
-        from speechkit.text.sentences import training_sentences
-
-        sentences = training_sentences(seed, train_utterances, scheme)
-    for sentence in itertools.islice(sentences, train_utterances):
-        if sentence in wanted:
-            found.add(sentence)
-            if found == wanted:
-                break
-    return sum(t in found for t in texts)
-
-
 def _duration(seconds: float) -> str:
     return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
@@ -94,7 +75,10 @@ def card_row(label: str, card: dict, decodes: str | Path, splits: list[str]) -> 
     """The row of a shipped model: figures from its card, WER from ``decodes/decode_<split>/wer.json``."""
     t = card["training"]
     wer = {s: read_wer_json(Path(decodes) / f"decode_{s}" / "wer.json", missing_ok=True) for s in splits}
-    return Row(label, card["corpus"]["train_hours"], f"{card['parameters_m']:.2f} M",
+    corpus, hours = card["corpus"], 0.0
+    while isinstance(corpus, dict):  # a fine-tuned model: its corpus and the one it was first trained on
+        hours, corpus = hours + corpus["train_hours"], corpus.get("pretraining")
+    return Row(label, round(hours, 2), f"{card['parameters_m']:.2f} M",
                f"~{t['minutes']:.0f} min, {t['hardware']}", wer)
 
 
@@ -119,9 +103,9 @@ def compare(exp_dir: str | Path, data_dir: str | Path, model_dir: str | Path, de
         notes.append(f"The {device} run is a smoke test of every stage; the recipe at scale is the second line.")
     if (data_dir / "voices.json").is_file():
         corpus = card["corpus"]
-        seen = {s: sentences_in_training(read_table(data_dir / s / "text", allow_empty_value=True).values(),
-                                         corpus["seed"], corpus["train_utterances"],
-                                         corpus.get("sentences", "v1")) for s in splits}
+        trained = training_text(corpus)  # with the corpus a fine-tuned model was first trained on
+        seen = {s: sum(t in trained for t in read_table(data_dir / s / "text", allow_empty_value=True).values())
+                for s in splits}
         if any(seen.values()):
             own = card["results"]
             notes.append(f"Careful: {', '.join(f'{seen[s]} of {utts[s]} {s}' for s in splits)} sentences are in the "

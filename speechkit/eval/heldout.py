@@ -2,9 +2,11 @@
 
 A project ASR model that judges TTS, codecs or another recogniser ships a ``card.json`` whose
 ``corpus`` names the synth corpus it learnt from (seed, train utterances and the sentence scheme,
-``speechkit.text.sentences``). Its training text is rebuilt from that (a few seconds) and every
-judged utterance whose sentence is in it is left out; the result says how many and how. A judge
-without a card has unknown training text: nothing is dropped and the result says so.
+``speechkit.text.sentences``), and a fine-tuned judge's ``corpus.pretraining`` the corpus it was
+first trained on. Its training text (the train sentences of all of them) is rebuilt from that (a
+few seconds) and every judged utterance whose sentence is in it is left out; the result says how
+many and how. A judge without a card has unknown training text: nothing is dropped and the result
+says so.
 """
 
 from __future__ import annotations
@@ -33,9 +35,23 @@ def _training_text(seed: int, train_utterances: int, scheme: str) -> frozenset[s
     return frozenset(training_sentences(seed, train_utterances, scheme))
 
 
+def _corpora(corpus: dict) -> list[dict]:
+    """The card's corpus and, for a fine-tuned judge, the one it was first trained on (and so on)."""
+    chain = [corpus]
+    while isinstance(chain[-1].get("pretraining"), dict):
+        chain.append(chain[-1]["pretraining"])
+    return chain
+
+
+def _describe(corpus: dict) -> str:
+    return f"synth corpus seed {corpus['seed']}, {corpus['train_utterances']} train sentences, scheme {corpus.get('sentences', 'v1')}"
+
+
 def training_text(corpus: dict) -> frozenset[str]:
-    """Every sentence of the train split of the synth corpus a card describes."""
-    return _training_text(int(corpus["seed"]), int(corpus["train_utterances"]), corpus.get("sentences", "v1"))
+    """Every sentence of the train split of the synth corpus a card describes, and of the corpus
+    it names as ``pretraining``."""
+    return frozenset().union(*(_training_text(int(c["seed"]), int(c["train_utterances"]), c.get("sentences", "v1"))
+                               for c in _corpora(corpus)))
 
 
 def held_out(texts: Sequence[str], model_dir: str | Path) -> tuple[list[bool], dict]:
@@ -48,7 +64,6 @@ def held_out(texts: Sequence[str], model_dir: str | Path) -> tuple[list[bool], d
                                      "how": "the judge has no card.json naming its corpus: its training text is unknown"}
     seen = training_text(corpus)
     keep = [t not in seen for t in texts]
-    scheme = corpus.get("sentences", "v1")
     return keep, {**record, "dropped": keep.count(False),
                   "how": f"left out the sentences of the judge's training text, rebuilt from its card "
-                         f"(synth corpus seed {corpus['seed']}, {corpus['train_utterances']} train sentences, scheme {scheme})"}
+                         f"({'; then '.join(_describe(c) for c in reversed(_corpora(corpus)))})"}

@@ -50,6 +50,16 @@ def read_table(path: Path, *, allow_empty_value: bool = False) -> dict[str, str]
     return table
 
 
+def read_engines(data_dir: str | Path, keys: list[str]) -> list[str] | None:
+    """The synthesis engine of each utterance of ``keys``, from the data dir's ``utt2synth`` (the
+    synth corpus writes it); None without that file, "unknown" for an utterance it leaves out."""
+    path = Path(data_dir) / "utt2synth"
+    if not path.is_file():
+        return None
+    table = read_table(path)
+    return [table[k].split()[0].removeprefix("engine=") if k in table else "unknown" for k in keys]
+
+
 def write_table(path: Path, table: dict[str, str]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -19,7 +19,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
-from speechkit.data.kaldi import read_table
+from speechkit.data.kaldi import read_engines, read_table
 from speechkit.errors import SpeechkitError
 from speechkit.eval.audio_quality import asr_wer, mel_cepstral_distortion, pesq_wb, spectrogram_comparison, stoi
 from speechkit.eval.heldout import held_out
@@ -172,15 +172,6 @@ def _usage(codes: list[np.ndarray], codebook_size: int) -> dict:
             "mean_perplexity": round(float(np.mean(perplexity)), 1), "mean_used": round(float(np.mean(used)), 4)}
 
 
-def _engines(data: Path, keys: list[str]) -> list[str] | None:
-    """The synthesis engine of each utterance, from ``utt2synth`` (None without that file)."""
-    path = data / "utt2synth"
-    if not path.is_file():
-        return None
-    table = read_table(path)
-    return [table[k].split()[0].removeprefix("engine=") if k in table else "unknown" for k in keys]
-
-
 def _by_engine(engines: list[str], scores: dict[str, list[float]], refs: list[str], hyps_original: list[str],
                hyps_resynth: list[str]) -> dict:
     """The row's scores and both WERs over each engine's utterances."""
@@ -225,7 +216,7 @@ def evaluate_codec(model_path: str | Path, data_dirs: list[str], *, asr_model: s
             raise SpeechkitError(f"{data}: every utterance is in the ASR judge's training text ({heldout['how']})")
         originals = [load_audio(wav_scp[k], rate, resample=True, downmix=True)[0] for k in keys]
         refs = [text[k] for k in keys]
-        engines = _engines(Path(data), keys)
+        engines = read_engines(Path(data), keys)
         rtf_wavs += originals[: max(0, rtf_utts - len(rtf_wavs))]
         asr_original = asr_wer(originals, refs, asr_model)
         split = {"judge_heldout": heldout, "utterances": len(keys), "seconds": round(sum(len(x) for x in originals) / rate, 1),

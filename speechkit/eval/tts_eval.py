@@ -31,9 +31,10 @@ JUDGES = ("asr", "pocketsphinx", "resemblyzer", "dnsmos")
 
 
 def eval_pairs(data_dir: str | Path, max_utts: int | None = None) -> list[dict]:
-    """[{utt, text, wav, prompt_utt, prompt_wav}]: every utterance with the next utterance of its
-    speaker (cyclically, in sorted order) as the prompt."""
-    from speechkit.data.kaldi import read_table
+    """[{utt, text, wav, prompt_utt, prompt_wav[, engine]}]: every utterance with the next utterance
+    of its speaker (cyclically, in sorted order) as the prompt; ``engine`` where the data dir has
+    ``utt2synth``."""
+    from speechkit.data.kaldi import read_engines, read_table
 
     d = Path(data_dir)
     wavs, texts, spk = read_table(d / "wav.scp"), read_table(d / "text"), read_table(d / "utt2spk")
@@ -50,6 +51,9 @@ def eval_pairs(data_dir: str | Path, max_utts: int | None = None) -> list[dict]:
         pairs.append({"utt": u, "text": texts[u], "wav": wavs[u], "prompt_utt": p, "prompt_wav": wavs[p]})
     if not pairs:
         raise SpeechkitError(f"{d}: no speaker with two or more utterances to prompt with")
+    engines = read_engines(d, [p["utt"] for p in pairs])  # a synth corpus: the ASR judge's WER by engine too
+    for p, engine in zip(pairs, engines or []):
+        p["engine"] = engine
     return pairs[:max_utts] if max_utts else pairs
 
 
@@ -142,6 +146,16 @@ def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: st
         out["asr"]["ratio"] = round(out["asr"]["wer_synth"] / max(out["asr"]["wer_real"], 1e-9), 3)
         for p, h in zip(have, hyp_s):
             p["asr_hyp"] = h
+        if any("engine" in p for p in have):
+            # the judge has heard some engines' voices (its card's corpora): read them apart
+            by_engine = {}
+            for engine in sorted({p.get("engine", "unknown") for p in have}):
+                idx = [i for i, p in enumerate(have) if p.get("engine", "unknown") == engine]
+                sub = [refs[i] for i in idx]
+                by_engine[engine] = {"utterances": len(idx),
+                                     "wer_synth": wer_percent(sub, [res_s["hyps"][i] for i in idx], 2),
+                                     "wer_real": wer_percent(sub, [res_r["hyps"][i] for i in idx], 2)}
+            out["asr"]["by_engine"] = by_engine
     if "pocketsphinx" in judges:
         from speechkit.eval.tts_judges import PocketsphinxJudge
 
@@ -207,6 +221,8 @@ def summary_lines(r: dict) -> list[str]:
     for name in ("asr", "pocketsphinx"):
         if name in j:
             lines.append(f"  {name} WER: synthesised {j[name]['wer_synth']} vs real {j[name]['wer_real']} (x{j[name]['ratio']})")
+            for engine, e in j[name].get("by_engine", {}).items():
+                lines.append(f"    {engine} ({e['utterances']} utts): synthesised {e['wer_synth']} vs real {e['wer_real']}")
     if "resemblyzer" in j:
         s = j["resemblyzer"]
         lines.append(f"  speaker similarity to the prompt: synthesised {s['sim_synth']} vs real {s['sim_real']} (x{s['ratio']})")

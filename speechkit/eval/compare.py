@@ -11,7 +11,7 @@ from pathlib import Path
 
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
-from speechkit.eval.heldout import training_text
+from speechkit.eval.heldout import corpora, training_text
 from speechkit.eval.wer import read_wer_json
 
 RESULTS_HEADING = "## This run against the shipped model"
@@ -108,8 +108,9 @@ def compare(exp_dir: str | Path, data_dir: str | Path, model_dir: str | Path, de
                 for s in splits}
         if any(seen.values()):
             own = card["results"]
+            commands = "; ".join(c["command"] for c in corpora(corpus) if "command" in c)
             notes.append(f"Careful: {', '.join(f'{seen[s]} of {utts[s]} {s}' for s in splits)} sentences are in the "
-                         f"shipped model's training text ({corpus['command']}): not a held-out score for it. On its own "
+                         f"shipped model's training text ({commands}): not a held-out score for it. On its own "
                          f"held-out test sets it gets " + " / ".join(f"{own[s]['wer']:.1f} % ({own[s]['utterances']} utts)"
                                                                      for s in splits if s in own) + ".")
     return title, rows, notes

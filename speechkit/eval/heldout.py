@@ -35,7 +35,7 @@ def _training_text(seed: int, train_utterances: int, scheme: str) -> frozenset[s
     return frozenset(training_sentences(seed, train_utterances, scheme))
 
 
-def _corpora(corpus: dict) -> list[dict]:
+def corpora(corpus: dict) -> list[dict]:
     """The card's corpus and, for a fine-tuned judge, the one it was first trained on (and so on)."""
     chain = [corpus]
     while isinstance(chain[-1].get("pretraining"), dict):
@@ -51,7 +51,7 @@ def training_text(corpus: dict) -> frozenset[str]:
     """Every sentence of the train split of the synth corpus a card describes, and of the corpus
     it names as ``pretraining``."""
     return frozenset().union(*(_training_text(int(c["seed"]), int(c["train_utterances"]), c.get("sentences", "v1"))
-                               for c in _corpora(corpus)))
+                               for c in corpora(corpus)))
 
 
 def held_out(texts: Sequence[str], model_dir: str | Path) -> tuple[list[bool], dict]:
@@ -66,4 +66,4 @@ def held_out(texts: Sequence[str], model_dir: str | Path) -> tuple[list[bool], d
     keep = [t not in seen for t in texts]
     return keep, {**record, "dropped": keep.count(False),
                   "how": f"left out the sentences of the judge's training text, rebuilt from its card "
-                         f"({'; then '.join(_describe(c) for c in reversed(_corpora(corpus)))})"}
+                         f"({'; then '.join(_describe(c) for c in reversed(corpora(corpus)))})"}

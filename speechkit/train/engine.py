@@ -12,6 +12,7 @@ killed run continues as if it had never stopped.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -101,7 +102,15 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # left to the interpreter's teardown, gloo's worker threads can abort the process (SIGABRT,
+        # "terminate called without an active exception") after training has finished
+        atexit.register(_close_process_group)
     return rank, world, device
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:

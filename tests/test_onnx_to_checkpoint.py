@@ -103,3 +103,28 @@ def test_recipe_tokenizer_stage_of_a_finetuning_config_copies_the_init_tokens(tm
                            "--exp-dir", tmp_path / "new" / "exp")
     assert rc == 0, err
     assert (tmp_path / "new" / "exp" / "tokens.txt").read_text() == (init / "tokens.txt").read_text()
+
+
+def test_a_new_head_with_another_tokenizer_gets_its_own(tmp_path, run_cli):
+    """init_checkpoint from a char model, the config asks for BPE (a new head on the trained
+    encoder): the run trains its BPE model instead of copying the init's characters."""
+    import itertools
+
+    import yaml
+
+    from speechkit.text.sentences import iter_sentences
+
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "tokens.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(["<blk>", "<unk>", "a", "b", " "])))
+    cfg = yaml.safe_load((RECIPE / "conf" / "finetune_real_cpu.yaml").read_text())
+    cfg["train_conf"]["init_checkpoint"] = str(init / "model.pt")
+    cfg["train_conf"]["init_modules"] = ["cmvn", "encoder"]
+    cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": 60}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    sentences = itertools.islice(iter_sentences(3, "train"), 200)
+    (tmp_path / "text").write_text("".join(f"u{i:03d} {t}\n" for i, t in enumerate(sentences)))
+    rc, out, err = run_cli("tokenizer", "--config", tmp_path / "ft.yaml", "--text", tmp_path / "text",
+                           "--exp-dir", tmp_path / "exp")
+    assert rc == 0, err
+    assert (tmp_path / "exp" / "bpe.model").is_file() and not (tmp_path / "exp" / "tokens.txt").exists()

@@ -27,21 +27,23 @@ FAMILY = "asr"
 
 def prepare_tokenizer(cfg: ExperimentConfig, exp_dir: Path, texts: list[str]):
     """Train the tokenizer once per experiment (rank 0), reuse it afterwards; a fine-tuning run
-    copies the tokenizer of the experiment its ``init_checkpoint`` comes from."""
+    copies the tokenizer of the experiment its ``init_checkpoint`` comes from, unless the config
+    asks for another kind (or BPE size): a new head on a trained encoder (``init_modules``)."""
     try:
         return load_tokenizer(exp_dir)
     except SpeechkitError:
         pass
-    init = cfg.train_conf.init_checkpoint
+    init, want = cfg.train_conf.init_checkpoint, cfg.tokenizer_conf
     if init:
         src = Path(init).parent
-        load_tokenizer(src)  # one line if it has none
-        exp_dir.mkdir(parents=True, exist_ok=True)  # the recipe's tokenizer stage runs before training makes it
-        for name in ("tokens.txt", "bpe.model"):
-            if (src / name).is_file():
-                shutil.copy(src / name, exp_dir / name)
-        return load_tokenizer(exp_dir)
-    return train_tokenizer(cfg.tokenizer_conf.type, texts, exp_dir, cfg.tokenizer_conf.vocab_size)
+        tok = load_tokenizer(src)  # one line if it has none
+        if tok.kind == want.type and (tok.kind != "bpe" or tok.vocab_size == want.vocab_size):
+            exp_dir.mkdir(parents=True, exist_ok=True)  # the recipe's tokenizer stage runs before training makes it
+            for name in ("tokens.txt", "bpe.model"):
+                if (src / name).is_file():
+                    shutil.copy(src / name, exp_dir / name)
+            return load_tokenizer(exp_dir)
+    return train_tokenizer(want.type, texts, exp_dir, want.vocab_size)
 
 
 def load_init(model: torch.nn.Module, path: str | Path, modules: tuple[str, ...] = ()) -> None:

@@ -38,7 +38,7 @@ stage=0
 stop_stage=100
 conf_dir=conf
 init_epoch=4  # the AR run's checkpoint whose encoder the Paraformer starts from
-train_minutes=0  # > 0: stop both trainings after this long and go on with the epochs they finished
+train_minutes=0  # > 0: each training's budget in minutes (train_conf.max_minutes: its schedule is fitted to it)
 engines=
 augment=
 augment_copies=1
@@ -69,6 +69,16 @@ cp "$conf_dir/train_attention_gpu.yaml" "$WORK/conf/attention.yaml"
 sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_paraformer_mwer_gpu.yaml" > "$WORK/conf/paraformer_mwer.yaml"
 [ -z "$epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $epochs/" "$WORK/conf/paraformer.yaml" "$WORK/conf/attention.yaml"
 [ -z "$mwer_epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $mwer_epochs/" "$WORK/conf/paraformer_mwer.yaml"
+if [ "$train_minutes" -gt 0 ]; then  # a time budget per head: the cosine schedule ends when the minutes do
+  for c in paraformer attention; do
+    python3 - "$WORK/conf/$c.yaml" "$train_minutes" "${epochs:-1000}" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+cfg["train_conf"].update(max_minutes=float(sys.argv[2]), max_epochs=int(sys.argv[3]))
+yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
+PY
+  done
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 nj=$(nproc)
 
@@ -80,8 +90,8 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
 fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "train the AR baseline; the Paraformer joins from its epoch-$init_epoch encoder, side by side on one GPU"
-  if [ "$train_minutes" -gt 0 ]; then
-    (sleep $((train_minutes * 60)); pkill -f "speechkit[.]cli train" && echo "[$(date +%T)] stopped training after $train_minutes min") &
+  if [ "$train_minutes" -gt 0 ]; then  # a safety net: each run stops itself at its budget
+    (sleep $((train_minutes * 60 * 2 + 300)); pkill -f "speechkit[.]cli train" && echo "[$(date +%T)] stopped training: over twice the budget") &
     watchdog=$!
   fi
   mkdir -p "$att" "$para"

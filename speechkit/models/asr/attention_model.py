@@ -25,6 +25,7 @@ class AttentionAsrModel(AsrEncoderModel):
 
     def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         enc, enc_lens = self.encode(feats, feat_lens)
+        token_lens = token_lens.to(tokens.device, non_blocking=True)  # the trainer's batches keep lengths on the host
         ys_in, ys_out, ys_in_lens = add_sos_eos(tokens, token_lens, self.sos, self.eos)
         logits = self.decoder(enc, enc_lens, ys_in, ys_in_lens)
         loss_att = label_smoothing_loss(logits, ys_out, self.hc.lsm_weight)

@@ -162,6 +162,7 @@ class ParaformerModel(AsrEncoderModel):
     def forward(self, feats, feat_lens, tokens, token_lens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """tokens (B, U) padded to the longest target → (loss / B, detached loss terms)."""
         enc, enc_lens = self.encode(feats, feat_lens)
+        token_lens = token_lens.to(tokens.device, non_blocking=True)  # the trainer's batches keep lengths on the host
         hc = self.hc
         n = tokens.shape[1]  # the collate pads to the longest target: no device sync for its length
         target = tokens

@@ -10,6 +10,7 @@
 # $REPORT gets report.tgz, the int8 Paraformer and the fp16 weights of both models.
 #   bash egs/synth/asr/local/gpu_paraformer_run.sh [--hours 50] [--epochs N] [--stage N] [--conf_dir conf]
 #     [--engines espeak-ng,flite,festival,piper] [--augment conf/augment.yaml --augment_copies 1] [--real_dev DIR]
+#     [--train_minutes M] [--bpe N]
 # The summary ends with the target line: the Paraformer's relative WER gap to the AR baseline on the
 # same encoder (its best decode) against the 5 % target, and the AR / Paraformer decoding time.
 # Issue 19's realistic corpus (all off by default: the corpus and training of the shipped model):
@@ -26,6 +27,11 @@
 #                      it when the new one is better on real dev and no worse than +--tolerance WER
 #                      points on test (exp/ship_decision.json).
 #   --conf_dir DIR     where the three train_*_gpu.yaml configs are (relative to egs/synth/asr, or absolute).
+#   --bpe N            all three models on BPE tokens (vocabulary N, trained on train) instead of the
+#                      configs' characters; work goes to exp_bpeN, report_bpeN, conf_bpeN beside a char
+#                      run's, so the two can run at once on one corpus (the second with --stage 2 once
+#                      the first has passed stage 1).
+#   --train_minutes M  each head's training budget (train_conf.max_minutes; its schedule is fitted to it).
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_paraformer_run.sh > /tmp/gpu_para.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -45,11 +51,13 @@ augment_copies=1
 real_dev=
 shipped=models/asr-paraformer-synth  # relative to the checkout, or absolute
 tolerance=0.5
-WORK=${WORK:-/tmp/para_gpu}
-SRC=${SRC:-$WORK/src}  # a later call for more stages while a run goes on: SRC=$WORK/src2
-REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance"
+bpe=0  # > 0: all three models use BPE tokens of this vocabulary size (sentencepiece, trained on train)
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe"
 . "$root/tools/parse_options.sh"
+tag=$([ "$bpe" -gt 0 ] && echo "_bpe$bpe" || true)  # a BPE run keeps its own exp, report and source copy beside a char run
+WORK=${WORK:-/tmp/para_gpu}
+SRC=${SRC:-$WORK/src$tag}  # a later call for more stages while a run goes on: SRC=$WORK/src2
+REPORT=${REPORT:-$WORK/report$tag}
 . "$root/tools/gpu_common.sh"
 real_dev=$(real_dev_dir "$real_dev")
 run_from_private_copy "$SRC"
@@ -57,24 +65,35 @@ cli_from_checkout
 log() { echo "[$(date +%T)] $*"; }
 asr=$root/egs/synth/asr
 data=$WORK/data dump=$WORK/dump
-para=$WORK/exp/paraformer att=$WORK/exp/attention mwer=$WORK/exp/paraformer_mwer
+exp=$WORK/exp$tag
+para=$exp/paraformer att=$exp/attention mwer=$exp/paraformer_mwer
 train_set=train${augment:+_aug_$(basename "${augment%.*}")}  # recipes/asr.sh's name for the augmented set
 sets="test test_unseen${real_dev:+ real_dev}"
 set_dir() { if [ "$1" = real_dev ]; then echo "$real_dev"; else echo "$data/$1"; fi; }
 [[ $shipped = /* ]] || shipped=$root/$shipped
-mkdir -p "$WORK/conf"
+mkdir -p "$WORK/conf$tag"
 case $conf_dir in /*) ;; *) conf_dir=$asr/$conf_dir ;; esac
-sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $att/epoch_$init_epoch.pt#" "$conf_dir/train_paraformer_gpu.yaml" > "$WORK/conf/paraformer.yaml"
-cp "$conf_dir/train_attention_gpu.yaml" "$WORK/conf/attention.yaml"
-sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_paraformer_mwer_gpu.yaml" > "$WORK/conf/paraformer_mwer.yaml"
-[ -z "$epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $epochs/" "$WORK/conf/paraformer.yaml" "$WORK/conf/attention.yaml"
-[ -z "$mwer_epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $mwer_epochs/" "$WORK/conf/paraformer_mwer.yaml"
+sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $att/epoch_$init_epoch.pt#" "$conf_dir/train_paraformer_gpu.yaml" > "$WORK/conf$tag/paraformer.yaml"
+cp "$conf_dir/train_attention_gpu.yaml" "$WORK/conf$tag/attention.yaml"
+sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_paraformer_mwer_gpu.yaml" > "$WORK/conf$tag/paraformer_mwer.yaml"
+[ -z "$epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $epochs/" "$WORK/conf$tag/paraformer.yaml" "$WORK/conf$tag/attention.yaml"
+[ -z "$mwer_epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $mwer_epochs/" "$WORK/conf$tag/paraformer_mwer.yaml"
 if [ "$train_minutes" -gt 0 ]; then  # a time budget per head: the cosine schedule ends when the minutes do
   for c in paraformer attention; do
-    python3 - "$WORK/conf/$c.yaml" "$train_minutes" "${epochs:-1000}" <<'PY'
+    python3 - "$WORK/conf$tag/$c.yaml" "$train_minutes" "${epochs:-1000}" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 cfg["train_conf"].update(max_minutes=float(sys.argv[2]), max_epochs=int(sys.argv[3]))
+yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
+PY
+  done
+fi
+if [ "$bpe" -gt 0 ]; then
+  for c in paraformer attention paraformer_mwer; do
+    python3 - "$WORK/conf$tag/$c.yaml" "$bpe" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": int(sys.argv[2])}
 yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
 PY
   done
@@ -85,9 +104,10 @@ nj=$(nproc)
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "corpus and features"
   if [ -n "$engines" ]; then synth_corpus "$data" "$hours" 0 "$nj" "$engines"; fi
-  "$asr/run.sh" --stage 0 --stop_stage 2 --config "$WORK/conf/paraformer.yaml" --hours "$hours" --nj "$nj" \
+  "$asr/run.sh" --stage 0 --stop_stage 2 --config "$WORK/conf$tag/paraformer.yaml" --hours "$hours" --nj "$nj" \
     --data "$data" --dump "$dump" --exp "$para" --augment "$augment" --augment_copies "$augment_copies"
 fi
+[ "$stop_stage" -ge 2 ] || { log "corpus and features only (--stop_stage $stop_stage): no report"; exit 0; }
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "train the AR baseline; the Paraformer joins from its epoch-$init_epoch encoder, side by side on one GPU"
   if [ "$train_minutes" -gt 0 ]; then  # a safety net: each run stops itself at its budget
@@ -95,12 +115,12 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     watchdog=$!
   fi
   mkdir -p "$att" "$para"
-  speechkit train --config "$WORK/conf/attention.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$att" \
+  speechkit train --config "$WORK/conf$tag/attention.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$att" \
     > "$att/train.log" 2>&1 &
   trainer_att=$!
   while [ ! -f "$att/epoch_$init_epoch.pt" ] && kill -0 "$trainer_att" 2>/dev/null; do sleep 5; done
   log "Paraformer starts from $att/epoch_$init_epoch.pt"
-  speechkit train --config "$WORK/conf/paraformer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$para" \
+  speechkit train --config "$WORK/conf$tag/paraformer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$para" \
     > "$para/train.log" 2>&1 &
   trainer_para=$!
   wait "$trainer_att" "$trainer_para" || true
@@ -111,7 +131,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "MWER fine-tuning of the Paraformer"
-  speechkit train --config "$WORK/conf/paraformer_mwer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$mwer" \
+  speechkit train --config "$WORK/conf$tag/paraformer_mwer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$mwer" \
     > "$WORK/mwer_train.log" 2>&1 || { tail -n 20 "$WORK/mwer_train.log"; exit 1; }
   speechkit average "$mwer"
 fi
@@ -142,29 +162,29 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   if [ -n "$real_dev" ]; then
     log "ship decision: the int8 export against the shipped $shipped"
     for s in test real_dev; do
-      out=$WORK/exp/shipped/decode_$s
+      out=$exp/shipped/decode_$s
       speechkit decode-onnx "$shipped" "$(set_dir "$s")" "$out" --nj "$nj" 2>/dev/null
       speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json"
     done
-    python3 "$asr/local/ship_decision.py" --label "${shipped#"$root"/}" --tolerance "$tolerance" --out "$WORK/exp/ship_decision.json" \
+    python3 "$asr/local/ship_decision.py" --label "${shipped#"$root"/}" --tolerance "$tolerance" --out "$exp/ship_decision.json" \
       --new-real-dev "$best/decode_real_dev_onnx_int8/wer.json" --new-test "$best/decode_test_onnx_int8/wer.json" \
-      --shipped-real-dev "$WORK/exp/shipped/decode_real_dev/wer.json" --shipped-test "$WORK/exp/shipped/decode_test/wer.json" \
+      --shipped-real-dev "$exp/shipped/decode_real_dev/wer.json" --shipped-test "$exp/shipped/decode_test/wer.json" \
       || log "no ship decision (the int8 decode above failed?); the report goes on"
   fi
 fi
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "CIF word times against a CTC forced alignment"
-  python3 "$root/egs/synth/asr/local/cif_word_times.py" "$mwer" "$att" "$data/test" --out "$WORK/exp/word_times.json"
+  python3 "$root/egs/synth/asr/local/cif_word_times.py" "$mwer" "$att" "$data/test" --out "$exp/word_times.json"
 fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "bench asr-decode"
   speechkit bench asr-decode --paraformer "$mwer" --attention "$att" --data "$data/test" --onnx "$mwer/onnx" \
-    --json --out "$WORK/exp/bench_asr_decode.json" || true
+    --json --out "$exp/bench_asr_decode.json" || true
 fi
 
 log "report"
 mkdir -p "$REPORT"
-python3 - "$WORK/exp" "$REPORT/summary.md" <<'PY'
+python3 - "$exp" "$REPORT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -238,7 +258,7 @@ for name in ("word_times.json", "bench_asr_decode.json"):
 out.write_text(text + "\n")
 print(text)
 PY
-python3 - "$WORK/exp" "$REPORT" <<'PY'
+python3 - "$exp" "$REPORT" <<'PY'
 import sys, torch
 from pathlib import Path
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -254,6 +274,6 @@ for exp in ("paraformer_mwer", "attention"):
         torch.save({"model": {k: sd[k] for k in part}, "config": ck["config"], "part": i, "parts": 3}, out / f"{exp}.fp16.part{i}.pt")
 PY
 [ -f "$mwer/onnx_int8/model.onnx" ] && cp "$mwer/onnx_int8/model.onnx" "$REPORT/paraformer.int8.onnx"
-(cd "$WORK/exp" && tar czf "$REPORT/report.tgz" --ignore-failed-read $(ls -d */config.yaml */metrics.jsonl */model_info.json */train.log \
+(cd "$exp" && tar czf "$REPORT/report.tgz" --ignore-failed-read $(ls -d */config.yaml */metrics.jsonl */model_info.json */train.log \
   */tokens.txt */decode_* */onnx*/export.json word_times.json bench_asr_decode.json ship_decision.json 2>/dev/null) -C "$REPORT" summary.md)
 ls -la "$REPORT"

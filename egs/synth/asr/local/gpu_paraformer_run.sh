@@ -10,7 +10,7 @@
 # $REPORT gets report.tgz, the int8 Paraformer and the fp16 weights of both models.
 #   bash egs/synth/asr/local/gpu_paraformer_run.sh [--hours 50] [--epochs N] [--stage N] [--conf_dir conf]
 #     [--engines espeak-ng,flite,festival,piper] [--augment conf/augment.yaml --augment_copies 1] [--real_dev DIR]
-#     [--train_minutes M] [--bpe N]
+#     [--train_minutes M] [--bpe N] [--batch_seconds S]
 # The summary ends with the target line: the Paraformer's relative WER gap to the AR baseline on the
 # same encoder (its best decode) against the 5 % target, and the AR / Paraformer decoding time.
 # Issue 19's realistic corpus (all off by default: the corpus and training of the shipped model):
@@ -32,6 +32,9 @@
 #                      run's, so the two can run at once on one corpus (the second with --stage 2 once
 #                      the first has passed stage 1).
 #   --train_minutes M  each head's training budget (train_conf.max_minutes; its schedule is fitted to it).
+#   --batch_seconds S  audio seconds per batch for all three (the configs: 1 200). A step of 1 200 s
+#                      batches of 25 s utterances peaks near 20 GiB (H100, bf16), so four trainers at
+#                      once on an 80 GB card want --batch_seconds 800.
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_paraformer_run.sh > /tmp/gpu_para.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -52,7 +55,8 @@ real_dev=
 shipped=models/asr-paraformer-synth  # relative to the checkout, or absolute
 tolerance=0.5
 bpe=0  # > 0: all three models use BPE tokens of this vocabulary size (sentencepiece, trained on train)
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe"
+batch_seconds=0  # > 0: all three models' train_conf.batch_seconds (the configs': 1 200 s)
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe batch_seconds"
 . "$root/tools/parse_options.sh"
 tag=$([ "$bpe" -gt 0 ] && echo "_bpe$bpe" || true)  # a BPE run keeps its own exp, report and source copy beside a char run
 WORK=${WORK:-/tmp/para_gpu}
@@ -88,16 +92,18 @@ yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
 PY
   done
 fi
-if [ "$bpe" -gt 0 ]; then
-  for c in paraformer attention paraformer_mwer; do
-    python3 - "$WORK/conf$tag/$c.yaml" "$bpe" <<'PY'
+for c in paraformer attention paraformer_mwer; do  # --bpe and --batch_seconds, where given
+  python3 - "$WORK/conf$tag/$c.yaml" "$bpe" "$batch_seconds" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
-cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": int(sys.argv[2])}
+bpe, batch_seconds = int(sys.argv[2]), float(sys.argv[3])
+if bpe > 0:
+    cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": bpe}
+if batch_seconds > 0:
+    cfg["train_conf"]["batch_seconds"] = batch_seconds
 yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
 PY
-  done
-fi
+done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 nj=$(nproc)
 

@@ -60,6 +60,14 @@ def read_engines(data_dir: str | Path, keys: list[str]) -> list[str] | None:
     return [table[k].split()[0].removeprefix("engine=") if k in table else "unknown" for k in keys]
 
 
+def indices_by_engine(engines: list[str]) -> dict[str, list[int]]:
+    """``read_engines``' list → {engine: the positions of its utterances}, engines sorted."""
+    out: dict[str, list[int]] = {}
+    for i, e in enumerate(engines):
+        out.setdefault(e, []).append(i)
+    return dict(sorted(out.items()))
+
+
 def write_table(path: Path, table: dict[str, str]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -19,7 +19,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechkit.audio.io import load_audio
-from speechkit.data.kaldi import read_engines, read_table
+from speechkit.data.kaldi import indices_by_engine, read_engines, read_table
 from speechkit.errors import SpeechkitError
 from speechkit.eval.audio_quality import asr_wer, mel_cepstral_distortion, pesq_wb, spectrogram_comparison, stoi
 from speechkit.eval.heldout import held_out
@@ -176,8 +176,7 @@ def _by_engine(engines: list[str], scores: dict[str, list[float]], refs: list[st
                hyps_resynth: list[str]) -> dict:
     """The row's scores and both WERs over each engine's utterances."""
     out = {}
-    for engine in sorted(set(engines)):
-        idx = [i for i, e in enumerate(engines) if e == engine]
+    for engine, idx in indices_by_engine(engines).items():
         row = {"utterances": len(idx), **{k: round(float(np.nanmean([v[i] for i in idx])), 4) for k, v in scores.items()}}
         engine_refs = [refs[i] for i in idx]
         original = score_texts(engine_refs, [hyps_original[i] for i in idx])

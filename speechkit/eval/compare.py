@@ -75,9 +75,7 @@ def card_row(label: str, card: dict, decodes: str | Path, splits: list[str]) -> 
     """The row of a shipped model: figures from its card, WER from ``decodes/decode_<split>/wer.json``."""
     t = card["training"]
     wer = {s: read_wer_json(Path(decodes) / f"decode_{s}" / "wer.json", missing_ok=True) for s in splits}
-    corpus, hours = card["corpus"], 0.0
-    while isinstance(corpus, dict):  # a fine-tuned model: its corpus and the one it was first trained on
-        hours, corpus = hours + corpus["train_hours"], corpus.get("pretraining")
+    hours = sum(c["train_hours"] for c in corpora(card["corpus"]))  # a fine-tuned model's first corpus too
     return Row(label, round(hours, 2), f"{card['parameters_m']:.2f} M",
                f"~{t['minutes']:.0f} min, {t['hardware']}", wer)
 

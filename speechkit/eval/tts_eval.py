@@ -24,17 +24,24 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from speechkit.data.kaldi import indices_by_engine, read_engines, read_table
 from speechkit.errors import SpeechkitError
 from speechkit.eval.wer import wer_percent
 
 JUDGES = ("asr", "pocketsphinx", "resemblyzer", "dnsmos")
 
 
+def _wers(idx: list[int], refs: list[str], hyps_synth: list[str], hyps_real: list[str]) -> dict:
+    """The ASR judge's two WERs over the utterances at ``idx``."""
+    sub = [refs[i] for i in idx]
+    return {"utterances": len(idx), "wer_synth": wer_percent(sub, [hyps_synth[i] for i in idx], 2),
+            "wer_real": wer_percent(sub, [hyps_real[i] for i in idx], 2)}
+
+
 def eval_pairs(data_dir: str | Path, max_utts: int | None = None) -> list[dict]:
     """[{utt, text, wav, prompt_utt, prompt_wav[, engine]}]: every utterance with the next utterance
     of its speaker (cyclically, in sorted order) as the prompt; ``engine`` where the data dir has
     ``utt2synth``."""
-    from speechkit.data.kaldi import read_engines, read_table
 
     d = Path(data_dir)
     wavs, texts, spk = read_table(d / "wav.scp"), read_table(d / "text"), read_table(d / "utt2spk")
@@ -148,14 +155,8 @@ def judge_set(pairs: list[dict], out_dir: Path, judges: list[str], asr_model: st
             p["asr_hyp"] = h
         if any("engine" in p for p in have):
             # the judge has heard some engines' voices (its card's corpora): read them apart
-            by_engine = {}
-            for engine in sorted({p.get("engine", "unknown") for p in have}):
-                idx = [i for i, p in enumerate(have) if p.get("engine", "unknown") == engine]
-                sub = [refs[i] for i in idx]
-                by_engine[engine] = {"utterances": len(idx),
-                                     "wer_synth": wer_percent(sub, [res_s["hyps"][i] for i in idx], 2),
-                                     "wer_real": wer_percent(sub, [res_r["hyps"][i] for i in idx], 2)}
-            out["asr"]["by_engine"] = by_engine
+            groups = indices_by_engine([p.get("engine", "unknown") for p in have])
+            out["asr"]["by_engine"] = {e: _wers(idx, refs, res_s["hyps"], res_r["hyps"]) for e, idx in groups.items()}
     if "pocketsphinx" in judges:
         from speechkit.eval.tts_judges import PocketsphinxJudge
 

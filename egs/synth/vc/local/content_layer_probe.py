@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-speakers", type=int, default=40)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     chosen, spks = pick(load_data_dir(args.data), args.min_utts, args.max_speakers)
     y = np.array([spks.index(s) for _, s, _ in chosen])
     fit = np.array([f for _, _, f in chosen])

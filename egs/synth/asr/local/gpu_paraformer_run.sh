@@ -77,33 +77,28 @@ set_dir() { if [ "$1" = real_dev ]; then echo "$real_dev"; else echo "$data/$1";
 [[ $shipped = /* ]] || shipped=$root/$shipped
 mkdir -p "$WORK/conf$tag"
 case $conf_dir in /*) ;; *) conf_dir=$asr/$conf_dir ;; esac
-sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $att/epoch_$init_epoch.pt#" "$conf_dir/train_paraformer_gpu.yaml" > "$WORK/conf$tag/paraformer.yaml"
-cp "$conf_dir/train_attention_gpu.yaml" "$WORK/conf$tag/attention.yaml"
-sed -e "s#^  init_checkpoint: .*#  init_checkpoint: $para/model_avg.pt#" "$conf_dir/train_paraformer_mwer_gpu.yaml" > "$WORK/conf$tag/paraformer_mwer.yaml"
-[ -z "$epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $epochs/" "$WORK/conf$tag/paraformer.yaml" "$WORK/conf$tag/attention.yaml"
-[ -z "$mwer_epochs" ] || sed -i "s/^  max_epochs: .*/  max_epochs: $mwer_epochs/" "$WORK/conf$tag/paraformer_mwer.yaml"
-if [ "$train_minutes" -gt 0 ]; then  # a time budget per head: the cosine schedule ends when the minutes do
-  for c in paraformer attention; do
-    python3 - "$WORK/conf$tag/$c.yaml" "$train_minutes" "${epochs:-1000}" <<'PY'
+# the three configs with this run's paths and options (--epochs, --mwer_epochs, --train_minutes, --bpe, --batch_seconds)
+python3 - "$conf_dir" "$WORK/conf$tag" "$att/epoch_$init_epoch.pt" "$para/model_avg.pt" "${epochs:-0}" "${mwer_epochs:-0}" \
+  "$train_minutes" "$bpe" "$batch_seconds" <<'PY'
 import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-cfg["train_conf"].update(max_minutes=float(sys.argv[2]), max_epochs=int(sys.argv[3]))
-yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
+src, dst, init_para, init_mwer = sys.argv[1:5]
+epochs, mwer_epochs, minutes, bpe = (int(a) for a in sys.argv[5:9])
+batch_seconds = float(sys.argv[9])
+for name, init, n in (("paraformer", init_para, epochs), ("attention", None, epochs), ("paraformer_mwer", init_mwer, mwer_epochs)):
+    cfg = yaml.safe_load(open(f"{src}/train_{name}_gpu.yaml"))
+    tc = cfg["train_conf"]
+    if init:
+        tc["init_checkpoint"] = init
+    if n:
+        tc["max_epochs"] = n
+    if minutes and name != "paraformer_mwer":  # a time budget per head: the cosine schedule ends with the minutes
+        tc.update(max_minutes=float(minutes), max_epochs=n or 1000)
+    if batch_seconds:
+        tc["batch_seconds"] = batch_seconds
+    if bpe:
+        cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": bpe}
+    yaml.safe_dump(cfg, open(f"{dst}/{name}.yaml", "w"), sort_keys=False)
 PY
-  done
-fi
-for c in paraformer attention paraformer_mwer; do  # --bpe and --batch_seconds, where given
-  python3 - "$WORK/conf$tag/$c.yaml" "$bpe" "$batch_seconds" <<'PY'
-import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-bpe, batch_seconds = int(sys.argv[2]), float(sys.argv[3])
-if bpe > 0:
-    cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": bpe}
-if batch_seconds > 0:
-    cfg["train_conf"]["batch_seconds"] = batch_seconds
-yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
-PY
-done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 nj=$(nproc)
 
@@ -117,7 +112,8 @@ fi
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   log "train the AR baseline; the Paraformer joins from its epoch-$init_epoch encoder, side by side on one GPU"
   if [ "$train_minutes" -gt 0 ]; then  # a safety net: each run stops itself at its budget
-    (sleep $((train_minutes * 60 * 2 + 300)); pkill -f "speechkit[.]cli train" && echo "[$(date +%T)] stopped training: over twice the budget") &
+    (sleep $((train_minutes * 60 * 2 + 300)); pkill -f "speechkit(\.cli)? train .*--exp-dir $exp/" \
+      && echo "[$(date +%T)] stopped training: over twice the budget") &
     watchdog=$!
   fi
   mkdir -p "$att" "$para"
@@ -138,7 +134,7 @@ fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   log "MWER fine-tuning of the Paraformer"
   speechkit train --config "$WORK/conf$tag/paraformer_mwer.yaml" --train-dump "$dump/$train_set" --dev-dump "$dump/dev" --exp-dir "$mwer" \
-    > "$WORK/mwer_train.log" 2>&1 || { tail -n 20 "$WORK/mwer_train.log"; exit 1; }
+    > "$exp/mwer_train.log" 2>&1 || { tail -n 20 "$exp/mwer_train.log"; exit 1; }
   speechkit average "$mwer"
 fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then

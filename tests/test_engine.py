@@ -81,6 +81,22 @@ def test_step_limit_and_schedule(tmp_path):
     assert again.fit()["steps"] == 7, "a finished run trains no more"
 
 
+def test_a_limit_inside_an_epoch_ends_that_epoch_for_the_task(tmp_path):
+    """The task's end_epoch (where ASR writes epoch_N.pt, which averaging reads) runs at a stop that
+    falls mid-epoch, with the last weights: otherwise a time budget's final steps are never averaged."""
+
+    class Ending(ToyTask):
+        def end_epoch(self, engine, epoch):
+            self.ended.append((epoch, engine.step, self.model.weight.detach().clone()))
+
+    task = Ending()
+    task.ended = []
+    _, engine, info = fit(tmp_path, "mid", task=task, max_epochs=10, max_steps=17)  # 12 steps an epoch
+    assert info["steps"] == 17
+    assert [(e, s) for e, s, _ in task.ended] == [(1, 12), (2, 17)]
+    assert torch.equal(task.ended[-1][2], task.model.weight.detach())
+
+
 def test_non_finite_step_is_skipped(tmp_path):
     task = ToyTask(poison={(0, 3)})
     _, engine, _ = fit(tmp_path, "nan", task=task, max_epochs=1)

@@ -438,7 +438,9 @@ class Engine:
             waited += loader.total_wait_s
             bar.close()
             finished = done >= len(keys)
-            if finished and hasattr(self.task, "end_epoch"):
+            # a step limit or time budget that ends mid-epoch ends the epoch too: the task's epoch
+            # checkpoint then holds the run's last weights, which averaging would otherwise never see
+            if (finished or stop) and hasattr(self.task, "end_epoch"):
                 self._end_epoch(epoch, metrics, start)
             self._save(epoch + 1, 0) if finished else self._save(epoch, first + done)
             if self.world > 1:

@@ -89,3 +89,21 @@ def test_cli_missing_or_bad_file_is_a_one_line_error(tmp_path):
     bad.write_text(json.dumps({"cer": 3.0}))
     done = _run("--new-real-dev", good, "--new-test", bad, "--shipped-real-dev", good, "--shipped-test", good)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(bad) in done.stderr
+
+
+def test_cli_paired_counts_utterances_and_bootstraps(tmp_path):
+    files = {k: _wer_json(tmp_path / f"{k}.json", w) for k, w in
+             (("new_rd", 40.0), ("new_t", 13.0), ("old_rd", 60.0), ("old_t", 13.0))}
+    (tmp_path / "text").write_text("u1 the cat sat\nu2 a dog ran\nu3 hello there\n")
+    (tmp_path / "new").write_text("u1 the cat sat\nu2 a dog run\nu3 hello there\n")  # u3 right, u2 one word wrong
+    (tmp_path / "old").write_text("u1 the hat sat\nu2 a dog ran\n")  # u3 missing: both words deleted
+    out = tmp_path / "d.json"
+    done = _run("--new-real-dev", files["new_rd"], "--new-test", files["new_t"], "--shipped-real-dev", files["old_rd"],
+                "--shipped-test", files["old_t"], "--out", out,
+                "--paired", tmp_path / "text", tmp_path / "new", tmp_path / "old")
+    assert done.returncode == 0, done.stderr
+    p = json.loads(out.read_text())["paired"]
+    assert p["utterances"] == 3 and p["word"]["fewer"] == 2 and p["word"]["more"] == 1
+    assert (p["word"]["errors_new"], p["word"]["errors_shipped"]) == (1, 3)
+    assert 0.5 < p["word"]["p_fewer"] < 1.0
+    assert "fewer on 2 of 3 utterances, more on 1" in done.stdout

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from speechkit.errors import SpeechkitError
-from speechkit.eval.wer import read_wer_json, score_texts, score_to_file, wer_percent
+from speechkit.eval.wer import paired_bootstrap, read_wer_json, score_texts, score_to_file, utterance_errors, wer_percent
 
 
 def test_wer_percent_matches_score_texts_and_normalises_whitespace():
@@ -56,3 +56,22 @@ def test_read_wer_json_accepts_an_integer_wer(tmp_path):
     path = tmp_path / "wer.json"
     path.write_text(json.dumps({"wer": 0}))
     assert read_wer_json(path) == 0.0
+
+
+def test_utterance_errors_count_each_pair_and_skip_empty_references():
+    refs = ["the cat sat", "", "a b"]
+    hyps = ["the hat sat on", "noise", "a b"]
+    assert utterance_errors(refs, hyps) == [2, 0]  # one substitution + one insertion; the empty ref left out
+    assert utterance_errors(refs, hyps, "char") == [4, 0]  # c->h, and " on" inserted
+    with pytest.raises(ValueError, match="unit"):
+        utterance_errors(refs, hyps, "phone")
+
+
+def test_paired_bootstrap_is_one_when_always_better_and_zero_on_ties():
+    assert paired_bootstrap([0, 1, 2], [1, 2, 3]) == 1.0
+    assert paired_bootstrap([1, 2, 3], [0, 1, 2]) == 0.0
+    assert paired_bootstrap([2, 2], [2, 2]) == 0.0  # never strictly fewer
+    mixed = paired_bootstrap([0] * 10 + [5] * 10, [3] * 10 + [3] * 10, draws=4000)  # 50 vs 60 errors in total
+    assert 0.6 < mixed < 0.95 and mixed == paired_bootstrap([0] * 10 + [5] * 10, [3] * 20, draws=4000)  # seeded
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap([1, 2], [1])

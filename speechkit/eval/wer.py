@@ -1,5 +1,6 @@
 """Word and character error rates of a Kaldi ``hyp`` against a Kaldi ``text`` (jiwer), of two text
-lists, and the ``wer`` read back from the wer.json that ``speechkit score --out`` writes."""
+lists, and the ``wer`` read back from the wer.json that ``speechkit score --out`` writes; per
+utterance errors and a paired bootstrap for comparing two systems on the same utterances."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 from speechkit.data.kaldi import read_table
 from speechkit.errors import SpeechkitError
@@ -53,6 +55,30 @@ def _scored(refs: list[str], hyps: list[str]) -> tuple[list[str], list[str]]:
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     pairs = [(" ".join(r.split()), " ".join(h.split())) for r, h in zip(refs, hyps) if r.strip()]
     return [r for r, _ in pairs], [h for _, h in pairs]
+
+
+def utterance_errors(refs: list[str], hyps: list[str], unit: str = "word") -> list[int]:
+    """Edit operations (substitutions + deletions + insertions) of each pair, in words or characters
+    (``unit`` "char", spaces included as jiwer's CER counts them); pairs with an empty reference are
+    left out, as :func:`score_texts` leaves them out."""
+    if unit not in ("word", "char"):
+        raise ValueError(f"unit {unit!r}: word or char")
+    process = jiwer.process_words if unit == "word" else jiwer.process_characters
+    out = []
+    for r, h in zip(*_scored(refs, hyps)):
+        o = process(r, h)
+        out.append(o.substitutions + o.deletions + o.insertions)
+    return out
+
+
+def paired_bootstrap(new: list[int], old: list[int], draws: int = 10_000, seed: int = 0) -> float:
+    """The share of bootstrap resamples of the utterances (with replacement, ``draws`` of them) in
+    which ``new`` makes strictly fewer errors in total than ``old`` on the same utterances."""
+    a, b = np.asarray(new, dtype=np.int64), np.asarray(old, dtype=np.int64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"two equal non-empty lists of per-utterance errors, got {a.shape} and {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))
+    return float(((a - b)[idx].sum(axis=1) < 0).mean())
 
 
 def read_wer_json(path: str | Path, missing_ok: bool = False) -> float | None:

@@ -5,7 +5,7 @@
 # from the ONNX Runtime streaming decoder (chunk by chunk, fp32, and int8 at the config's first
 # look-ahead). Work goes to $WORK (default /tmp/stream_gpu); $REPORT gets report.tgz (summary,
 # metrics, hyps, export check), the int8 model.onnx and the fp16 weights in two parts.
-#   bash egs/synth/asr/local/gpu_stream_run.sh [--hours 50] [--epochs N] [--stage N] [--config conf/train_stream_gpu.yaml]
+#   bash egs/synth/asr/local/gpu_stream_run.sh [--hours 50] [--epochs N] [--minutes M] [--stage N] [--config conf/train_stream_gpu.yaml]
 #     [--engines espeak-ng,flite,festival,piper] [--augment conf/augment.yaml --augment_copies 1] [--real_dev DIR]
 # Issue 19's realistic corpus (all off by default: the corpus and training of the shipped model):
 #   --engines LIST     the corpus from these engines only (`speechkit corpus synth --engines`); each one
@@ -22,7 +22,11 @@
 #   --config CONF      the training config (relative to egs/synth/asr, or absolute); its
 #                      att_context_size gives the look-aheads decoded. One with train_conf.init_checkpoint
 #                      (conf/finetune_real_gpu.yaml) fine-tunes the shipped model, whose weights
-#                      local/onnx_to_checkpoint.py takes back out of its ONNX file first.
+#                      local/onnx_to_checkpoint.py takes back out of its ONNX file first. A Paraformer
+#                      config (head: paraformer; conf/finetune_paraformer_real_gpu.yaml fine-tunes
+#                      models/asr-paraformer-synth, the default --shipped then) is decoded offline:
+#                      PyTorch, and the int8 export through the runtime (decode-onnx) in place of the
+#                      streaming decodes.
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_stream_run.sh > /tmp/gpu_stream.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -30,17 +34,18 @@ root=$(cd "$(dirname "$0")/../../../.." && pwd)
 args=("$@")
 hours=50
 epochs=
+minutes=  # a training budget in minutes (train_conf.max_minutes) in place of the config's
 stage=0
 config=conf/train_stream_gpu.yaml
 engines=
 augment=
 augment_copies=1
 real_dev=
-shipped=models/asr-stream-synth  # relative to the checkout, or absolute
+shipped=  # relative to the checkout, or absolute; default models/asr-stream-synth (asr-paraformer-synth for a Paraformer)
 tolerance=0.5
 WORK=${WORK:-/tmp/stream_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours epochs stage config engines augment augment_copies real_dev shipped tolerance"
+_speechkit_opts="hours epochs minutes stage config engines augment augment_copies real_dev shipped tolerance"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
 real_dev=$(real_dev_dir "$real_dev")
@@ -48,9 +53,19 @@ run_from_private_copy "$WORK/src"
 cli_from_checkout
 asr=$root/egs/synth/asr
 [[ $config = /* ]] || config=$asr/$config
+paraformer=$(python3 -c "import sys, yaml; print(int(yaml.safe_load(open(sys.argv[1])).get('head') == 'paraformer'))" "$config")
+[ -n "$shipped" ] || if [ "$paraformer" = 1 ]; then shipped=models/asr-paraformer-synth; else shipped=models/asr-stream-synth; fi
 [[ $shipped = /* ]] || shipped=$root/$shipped
-if [ -n "$epochs" ]; then
-  sed "s/^  max_epochs: .*/  max_epochs: $epochs/" "$config" > "$WORK/train_stream_gpu.yaml"
+if [ -n "$epochs$minutes" ]; then
+  python3 - "$config" "$WORK/train_stream_gpu.yaml" "$epochs" "$minutes" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+if sys.argv[3]:
+    cfg["train_conf"]["max_epochs"] = int(sys.argv[3])
+if sys.argv[4]:
+    cfg["train_conf"]["max_minutes"] = float(sys.argv[4])
+yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
+PY
   config=$WORK/train_stream_gpu.yaml
 fi
 data=$WORK/data exp=$WORK/exp
@@ -69,12 +84,15 @@ if [ "$stage" -le 0 ] && [ -n "$engines" ]; then synth_corpus "$data" "$hours" 0
 log() { echo "[$(date +%T)] $*"; }
 sets="test test_unseen${real_dev:+ real_dev}"
 set_dir() { if [ "$1" = real_dev ]; then echo "$real_dev"; else echo "$data/$1"; fi; }
-# the trained look-aheads (LEFT,RIGHT; full context left out); the first is the one shipped in int8
-contexts=$(python3 -c "import sys, yaml; print(' '.join(f'{l},{r}' for l, r in yaml.safe_load(open(sys.argv[1]))['encoder_conf']['att_context_size'] if l >= 0))" "$config")
+# the trained look-aheads (LEFT,RIGHT; full context left out); the first is the one shipped in int8.
+# None for a Paraformer (offline).
+contexts=$(python3 -c "import sys, yaml; print(' '.join(f'{l},{r}' for l, r in (yaml.safe_load(open(sys.argv[1]))['encoder_conf'].get('att_context_size') or []) if l >= 0))" "$config")
 first=${contexts%% *}
+full=(--att-context full)
+[ "$paraformer" = 0 ] || full=()
 log "full context (PyTorch, whole utterance)"
 for s in $sets; do
-  speechkit decode "$exp" "$(set_dir "$s")" "$exp/decode_${s}_full" --att-context full
+  speechkit decode "$exp" "$(set_dir "$s")" "$exp/decode_${s}_full" "${full[@]}"
   speechkit score "$(set_dir "$s")/text" "$exp/decode_${s}_full/hyp" --out "$exp/decode_${s}_full/wer.json"
 done
 log "export (fp32 checked against PyTorch, and int8)"
@@ -87,22 +105,24 @@ for ctx in $contexts; do
     speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json"
   done
 done
+# the int8 file as it would ship, through the runtime: streamed at the first look-ahead, or offline
+if [ "$paraformer" = 1 ]; then int8=onnx_int8 runtime=(decode-onnx); else int8=stream_${first/,/_}_int8 runtime=(decode-stream --att-context "$first"); fi
 for s in $sets; do
-  out=$exp/decode_${s}_stream_${first/,/_}_int8
-  speechkit decode-stream "$exp/onnx_int8" "$(set_dir "$s")" "$out" --att-context "$first" --nj "$(nproc)"
+  out=$exp/decode_${s}_$int8
+  speechkit "${runtime[@]}" "$exp/onnx_int8" "$(set_dir "$s")" "$out" --nj "$(nproc)"
   speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json"
 done
 if [ -n "$real_dev" ]; then
-  log "ship decision: the int8 model at $first against the shipped $shipped"
+  log "ship decision: the int8 model ($int8) against the shipped $shipped"
   for s in test real_dev; do
     out=$exp/shipped/decode_$s
-    speechkit decode-stream "$shipped" "$(set_dir "$s")" "$out" --nj "$(nproc)"
+    speechkit "${runtime[0]}" "$shipped" "$(set_dir "$s")" "$out" --nj "$(nproc)"
     speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json"
   done
-  int8=stream_${first/,/_}_int8
   python3 "$asr/local/ship_decision.py" --label "${shipped#"$root"/}" --tolerance "$tolerance" --out "$exp/ship_decision.json" \
     --new-real-dev "$exp/decode_real_dev_$int8/wer.json" --new-test "$exp/decode_test_$int8/wer.json" \
-    --shipped-real-dev "$exp/shipped/decode_real_dev/wer.json" --shipped-test "$exp/shipped/decode_test/wer.json"
+    --shipped-real-dev "$exp/shipped/decode_real_dev/wer.json" --shipped-test "$exp/shipped/decode_test/wer.json" \
+    --paired "$real_dev/text" "$exp/decode_real_dev_$int8/hyp" "$exp/shipped/decode_real_dev/hyp"
 fi
 
 log "report"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A shipped streaming CTC model (``models/asr-stream-synth``: an int8 ONNX file, no PyTorch
-weights) back into a checkpoint the trainer can start from (``train_conf.init_checkpoint``).
+"""A shipped ASR model (``models/asr-stream-synth``, ``models/asr-paraformer-synth``: an int8 ONNX
+file, no PyTorch weights) back into a checkpoint the trainer can start from (``train_conf.init_checkpoint``).
 
 Every weight of the graph is an initializer: float ones keep the module path they were exported
 under (``model.encoder.blocks.0.norm_ff1.weight``); int8 ones sit behind a DequantizeLinear, and
@@ -32,6 +32,11 @@ from speechkit.train.config import load_experiment_config, save_experiment_confi
 
 PREFIX = "model."  # the export wraps the model as ``model``
 
+
+# The Paraformer's glancing sampler embeds target tokens; inference never does, so the graph lacks
+# the table. It starts as the output layer's rows (the tied-embedding start). An auxiliary CTC
+# layer is not in any graph either: fine-tune such a model with head_conf.ctc_weight 0.
+TRAINING_ONLY = {"decoder.embed.weight": "decoder.out.weight"}
 
 QUANT_SUFFIXES = ("_quantized", "_int8")  # ONNX Runtime's dynamic quantization; export/quantize.py
 
@@ -112,6 +117,10 @@ def recover(onnx_path: Path, own: dict[str, torch.Tensor]) -> dict[str, torch.Te
         if len(cands) != 1:
             raise SystemExit(f"{onnx_path}: {node.name} fits {len(cands)} weights of the model ({cands[:3]})")
         put(cands[0], w, node.name)
+    for key, source in TRAINING_ONLY.items():  # parts no inference graph holds, started from one it does
+        if key in own and key not in state and source in state and tuple(own[key].shape) == state[source].shape:
+            print(f"{key}: not in the graph (training only); starts as {source}", file=sys.stderr)
+            state[key] = state[source]
     missing = [k for k in own if k not in state]
     if missing:
         raise SystemExit(f"{onnx_path}: no tensor for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
@@ -120,7 +129,7 @@ def recover(onnx_path: Path, own: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir", type=Path, help="an exported streaming CTC model (model.onnx, tokens.txt)")
+    ap.add_argument("model_dir", type=Path, help="an exported ASR model (model.onnx, tokens.txt)")
     ap.add_argument("out_dir", type=Path, help="where model.pt, tokens.txt and config.yaml go")
     ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "conf/train_stream_gpu.yaml",
                     help="the training config the model was made with (default conf/train_stream_gpu.yaml)")
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path, tokens = a.model_dir / "model.onnx", a.model_dir / "tokens.txt"
     for f in (onnx_path, tokens):
         if not f.is_file():
-            raise SystemExit(f"{f}: no such file (give an exported streaming CTC model dir)")
+            raise SystemExit(f"{f}: no such file (give an exported ASR model dir)")
     cfg = load_experiment_config(a.config)
     vocab = sum(1 for line in tokens.read_text().splitlines() if line.strip())
     model = build_model(cfg, vocab)

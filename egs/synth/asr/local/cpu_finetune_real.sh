@@ -11,7 +11,8 @@
 #      (rooms, noise, channel; the clean set kept beside one augmented copy); a Paraformer is then
 #      exported as int8 (speechkit export onnx --int8, checked on the test set)
 #   4. local/real_dev_wer.sh: real dev set and synth test sets, pocketsphinx, the shipped model
-#      and the fine-tuned one, in one table
+#      and the fine-tuned one, in one table; then local/ship_decision.py on real dev and the synth
+#      test set, with the per-utterance comparison on real dev (ship_decision_MODEL.json)
 #   bash local/cpu_finetune_real.sh [--model stream] [--hours 6] [--work exp/finetune_real] [--synth_data DIR]
 # --synth_data: the test sets to score on (default: a 1 h seed-0 corpus made here; its test
 # sentences are from the sentence stream's eval part, so in no model's training text). Both
@@ -53,3 +54,8 @@ rm -rf "$work/models_$model" && mkdir -p "$work/models_$model"
 ln -s "$(realpath "../../../models/$shipped")" "$work/models_$model/$shipped"
 ln -s "$(realpath "$onnx")" "$work/models_$model/asr-$model-finetuned"
 local/real_dev_wer.sh --synth_data "$synth_data" --work "$work/real_dev" --nj "$nj" "$work/models_$model/$shipped" "$work/models_$model/asr-$model-finetuned"
+rd=$work/real_dev
+python3 local/ship_decision.py --label "models/$shipped" --out "$work/ship_decision_$model.json" \
+  --new-real-dev "$rd/asr-$model-finetuned_real_dev/wer.json" --new-test "$rd/asr-$model-finetuned_test/wer.json" \
+  --shipped-real-dev "$rd/${shipped}_real_dev/wer.json" --shipped-test "$rd/${shipped}_test/wer.json" \
+  --paired "$rd/real_dev/text" "$rd/asr-$model-finetuned_real_dev/hyp" "$rd/${shipped}_real_dev/hyp"

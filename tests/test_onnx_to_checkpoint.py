@@ -128,3 +128,37 @@ def test_a_new_head_with_another_tokenizer_gets_its_own(tmp_path, run_cli):
                            "--exp-dir", tmp_path / "exp")
     assert rc == 0, err
     assert (tmp_path / "exp" / "bpe.model").is_file() and not (tmp_path / "exp" / "tokens.txt").exists()
+
+
+def test_paraformer_graph_comes_back_with_its_training_only_table_from_the_output_layer(tmp_path):
+    """A Paraformer graph has no glancing-sampler token table and no CTC layer: fine-tuning configs
+    set ctc_weight 0, and the table starts as the output layer's rows."""
+    from conftest import TINY_ENCODER_CONF
+    from speechkit.export.paraformer import export_paraformer
+    from speechkit.models.asr.heads import build_asr_model
+    from speechkit.text.tokenizer import CharTokenizer
+    from speechkit.train.config import experiment_config_from_dict
+
+    def config(ctc_weight):
+        return experiment_config_from_dict({
+            "frontend_conf": {"num_mel_bins": 20}, "specaug_conf": None, "encoder": "conformer", "encoder_conf": TINY_ENCODER_CONF,
+            "head": "paraformer",
+            "head_conf": {"decoder_blocks": 1, "attention_heads": 2, "linear_units": 32, "ctc_weight": ctc_weight}})
+
+    cfg = config(0.0)
+    tok = CharTokenizer(["<blk>", "<unk>", "\u2581", "a", "b", "c"])
+    torch.manual_seed(0)
+    model = build_asr_model(cfg.model, tok.vocab_size, tok).eval()
+    export_paraformer(model, tmp_path / "p.onnx", {"model_family": "paraformer"})
+    torch.manual_seed(1)
+    fresh = build_asr_model(cfg.model, tok.vocab_size, tok).state_dict()
+    state = _script().recover(tmp_path / "p.onnx", fresh)
+    own = model.state_dict()
+    assert set(state) == set(own) and not any(k.startswith("ctc.") for k in own)
+    assert torch.equal(state["decoder.embed.weight"], own["decoder.out.weight"])
+    for k, v in own.items():
+        if k != "decoder.embed.weight":
+            assert torch.equal(state[k], v), k
+    # with a CTC layer in the config the graph lacks it: a one-line error naming it
+    with pytest.raises(SystemExit, match="no tensor for ctc"):
+        _script().recover(tmp_path / "p.onnx", build_asr_model(config(0.3).model, tok.vocab_size, tok).state_dict())

@@ -98,6 +98,18 @@ def tiny_experiment_config(streaming: bool = False, **train_conf):
     })
 
 
+def tiny_paraformer_config(num_mel_bins: int = 20, **head_conf):
+    """An ExperimentConfig for a Paraformer on the tiny conformer: one decoder block, no SpecAugment,
+    char tokens; ``head_conf`` overrides the head's settings."""
+    from speechkit.train.config import experiment_config_from_dict
+
+    return experiment_config_from_dict({
+        "frontend_conf": {"num_mel_bins": num_mel_bins}, "specaug_conf": None, "encoder": "conformer",
+        "encoder_conf": TINY_ENCODER_CONF, "head": "paraformer", "tokenizer_conf": {"type": "char"},
+        "head_conf": {"decoder_blocks": 1, "attention_heads": 2, "linear_units": 32, **head_conf},
+    })
+
+
 def make_tiny_exp_dir(exp_dir: str | Path, texts: list[str], seed: int = 0, checkpoint: str = "model_avg.pt",
                       streaming: bool = False) -> Path:
     """A decodable experiment dir without training: char tokenizer over ``texts`` and a randomly

@@ -54,7 +54,7 @@ def test_accuracy_hears_separable_voices_and_not_shuffled_labels():
     assert probe.accuracy(noise, y, fit) < 0.6
 
 
-def test_the_probe_runs_end_to_end_and_the_fbank_row_hears_two_tones(tmp_path):
+def test_the_probe_runs_end_to_end_and_the_fbank_row_hears_two_tones(tmp_path, capsys):
     cfg = load_experiment_config(ROOT / "egs/synth/asr/conf/train_cpu.yaml")
     exp = tmp_path / "exp"
     tok = train_tokenizer("char", ["a b"], exp)
@@ -76,3 +76,8 @@ def test_the_probe_runs_end_to_end_and_the_fbank_row_hears_two_tones(tmp_path):
     accs = r["models"][str(exp)]
     assert list(accs) == ["fbank"] + [f"block {i + 1}" for i in range(cfg.model.encoder_conf.num_blocks)]
     assert accs["fbank"] == 1.0
+    # too few speakers for the probe: a one-line error, no traceback
+    capsys.readouterr()
+    assert _probe().main([str(exp), "--data", str(tmp_path / "data"), "--min-utts", "9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "need two speakers" in err[0]

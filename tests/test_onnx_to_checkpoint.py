@@ -9,9 +9,13 @@ import onnx
 import pytest
 import torch
 
+from conftest import tiny_paraformer_config
+from speechkit.export.paraformer import export_paraformer
 from speechkit.export.quantize import quantize_weights_int8
 from speechkit.export.streaming_asr import export_streaming_ctc
+from speechkit.models.asr.heads import build_asr_model
 from speechkit.runtime.session import cpu_session
+from speechkit.text.tokenizer import CharTokenizer
 from speechkit.train.asr import build_model
 from speechkit.train.config import load_experiment_config
 
@@ -133,19 +137,7 @@ def test_a_new_head_with_another_tokenizer_gets_its_own(tmp_path, run_cli):
 def test_paraformer_graph_comes_back_with_its_training_only_table_from_the_output_layer(tmp_path):
     """A Paraformer graph has no glancing-sampler token table and no CTC layer: fine-tuning configs
     set ctc_weight 0, and the table starts as the output layer's rows."""
-    from conftest import TINY_ENCODER_CONF
-    from speechkit.export.paraformer import export_paraformer
-    from speechkit.models.asr.heads import build_asr_model
-    from speechkit.text.tokenizer import CharTokenizer
-    from speechkit.train.config import experiment_config_from_dict
-
-    def config(ctc_weight):
-        return experiment_config_from_dict({
-            "frontend_conf": {"num_mel_bins": 20}, "specaug_conf": None, "encoder": "conformer", "encoder_conf": TINY_ENCODER_CONF,
-            "head": "paraformer",
-            "head_conf": {"decoder_blocks": 1, "attention_heads": 2, "linear_units": 32, "ctc_weight": ctc_weight}})
-
-    cfg = config(0.0)
+    cfg = tiny_paraformer_config(ctc_weight=0.0)
     tok = CharTokenizer(["<blk>", "<unk>", "\u2581", "a", "b", "c"])
     torch.manual_seed(0)
     model = build_asr_model(cfg.model, tok.vocab_size, tok).eval()
@@ -161,4 +153,4 @@ def test_paraformer_graph_comes_back_with_its_training_only_table_from_the_outpu
             assert torch.equal(state[k], v), k
     # with a CTC layer in the config the graph lacks it: a one-line error naming it
     with pytest.raises(SystemExit, match="no tensor for ctc"):
-        _script().recover(tmp_path / "p.onnx", build_asr_model(config(0.3).model, tok.vocab_size, tok).state_dict())
+        _script().recover(tmp_path / "p.onnx", build_asr_model(tiny_paraformer_config(ctc_weight=0.3).model, tok.vocab_size, tok).state_dict())

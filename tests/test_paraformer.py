@@ -187,16 +187,11 @@ def test_words_and_edit_distance():
 # ---- the head on the shared encoder ----------------------------------------------------------
 
 def _tiny_paraformer(mwer: float = 0.0, seed: int = 0):
-    from conftest import TINY_ENCODER_CONF
+    from conftest import tiny_paraformer_config
     from speechkit.models.asr.heads import build_asr_model
     from speechkit.text.tokenizer import CharTokenizer
-    from speechkit.train.config import experiment_config_from_dict
 
-    cfg = experiment_config_from_dict({
-        "frontend_conf": {"num_mel_bins": 20}, "specaug_conf": None, "encoder": "conformer", "encoder_conf": TINY_ENCODER_CONF,
-        "head": "paraformer",
-        "head_conf": {"decoder_blocks": 1, "attention_heads": 2, "linear_units": 32, "dropout_rate": 0.0, "mwer_weight": mwer},
-    })
+    cfg = tiny_paraformer_config(dropout_rate=0.0, mwer_weight=mwer)
     tok = CharTokenizer(["<blk>", "<unk>", "\u2581", "a", "b", "c"])
     torch.manual_seed(seed)
     return build_asr_model(cfg.model, tok.vocab_size, tok), tok

@@ -107,3 +107,8 @@ def test_cli_paired_counts_utterances_and_bootstraps(tmp_path):
     assert (p["word"]["errors_new"], p["word"]["errors_shipped"]) == (1, 3)
     assert 0.5 < p["word"]["p_fewer"] < 1.0
     assert "fewer on 2 of 3 utterances, more on 1" in done.stdout
+    # a reference with no words to compare on: a one-line error
+    (tmp_path / "empty").write_text("u1\nu2\n")
+    done = _run("--new-real-dev", files["new_rd"], "--new-test", files["new_t"], "--shipped-real-dev", files["old_rd"],
+                "--shipped-test", files["old_t"], "--paired", tmp_path / "empty", tmp_path / "new", tmp_path / "old")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "non-empty reference" in done.stderr

@@ -56,10 +56,12 @@ def paired(ref_path: str, new_hyp: str, shipped_hyp: str, draws: int = 10_000) -
     """Per-utterance comparison of two hyp files on one reference (missing hypotheses are empty)."""
     ref = read_table(Path(ref_path), allow_empty_value=True)
     new, old = (read_table(Path(p), allow_empty_value=True) for p in (new_hyp, shipped_hyp))
-    keys = sorted(ref)
+    keys = sorted(k for k in ref if ref[k].strip())  # as scoring does: an empty reference is left out
+    if not keys:
+        raise SpeechkitError(f"{ref_path}: no utterance with a non-empty reference to compare on")
     out = {"utterances": len(keys), "draws": draws}
+    refs = [ref[k] for k in keys]
     for unit in ("word", "char"):
-        refs = [ref[k] for k in keys]
         a = utterance_errors(refs, [new.get(k, "") for k in keys], unit)
         b = utterance_errors(refs, [old.get(k, "") for k in keys], unit)
         out[unit] = {"fewer": sum(x < y for x, y in zip(a, b)), "more": sum(x > y for x, y in zip(a, b)),

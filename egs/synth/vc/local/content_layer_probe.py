@@ -83,13 +83,21 @@ def accuracy(x: np.ndarray, y: np.ndarray, fit: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("exps", nargs="+", type=Path)
-    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("exps", nargs="+", type=Path, help="model dirs (model.pt, config.yaml, tokens.txt) to probe")
+    ap.add_argument("--data", required=True, type=Path, help="a data dir whose speakers the probe tells apart")
     ap.add_argument("--context", nargs=2, type=int, default=[64, 4], help="left and right chunks of the encoder (default 64 4)")
-    ap.add_argument("--min-utts", type=int, default=6)
-    ap.add_argument("--max-speakers", type=int, default=40)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--min-utts", type=int, default=6, help="utterances a speaker needs to take part; half fit, half scored (default 6)")
+    ap.add_argument("--max-speakers", type=int, default=40, help="at most this many speakers, drawn with seed 0 (default 40)")
+    ap.add_argument("--json", type=Path, help="write the accuracies here")
     args = ap.parse_args(argv)
+    try:
+        return _probe(args)
+    except SpeechkitError as e:  # too few speakers, a bad data or model dir: one line, no traceback
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _probe(args) -> int:
     chosen, spks = pick(load_data_dir(args.data), args.min_utts, args.max_speakers)
     y = np.array([spks.index(s) for _, s, _ in chosen])
     fit = np.array([f for _, _, f in chosen])

@@ -57,7 +57,7 @@ paraformer=$(python3 -c "import sys, yaml; print(int(yaml.safe_load(open(sys.arg
 [ -n "$shipped" ] || if [ "$paraformer" = 1 ]; then shipped=models/asr-paraformer-synth; else shipped=models/asr-stream-synth; fi
 [[ $shipped = /* ]] || shipped=$root/$shipped
 if [ -n "$epochs$minutes" ]; then
-  python3 - "$config" "$WORK/train_stream_gpu.yaml" "$epochs" "$minutes" <<'PY'
+  python3 - "$config" "$WORK/train_config.yaml" "$epochs" "$minutes" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 if sys.argv[3]:
@@ -66,7 +66,7 @@ if sys.argv[4]:
     cfg["train_conf"]["max_minutes"] = float(sys.argv[4])
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
 PY
-  config=$WORK/train_stream_gpu.yaml
+  config=$WORK/train_config.yaml
 fi
 data=$WORK/data exp=$WORK/exp
 # a fine-tuning config (train_conf.init_checkpoint, relative to egs/synth/asr) starts from the

@@ -276,7 +276,8 @@ def load(model_dir: str | Path, *, num_threads: int = 1, device: str = "cpu", **
     rescore=0.0, seed=0, ...)`` → a clip per caption, one clip for a single caption string; only
     ``num_threads`` and ``device`` apply). ``device``: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (the ``gpu`` extra; a
     one-line error, never a silent CPU fallback, when CUDA cannot start). ``options`` go to the
-    recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``; both families: ``gate=None`` keeps
+    recognizer (streaming: ``att_context=(64, 4)``, ``beam=4``, ``lm="lm.arpa"`` with a beam, or
+    ``lm=LmConfig(path, weight, bonus)`` from :mod:`speechkit.decoding.ngram`; both families: ``gate=None`` keeps
     tokens the speech-activity gate would drop as silence or noise)."""
     model_dir = Path(model_dir)
     if (model_dir / "audiogen.json").is_file():

@@ -214,7 +214,8 @@ def _decode_stream(args: argparse.Namespace) -> None:
     from speechkit.runtime.decode import decode_data_dir_streaming
 
     n = decode_data_dir_streaming(args.model_dir, args.data_dir, args.out_dir, att_context=_context(args.att_context),
-                                  nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam, device=args.device)
+                                  nj=args.nj, batch=args.batch, threads=args.threads, beam=args.beam, device=args.device,
+                                  lm=_lm(args))
     print(f"decoded {n} utterances (ONNX Runtime) -> {args.out_dir}/hyp")
 
 
@@ -222,7 +223,7 @@ def _transcribe(args: argparse.Namespace) -> None:
     from speechkit.runtime.console import transcribe_files
 
     failed = transcribe_files(args.model_dir, args.files, threads=args.threads, att_context=_context(args.att_context), beam=args.beam,
-                              device=args.device)
+                              device=args.device, lm=_lm(args))
     if failed:
         raise SpeechkitError(f"{failed} of {len(args.files)} file(s) could not be read (see above)")
 
@@ -234,10 +235,11 @@ def _stream(args: argparse.Namespace) -> None:
         raise SpeechkitError("give one of --wav FILE or --mic")
     ctx = _context(args.att_context)
     if args.mic:
-        stream_mic(args.model_dir, threads=args.threads, att_context=ctx, audio_device=args.audio_device, device=args.device)
+        stream_mic(args.model_dir, threads=args.threads, att_context=ctx, audio_device=args.audio_device, device=args.device,
+                   beam=args.beam, lm=_lm(args))
     else:
         stream_file(args.model_dir, args.wav, realtime=args.realtime, threads=args.threads, att_context=ctx, beam=args.beam,
-                    device=args.device)
+                    device=args.device, lm=_lm(args))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -273,6 +275,22 @@ def _results(args: argparse.Namespace) -> None:
     from speechkit.eval.results import write_results
 
     print(write_results(args.exp_dir, args.out, args.command, args.title, args.notes))
+
+
+def _add_lm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", default=None, metavar="ARPA",
+                   help="a word n-gram model (ARPA, e.g. from 'speechkit lm train') fused into the CTC beam search; needs --beam > 1")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="--lm: weight of the words' log-probability (default 0.5)")
+    p.add_argument("--word-bonus", type=float, default=1.0, help="--lm: score added per word, against the model's bias to few words (default 1.0)")
+
+
+def _lm(args: argparse.Namespace):
+    """The --lm options as an LmConfig, or None."""
+    if not args.lm:
+        return None
+    from speechkit.decoding.ngram import LmConfig
+
+    return LmConfig(args.lm, args.lm_weight, args.word_bonus)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -438,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--batch", type=int, default=16, help="streams decoded together per process (default 16)")
     ds.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (default 1)")
     ds.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_lm(ds)
     _add_device(ds)
     ds.set_defaults(func=_decode_stream)
 
@@ -447,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     tr.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     tr.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_lm(tr)
     _add_device(tr)
     tr.set_defaults(func=_transcribe)
 
@@ -459,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     st.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     st.add_argument("--beam", type=int, default=1, help="1: greedy; >1: beam search across chunks (CTC prefix search; modified beam search for a transducer) (default 1)")
+    _add_lm(st)
     _add_device(st)
     st.set_defaults(func=_stream)
 
@@ -516,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     from speechkit.commands import generate as generate_commands
 
     generate_commands.add_parser(sub)
+    from speechkit.commands import lm as lm_commands
+
+    lm_commands.add_parser(sub)
 
     from speechkit.bench import (asr_decode, asr_stream, audiogen_gen, serve_engine, serve_load, train as train_bench, tts_synth,
                                  vc_convert)

@@ -1,4 +1,5 @@
-"""CTC decoding: greedy (argmax, collapse repeats, drop blanks) and prefix beam search.
+"""CTC decoding: greedy (argmax, collapse repeats, drop blanks) and prefix beam search, the
+latter optionally fused with a word n-gram model (:class:`speechkit.decoding.ngram.WordFusion`).
 
 Both work on numpy log-probabilities so the torch-free runtime can share them.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from speechkit.decoding.ngram import FusionState, WordFusion
 
 BLANK_ID = 0
 
@@ -37,17 +40,24 @@ class CtcPrefixBeamSearch:
     for each prefix, the frame where each of its tokens was first emitted (token times).
 
     Each prefix keeps two scores: ending in blank and ending in its last token, so a repeated
-    token is only emitted twice when a blank separates the two.
+    token is only emitted twice when a blank separates the two. With ``fusion``, prefixes are
+    ranked by that score plus the language model's (words scored as they are completed; the
+    n-best and the best as finished sentences).
     """
 
-    def __init__(self, beam: int = 10, token_prune: int | None = None):
-        self.beam, self.token_prune = beam, token_prune or beam
+    def __init__(self, beam: int = 10, token_prune: int | None = None, fusion: WordFusion | None = None):
+        self.beam, self.token_prune, self.fusion = beam, token_prune or beam, fusion
         self.reset()
 
     def reset(self) -> None:
         self.frame = 0
         self.beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix → (p_blank, p_nonblank)
         self.times: dict[tuple[int, ...], tuple[int, ...]] = {(): ()}
+        self.lm: dict[tuple[int, ...], FusionState] = {(): self.fusion.initial} if self.fusion else {}
+
+    def _score(self, prefix: tuple[int, ...], acoustic: tuple[float, float], final: bool = False) -> float:
+        total = _logadd(*acoustic)
+        return total + self.fusion.score(self.lm[prefix], final) if self.fusion else total
 
     def accept(self, log_probs: np.ndarray) -> None:
         """log_probs (T, V) for the next T frames."""
@@ -56,6 +66,7 @@ class CtcPrefixBeamSearch:
             top = np.argpartition(-frame, min(self.token_prune, len(frame) - 1))[: self.token_prune]
             nxt: dict[tuple[int, ...], list[float]] = {}
             times = dict(self.times)
+            lm = dict(self.lm)
 
             def add(prefix, pb, pnb):
                 cur = nxt.setdefault(prefix, [neg, neg])
@@ -72,28 +83,37 @@ class CtcPrefixBeamSearch:
                     last = prefix[-1] if prefix else None
                     extended = prefix + (tok,)
                     times.setdefault(extended, self.times[prefix] + (self.frame,))
+                    if self.fusion and extended not in lm:
+                        lm[extended] = self.fusion.extend(self.lm[prefix], tok)
                     if tok == last:
                         add(extended, neg, pb + p)  # a repeat needs a blank in between
                         add(prefix, neg, pnb + p)  # otherwise it collapses into the same token
                     else:
                         add(extended, neg, total + p)
-            ranked = sorted(nxt.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[: self.beam]
+            self.lm = lm
+            ranked = sorted(nxt.items(), key=lambda kv: self._score(kv[0], kv[1]), reverse=True)[: self.beam]
             self.beams = {k: (v[0], v[1]) for k, v in ranked}
             self.times = {k: times[k] for k in self.beams}
+            if self.fusion:
+                self.lm = {k: lm[k] for k in self.beams}
             self.frame += 1
 
     def nbest(self) -> list[tuple[list[int], float]]:
-        return [(list(k), _logadd(*v)) for k, v in sorted(self.beams.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)]
+        """[(token ids, score)], best first; with fusion the score includes the language model's,
+        each prefix scored as a finished sentence."""
+        scored = [(list(k), self._score(k, v, final=True)) for k, v in self.beams.items()]
+        return sorted(scored, key=lambda kv: kv[1], reverse=True)
 
     def best(self) -> tuple[list[int], list[int]]:
         """(token ids, frame of each token) of the best prefix."""
-        ids = max(self.beams, key=lambda k: _logadd(*self.beams[k]))
+        ids = max(self.beams, key=lambda k: self._score(k, self.beams[k], final=True))
         return list(ids), list(self.times[ids])
 
 
-def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None) -> list[tuple[list[int], float]]:
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, token_prune: int | None = None,
+                           fusion: WordFusion | None = None) -> list[tuple[list[int], float]]:
     """log_probs (T, V) → the n-best [(token ids, log score)], best first."""
-    search = CtcPrefixBeamSearch(beam, token_prune)
+    search = CtcPrefixBeamSearch(beam, token_prune, fusion)
     search.accept(log_probs)
     return search.nbest()
 

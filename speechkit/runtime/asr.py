@@ -25,6 +25,7 @@ import numpy as np
 from speechkit.audio.fbank import online_fbank, read_frames
 from speechkit.audio.vad import GateConfig, SpeechGate, accept_many
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
+from speechkit.decoding.ngram import LmConfig
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.session import open_model, require_provider
 from speechkit.text.tokenizer import load_tokenizer
@@ -194,9 +195,15 @@ class OnlineRecognizer:
     def __init__(self, model_dir: str | Path, *, num_threads: int = 1, att_context: tuple[int, int] | None = None,
                  chunks_per_call: int = 1, endpoint: EndpointConfig | None = EndpointConfig(), model_file: str = "model.onnx",
                  beam: int = 1, memory_arena: bool = True, gate: GateConfig | None = GateConfig(), device: str = "cpu",
-                 device_states: bool | None = None):
+                 device_states: bool | None = None, lm: LmConfig | str | Path | None = None):
         """``device_states``: keep the streams' encoder caches on ``device`` between
-        chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda[:N]``, ``tensorrt[:N]``), off on the CPU."""
+        chunks (:mod:`speechkit.runtime.state_pool`); None: on for a GPU (``cuda[:N]``, ``tensorrt[:N]``), off on the CPU.
+        ``lm``: a word n-gram model fused into the beam search (needs ``beam`` > 1): an ARPA path
+        (default weight and bonus) or an :class:`LmConfig`."""
+        if isinstance(lm, (str, Path)):
+            lm = LmConfig(str(lm))
+        if lm is not None and beam <= 1:
+            raise SpeechkitError("a language model (--lm) works inside the beam search: give --beam > 1 (e.g. 16)")
         model_dir = Path(model_dir)
         pooled = self._wants_pool(device, device_states)
         # with a pool, the plain graph's session only gives the metadata and shapes: the CPU's
@@ -218,6 +225,8 @@ class OnlineRecognizer:
         self.tokenizer = load_tokenizer(model_dir)
         self.endpoint = endpoint
         self.beam = beam  # 1: greedy; > 1: CTC prefix beam search carried across chunks
+        pieces = [self.tokenizer.id_to_piece(i) for i in range(self.tokenizer.vocab_size)]
+        self.fusion = lm.fusion(pieces) if lm is not None else None  # loads the model: a bad file fails here, once
         self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts
@@ -245,7 +254,7 @@ class OnlineRecognizer:
 
     def create_stream(self) -> Stream:
         state = [z.copy() for z in self._state_zeros]
-        search = CtcPrefixBeamSearch(self.beam) if self.beam > 1 else None
+        search = CtcPrefixBeamSearch(self.beam, fusion=self.fusion) if self.beam > 1 else None
         gate = SpeechGate(self.sample_rate, self.gate) if self.gate is not None else None
         return Stream(online_fbank(self.fbank_cfg), state, self.sample_rate, search=search, gate=gate,
                       tokenizer=self.tokenizer)

@@ -53,6 +53,10 @@ def open_recognizer(model_dir: str | Path, **options) -> OnlineRecognizer:
     or CTC model (``speechkit export sherpa``; the CTC one refuses ``beam`` > 1) or our streaming
     CTC graph; ``options`` go to its constructor."""
     family = model_family(model_dir)
+    if options.get("lm") is None:
+        options.pop("lm", None)
+    elif family in (TRANSDUCER_FAMILY, SHERPA_CTC_FAMILY):
+        raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a {family} model's")
     if family == TRANSDUCER_FAMILY:
         return TransducerRecognizer(model_dir, **options)
     if family == SHERPA_CTC_FAMILY:
@@ -82,13 +86,15 @@ def transcribe_files_offline(model_dir: str, files: list[str], threads: int = 1,
     return failed
 
 
-def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1,
+def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_context=None, beam: int = 1, lm=None,
                      device: str = "cpu") -> int:
     """Print ``<path> <text>`` per file; a file that cannot be read or decoded is reported on
     stderr and skipped. Returns the number of files that failed."""
     if model_family(model_dir) == "paraformer":
+        if lm is not None:
+            raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a Paraformer's")
         return transcribe_files_offline(model_dir, files, threads, device=device)
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device, lm=lm)
     failed = 0
     for path in files:
         try:
@@ -120,9 +126,9 @@ class _Printer:
         self.out.flush()
 
 
-def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1,
+def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int = 1, att_context=None, beam: int = 1, lm=None,
                 device: str = "cpu") -> str:
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device, lm=lm)
     s, printer = rec.create_stream(), _Printer(rec)
     piece = rec.chunk_ms / 1000.0
     start = time.monotonic()
@@ -142,7 +148,8 @@ def stream_file(model_dir: str, wav: str, realtime: bool = False, threads: int =
     return text
 
 
-def stream_mic(model_dir: str, threads: int = 1, att_context=None, audio_device=None, device: str = "cpu") -> None:
+def stream_mic(model_dir: str, threads: int = 1, att_context=None, audio_device=None, device: str = "cpu", beam: int = 1,
+               lm=None) -> None:
     """``audio_device``: sounddevice's input name or index (None: the system's); ``device``: where the model runs."""
     try:
         import sounddevice as sd
@@ -152,7 +159,7 @@ def stream_mic(model_dir: str, threads: int = 1, att_context=None, audio_device=
         info = sd.query_devices(audio_device, kind="input")
     except Exception as e:  # sounddevice raises PortAudioError / ValueError when nothing is there
         raise SpeechkitError(f"no audio input device ({str(e).splitlines()[0] if str(e) else type(e).__name__}); use --wav FILE") from None
-    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, device=device)
+    rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, device=device, beam=beam, lm=lm)
     s, printer = rec.create_stream(), _Printer(rec)
     print(f"listening on {info['name']} at {rec.sample_rate} Hz; Ctrl-C to stop", file=sys.stderr)
     block = int(rec.sample_rate * rec.chunk_ms / 1000)

@@ -16,21 +16,23 @@ from tqdm import tqdm
 
 from speechkit.audio.io import read_blocks
 from speechkit.data.kaldi import load_data_dir, write_table
-from speechkit.errors import AudioError
+from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.asr import OnlineRecognizer, decoding_error
 from speechkit.runtime.console import model_family, open_recognizer
 
 _rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
 
 
-def _init(model_dir: str, att_context, threads: int, beam: int = 1, device: str = "cpu") -> None:
+def _init(model_dir: str, att_context, threads: int, beam: int = 1, device: str = "cpu", lm=None) -> None:
     global _rec
     if model_family(model_dir) == "paraformer":
         from speechkit.runtime.paraformer import OfflineRecognizer
 
+        if lm is not None:
+            raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a Paraformer's")
         _rec = OfflineRecognizer(model_dir, num_threads=threads, device=device)
     else:
-        _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam, device=device)
+        _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam, device=device, lm=lm)
 
 
 def _decode_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
@@ -68,11 +70,11 @@ def _stream_batch(items: list[tuple[str, str]]) -> tuple[dict[str, str], list[st
 
 
 def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None, nj: int = 1, batch: int = 16, threads: int = 1,
-                              beam: int = 1, device: str = "cpu") -> int:
+                              beam: int = 1, device: str = "cpu", lm=None) -> int:
     """Write ``out_dir/hyp`` and ``out_dir/skipped.txt``; returns the number decoded."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _init(str(model_dir), att_context, threads, beam, device)  # fail here, once, on a bad model or context
+    _init(str(model_dir), att_context, threads, beam, device, lm)  # fail here, once, on a bad model or context
     utts = sorted(load_data_dir(data_dir), key=lambda u: u.duration or 0.0)  # similar lengths share a batch
     batches = [[(u.utt_id, u.wav) for u in utts[i : i + batch]] for i in range(0, len(utts), batch)]
     hyps: dict[str, str] = {}
@@ -84,7 +86,7 @@ def decode_data_dir_streaming(model_dir, data_dir, out_dir, *, att_context=None,
         import multiprocessing as mp
 
         pool = ProcessPoolExecutor(nj, mp_context=mp.get_context("spawn"), initializer=_init,
-                                   initargs=(str(model_dir), att_context, threads, beam, device))
+                                   initargs=(str(model_dir), att_context, threads, beam, device, lm))
         results = pool.map(_decode_batch, batches)
     for (h, s), b in zip(results, batches):
         hyps.update(h)

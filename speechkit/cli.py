@@ -130,6 +130,15 @@ def _decode(args: argparse.Namespace) -> None:
         if not hasattr(rec.model, "length_bonus"):
             raise SpeechkitError(f"--length-bonus is for the attention head's beam search; {args.exp_dir} has head '{rec.model.cfg.head}'")
         rec.model.length_bonus = args.length_bonus
+    if args.lm:
+        ctc_search = rec.model.cfg.head == "ctc" or (rec.model.cfg.head == "transducer" and args.decoder == "ctc")
+        if not ctc_search:
+            raise SpeechkitError(f"--lm is fused into the CTC prefix beam search (a ctc head, or a transducer with --decoder ctc); "
+                                 f"{args.exp_dir} has head '{rec.model.cfg.head}'")
+        if args.beam <= 1:
+            raise SpeechkitError("a language model (--lm) works inside the beam search: give --beam > 1 (e.g. 16)")
+        tok = rec.tokenizer
+        rec.model.fusion = _lm(args).fusion([tok.id_to_piece(i) for i in range(tok.vocab_size)])
     n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
     print(f"decoded {n} utterances -> {args.out_dir}/hyp")
 
@@ -256,7 +265,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise SpeechkitError(f"--workers must be at least 1, got {args.workers}")
     options = dict(limits=limits, num_threads=args.threads, max_batch=args.max_batch, att_context=_context(args.att_context),
                    vc_dir=args.vc, references=args.references, tts_dir=args.tts, prompts=args.prompts, beam=args.beam,
-                   device=args.device)
+                   device=args.device, lm=_lm(args))
     if args.workers == 1:
         run_server(args.model_dir, args.host, args.port, **options)
     else:
@@ -402,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention head with --beam > 1: rescore the N-best with this weight on the CTC score (default 0)")
     d.add_argument("--length-bonus", type=float, default=0.0,
                    help="attention head with --beam > 1: score added per token against the bias to short outputs (default 0)")
+    _add_lm(d)
     d.add_argument("--batch-seconds", type=float, default=120.0)
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     d.add_argument("--att-context", default=None, metavar="LEFT,RIGHT",
@@ -510,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-text-chars", type=int, default=5000, help="/tts: a longer text message is closed with 4000 (default 5000)")
     sv.add_argument("--att-context", default=None, metavar="LEFT,RIGHT", help="one of the model's contexts (default: its first)")
     sv.add_argument("--beam", type=int, default=1,
-                    help="a transducer model (speechkit export sherpa): 1 greedy search (default), >1 modified beam search")
+                    help="1 greedy search (default); >1: the CTC prefix beam search of our streaming model, or a transducer's "
+                         "(speechkit export sherpa) modified beam search")
+    _add_lm(sv)
     _add_device(sv)
     sv.set_defaults(func=_serve)
 

@@ -1,7 +1,8 @@
 """`speechkit bench tts`: the grid it promises (with the flow head, transformer step and codec per
 latent, and per utterance phonemisation, prompt encoding and prefix, on one CPU thread), one JSON
 line last, the same for a config (random weights) and a trained experiment; bad input refused in one
-line. Figures are not asserted beyond being there and adding up."""
+line; an exported model (or any with --onnx, int8 too) timed through the ONNX runtime. Figures are
+not asserted beyond being there and adding up."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def _args(model, *extra: str):
                                    "--repeats", "1", "--steps", "1,2", "--chunk-frames", "2,4", *extra])
 
 
-def _check(r: dict, lines: list[str]) -> None:
-    assert r["device"].startswith("cpu") and r["path"] == "eager" and r["torch"] == torch.__version__
+def _check(r: dict, lines: list[str], path: str = "eager") -> None:
+    assert r["device"].startswith("cpu") and r["path"] == path
+    assert r["torch"] == torch.__version__ if path == "eager" else r["flow_objective"] == "rectified"
     assert r["threads"] == 1 and "1 thread(s)" in r["device"]  # the default: one CPU thread
     assert (r["frames"], r["text"], r["repeats"]) == (6, "hello there", 1) and r["phonemes"] > 5
     assert r["audio_seconds"] == pytest.approx(6 / 25)
@@ -67,6 +69,25 @@ def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
     _check(r, lines)
 
 
+def test_the_onnx_runtime_is_benchmarked_from_an_export_or_with_onnx(tmp_path, capsys):
+    lines, r = run_bench(_args(CONFIG, "--onnx", "--int8", "--json"), capsys)
+    assert r["model"] == f"{CONFIG} exported int8" and "onnxruntime" in r["device"]
+    _check(r, lines, "onnx runtime")
+    from speechkit.cli import main
+    from speechkit.models.tts.io import save_tts
+
+    from speechkit.bench.tts_synth import load_model
+
+    model, vocab, _, _ = load_model(str(CONFIG), str(CODEC), torch.device("cpu"), "hello there")
+    (tmp_path / "exp").mkdir()
+    vocab.save(tmp_path / "exp" / "phones.txt")
+    save_tts(model, vocab.symbols, str(CODEC), tmp_path / "exp" / "model.pt")
+    assert main(["tts", "export", str(tmp_path / "exp"), str(tmp_path / "onnx"), "--codec-dir", str(CODEC)]) == 0
+    lines, r = run_bench(_args(tmp_path / "onnx", "--json"), capsys)
+    assert r["model"] == str(tmp_path / "onnx") and r["codec"] == str(CODEC.resolve())
+    _check(r, lines, "onnx runtime")
+
+
 def test_bad_input_is_refused():
     for model, message in (("nowhere.yaml", "no such config"), ("nowhere", "neither an experiment dir")):
         args = _args(model)
@@ -74,3 +95,9 @@ def test_bad_input_is_refused():
             args.func(args)
     with pytest.raises(SystemExit):
         _args(CONFIG, "--steps", "0")
+    args = _args(CONFIG, "--int8")
+    with pytest.raises(SpeechkitError, match="--int8 is an export option: add --onnx"):
+        args.func(args)
+    args = _args(CONFIG, "--onnx", "--frames", "500")
+    with pytest.raises(SpeechkitError, match="--frames 500: the runtime stops"):
+        args.func(args)

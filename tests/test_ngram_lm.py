@@ -152,3 +152,44 @@ def test_cli_trains_a_model_and_decodes_with_it(speech, tmp_path, run_cli):
     assert rc != 0 and "nope.arpa: no such language model file" in err and "Traceback" not in err
     rc, _, err = run_cli("transcribe", ROOT / "models" / "asr-paraformer-synth", speech / "a.wav", "--lm", tmp_path / "lm.arpa")
     assert rc != 0 and "streaming CTC models' beam search only" in err
+
+
+def test_bpe_pieces_score_the_same_words_as_characters():
+    lm = train_ngram(["the cat ate", "a cat ate the hat"] * 3, 3)
+    sp = "\u2581"
+    char = WordFusion(lm, PIECES, weight=1.0, bonus=0.5)
+    state = char.initial
+    for ch in "the cat":
+        state = char.extend(state, PIECES.index(sp if ch == " " else ch))
+    bpe_pieces = ["<blk>", "<unk>", sp + "the", sp + "c", "at"]
+    bpe = WordFusion(lm, bpe_pieces, weight=1.0, bonus=0.5)
+    other = bpe.initial
+    for tok in (2, 3, 4):
+        other = bpe.extend(other, tok)
+    expected = lm.sentence_logp(["the", "cat"]) + 0.5 * 2
+    assert char.score(state, final=True) == pytest.approx(expected)
+    assert bpe.score(other, final=True) == pytest.approx(expected)
+
+
+def test_torch_decode_takes_the_lm_for_a_ctc_head(tmp_path, run_cli):
+    from conftest import make_tiny_data_dir, make_tiny_exp_dir
+
+    utts = make_tiny_data_dir(tmp_path / "data", n_utts=4)
+    exp = make_tiny_exp_dir(tmp_path / "exp", [u.text for u in utts])
+    train_ngram([u.text for u in utts] * 3, 2).write_arpa(tmp_path / "lm.arpa")
+    common = ("--beam", "4", "--device", "cpu")
+    assert run_cli("decode", exp, tmp_path / "data", tmp_path / "plain", *common)[0] == 0
+    zero = ("--lm", tmp_path / "lm.arpa", "--lm-weight", "0", "--word-bonus", "0")
+    assert run_cli("decode", exp, tmp_path / "data", tmp_path / "zero", *common, *zero)[0] == 0
+    assert (tmp_path / "zero" / "hyp").read_text() == (tmp_path / "plain" / "hyp").read_text()
+    assert run_cli("decode", exp, tmp_path / "data", tmp_path / "lm", *common, "--lm", tmp_path / "lm.arpa")[0] == 0
+    rc, _, err = run_cli("decode", exp, tmp_path / "data", tmp_path / "b1", "--device", "cpu", "--lm", tmp_path / "lm.arpa")
+    assert rc != 0 and "give --beam > 1" in err
+
+
+def test_the_server_fuses_the_lm_into_its_streams(tmp_path, sentences):
+    from speechkit.serve.server import SpeechServer
+
+    train_ngram(sentences[:200], 2).write_arpa(tmp_path / "lm.arpa")
+    server = SpeechServer(STREAM, beam=8, lm=LmConfig(str(tmp_path / "lm.arpa")))
+    assert server.rec.create_stream().search.fusion is server.rec.fusion is not None

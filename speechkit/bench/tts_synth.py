@@ -23,6 +23,12 @@ runs in PyTorch on the GPU, as in :class:`~speechkit.inference.tts.TorchSynthesi
 or on CUDA with ``--eager`` (the path before the fast one, for comparison), ``ClearTTS.generate``
 and the ONNX codec on ``--threads`` CPU threads (torch and ONNX Runtime alike; default one, the
 laptop-core figure).
+
+An exported model (``speechkit tts export``), or any model with ``--onnx`` (exported first to a
+temporary folder, ``--int8`` for int8 weights), is timed through the torch-free runtime that
+``speechkit tts`` and the server run: the same figures, with the flow head and the transformer
+step timed apart through their ONNX sessions, and a new prompt in every utterance (the runtime
+caches a prompt's latents; a new voice pays its encoding).
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p = bench_sub.add_parser("tts", help="CLEAR synthesis speed: RTF, first audio, flow head / transformer step / codec per latent, "
                                         "phonemise, prompt encode and prefix per utterance",
                              description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="experiment dir or model.pt of a trained CLEAR, or a training config YAML "
-                                 "(random weights of its architecture: the same speed)")
+    p.add_argument("model", help="experiment dir or model.pt of a trained CLEAR, a training config YAML "
+                                 "(random weights of its architecture: the same speed), or an exported dir (the ONNX runtime)")
     p.add_argument("--codec", default=None, metavar="DIR",
                    help="exported codec (default: the one the experiment was trained on; models/codec-vae-synth for a config)")
     p.add_argument("--frames", type=int, default=100, help="latents per utterance (default 100: 4 s at 25/s)")
@@ -61,6 +67,9 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch and ONNX Runtime; default 1)")
     p.add_argument("--eager", action="store_true", help="on CUDA too: the eager loop and the ONNX codec on the CPU (no graphs)")
+    p.add_argument("--onnx", action="store_true",
+                   help="export the model first (a temporary folder) and time the ONNX runtime, as `speechkit tts` runs it")
+    p.add_argument("--int8", action="store_true", help="--onnx: int8 weights (speechkit tts export --int8)")
     add_output_args(p)
     p.set_defaults(func=main)
     return p
@@ -103,7 +112,136 @@ def load_model(spec: str, codec_dir: str | None, device, text: str = TEXT):
     return model, PhonemeVocab(symbols), Path(codec_dir) if codec_dir else resolve_codec(exp_dir, recorded), str(path)
 
 
+def _exported(path: str) -> bool:
+    return (Path(path) / "ar_step.onnx").is_file() and (Path(path) / "export.json").is_file()
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.int8 and not (args.onnx or _exported(args.model)):
+        raise SpeechkitError("--int8 is an export option: add --onnx")
+    if _exported(args.model):
+        return runtime_main(args, args.model, args.model)
+    if args.onnx:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
+            return runtime_main(args, _export_for_bench(args, Path(tmp)), f"{args.model} exported{' int8' if args.int8 else ''}")
+    return torch_main(args)
+
+
+def _export_for_bench(args: argparse.Namespace, tmp: Path) -> Path:
+    """The model (a config's random weights, too) saved as an experiment and exported into ``tmp``."""
+    import torch
+
+    from speechkit.export.tts import export_tts
+    from speechkit.models.tts.io import save_tts
+
+    model, vocab, codec_dir, _ = load_model(args.model, args.codec, torch.device("cpu"), args.text)
+    exp = tmp / "exp"
+    exp.mkdir()
+    vocab.save(exp / "phones.txt")
+    save_tts(model, vocab.symbols, str(Path(codec_dir).resolve()), exp / "model.pt")
+    export_tts(exp, tmp / "onnx", args.text, int8=args.int8, codec_dir=str(Path(codec_dir).resolve()))
+    return tmp / "onnx"
+
+
+def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
+    """The figures of :func:`torch_main` through the ONNX runtime (``Synthesizer``), the stop
+    head switched off so every utterance is ``--frames`` latents."""
+    import itertools
+
+    import onnxruntime
+
+    from speechkit.decoding.tts_options import SynthOptions, max_frames
+    from speechkit.runtime.tts import Synthesizer, decode_chunks, phoneme_ids
+    from speechkit.text.phonemes import RESIDENT, text_to_phonemes
+
+    if args.frames < 1 or args.repeats < 1:
+        raise SpeechkitError("--frames and --repeats must be positive")
+    if args.device == "cuda":
+        raise SpeechkitError("the runtime path is timed on the CPU here (--device cpu or auto)")
+    t0 = time.perf_counter()
+    text_to_phonemes([args.text])  # starts the resident phonemiser
+    phonemiser_start_ms = 1000.0 * (time.perf_counter() - t0)
+    synth = Synthesizer(model_dir, num_threads=args.threads, codec_dir=args.codec)  # --codec: in place of the export's
+    synth.stop_logit = float("inf")  # never stops: every utterance is --frames latents
+    n_phones = len(phoneme_ids(synth.vocab, args.text))
+    if args.frames > max_frames(n_phones, synth.frame_rate):
+        raise SpeechkitError(f"--frames {args.frames}: the runtime stops a {n_phones}-symbol text at "
+                             f"{max_frames(n_phones, synth.frame_rate)} latents; give a longer --text or fewer frames")
+    seconds = args.frames / synth.frame_rate
+    rng = np.random.default_rng(0)
+
+    def new_prompt() -> np.ndarray:  # a voice the runtime has not cached
+        return (0.1 * rng.standard_normal(int(PROMPT_SECONDS * synth.sample_rate))).astype(np.float32)
+
+    def stages() -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        ids = phoneme_ids(synth.vocab, args.text)
+        t1 = time.perf_counter()
+        z = (synth.prompt_latents(new_prompt(), PROMPT_SECONDS) - synth.mean) / synth.std
+        t2 = time.perf_counter()
+        synth.ar.prefix(synth.prefix_inputs(ids, z.astype(np.float32)))
+        t3 = time.perf_counter()
+        return 1000.0 * (t1 - t0), 1000.0 * (t2 - t1), 1000.0 * (t3 - t2)
+
+    def opts(steps: int, chunk: int, seed: int) -> SynthOptions:
+        return SynthOptions(steps=steps, cfg_scale=args.cfg_scale, chunk_frames=chunk, seed=seed)
+
+    def latents(steps: int, seed: int, prompt=None):
+        prompt = new_prompt() if prompt is None else prompt
+        return itertools.islice(synth.latents(args.text, prompt, opts(steps, 4, seed)), args.frames)
+
+    def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        stamps: list[float] = []
+
+        def stamped():
+            for z in latents(steps, seed):
+                stamps.append(time.perf_counter() - t0)
+                yield z
+
+        first = None
+        for _ in decode_chunks(synth.codec, stamped(), chunk):
+            first = first if first is not None else time.perf_counter() - t0
+        return (time.perf_counter() - t0) / seconds, 1000.0 * first, 1000.0 * stamps[0]
+
+    def loop_only(steps: int, seed: int) -> tuple[float, list[np.ndarray]]:
+        gen = latents(steps, seed)
+        out = [next(gen)]
+        t0 = time.perf_counter()
+        out.extend(gen)
+        return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
+
+    def latent_parts(steps: int, seed: int) -> tuple[float, float]:
+        g = np.random.default_rng(seed)
+        ids = phoneme_ids(synth.vocab, args.text)
+        z = (synth.prompt_latents(new_prompt(), PROMPT_SECONDS) - synth.mean) / synth.std
+        h, _, cache = synth.ar.prefix(synth.prefix_inputs(ids, z.astype(np.float32)))
+        flow = step = 0.0
+        for _ in range(args.frames):
+            t0 = time.perf_counter()
+            x = synth.sample(h, g.standard_normal((1, synth.latent_dim), dtype=np.float32), opts(steps, 4, seed))
+            t1 = time.perf_counter()
+            h, _, cache = synth.ar.step(x, cache)
+            t2 = time.perf_counter()
+            flow, step = flow + t1 - t0, step + t2 - t1
+        return 1000.0 * flow / args.frames, 1000.0 * step / args.frames
+
+    def codec_only(zs: list[np.ndarray], chunk: int) -> float:
+        t0 = time.perf_counter()
+        for _ in decode_chunks(synth.codec, zs, chunk):
+            pass
+        return 1000.0 * (time.perf_counter() - t0) / len(zs)
+
+    rows, (phonemise, encode, prefix_only) = _measure(args, "bench tts (onnx)", stages, latents, loop_only, latent_parts,
+                                                      end_to_end, codec_only)
+    device_name = f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s), onnxruntime {onnxruntime.__version__}"
+    _report(args, rows, what, device_name, "onnx runtime", str(Path(synth.codec_dir).resolve()),
+            seconds, n_phones, phonemise, encode, prefix_only, phonemiser_start_ms, RESIDENT, extra={"flow_objective": synth.objective})
+
+
+def torch_main(args: argparse.Namespace) -> None:
     import torch
 
     from speechkit.runtime.tts import decode_chunks, phoneme_ids, prompt_latents
@@ -219,15 +357,24 @@ def main(args: argparse.Namespace) -> None:
             pass
         return 1000.0 * (time.perf_counter() - t0) / len(zs)
 
+    rows, (phonemise, encode, prefix_only) = _measure(args, "bench tts", stages, latents, loop_only, latent_parts,
+                                                      end_to_end, codec_only)
+    _report(args, rows, what, device_name, "eager" if args.eager or not cuda else "graphed", str(codec_dir), seconds, n_phones,
+            phonemise, encode, prefix_only, phonemiser_start_ms, RESIDENT, extra={"torch": torch.__version__})
+
+
+def _measure(args, desc: str, stages, latents, loop_only, latent_parts, end_to_end, codec_only):
+    """Either path's timings, as medians over ``--repeats``: (rows per (steps, chunk), (phonemise,
+    prompt encode, prefix) ms per utterance). The callables are the path's own."""
     from tqdm import tqdm
 
     rows = []
-    bar = tqdm(total=(1 + len(args.steps) * (2 + len(args.chunk_frames))) * args.repeats, desc="bench tts", unit="utt")
+    bar = tqdm(total=(1 + len(args.steps) * (2 + len(args.chunk_frames))) * args.repeats, desc=desc, unit="utt")
     stage_ms = []
     for _ in range(args.repeats):
         stage_ms.append(stages())
         bar.update()
-    phonemise, encode, prefix_only = (round(statistics.median(ms), 2) for ms in zip(*stage_ms))
+    per_utterance = tuple(round(statistics.median(ms), 2) for ms in zip(*stage_ms))
     for steps in args.steps:
         for _ in latents(steps, 0):  # graph capture, lazy CUDA and ONNX Runtime set-up
             pass
@@ -259,10 +406,16 @@ def main(args: argparse.Namespace) -> None:
                          "step_ms_per_latent": round(statistics.median(step_parts), 3),
                          "codec_ms_per_latent": round(statistics.median(codec_ms), 3)})
     bar.close()
-    phonemiser = "espeak-ng per call" if RESIDENT is None else f"resident espeak-ng ({RESIDENT.backend})"
+    return rows, per_utterance
+
+
+def _report(args, rows: list[dict], what: str, device_name: str, path: str, codec_dir: str, seconds: float, n_phones: int,
+            phonemise: float, encode: float, prefix_only: float, phonemiser_start_ms: float, resident, extra: dict) -> None:
+    """Print the table and emit the JSON of either path."""
+    phonemiser = "espeak-ng per call" if resident is None else f"resident espeak-ng ({resident.backend})"
     utterance = {"phonemiser": phonemiser, "phonemiser_start_ms": round(phonemiser_start_ms, 2), "phonemise_ms": phonemise,
                  "prompt_seconds": PROMPT_SECONDS, "prompt_encode_ms": encode, "prefix_ms": prefix_only}
-    result = {"bench": "tts", "model": what, "path": "eager" if args.eager or not cuda else "graphed", "codec": str(codec_dir), "device": device_name, "torch": torch.__version__,
+    result = {"bench": "tts", "model": what, "path": path, "codec": codec_dir, "device": device_name, **extra,
               "threads": args.threads, "frames": args.frames, "audio_seconds": seconds, "text": args.text, "phonemes": n_phones,
               "cfg_scale": args.cfg_scale, "repeats": args.repeats, "utterance": utterance, "rows": rows}
     lines = [f"CLEAR synthesis speed: {what} on {device_name}; {args.frames} latents ({seconds:g} s), "

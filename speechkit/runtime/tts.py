@@ -195,7 +195,7 @@ class Synthesizer(LatentSynthesizer):
         if FLOW_INPUTS.get(self.objective) != inputs:
             raise SpeechkitError(f"{model_dir / 'flow.onnx'}: inputs {inputs} do not fit a {self.objective!r} flow head "
                                  f"(export.json's flow_objective)")
-        codec_dir = model_codec(model_dir, info, codec_dir)
+        codec_dir = self.codec_dir = model_codec(model_dir, info, codec_dir)
         self.codec = CodecRuntime(codec_dir, num_threads, device)
         self.vocab = PhonemeVocab.load(model_dir / "phones.txt")
         self.latent_dim, self.frame_rate = int(info["latent_dim"]), float(info["frame_rate"])

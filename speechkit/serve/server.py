@@ -78,7 +78,7 @@ class SpeechServer:
     def __init__(self, model_dir: str | Path, *, vc_dir: str | Path | None = None, references: str | Path | None = None,
                  tts_dir: str | Path | None = None, prompts: str | Path | None = None, limits: Limits = Limits(),
                  num_threads: int = 1, max_batch: int = 64, att_context: tuple[int, int] | None = None, beam: int = 1,
-                 device: str = "cpu"):
+                 device: str = "cpu", lm=None):
         self.model_dir = str(model_dir)
         self.rec = None
         if is_vc_model(model_dir):
@@ -93,7 +93,9 @@ class SpeechServer:
         else:
             # no memory arena: working memory follows the batch size instead of staying at its peak
             self.rec = open_recognizer(model_dir, num_threads=num_threads, att_context=att_context, memory_arena=False,
-                                       beam=beam, device=device)
+                                       beam=beam, device=device, lm=lm)
+        if self.rec is None and lm is not None:
+            raise SpeechkitError("--lm needs a streaming ASR model to fuse into")
         if vc_dir is None and references is not None:
             raise SpeechkitError("--references needs a voice-conversion model (MODEL or --vc)")
         if tts_dir is None and prompts is not None:
@@ -394,11 +396,11 @@ def _stage_stats(engine: BatchEngine | None) -> dict:
 
 def run_server(model_dir: str, host: str, port: int, *, limits: Limits, num_threads: int, max_batch: int,
                att_context=None, vc_dir: str | None = None, references: str | None = None, tts_dir: str | None = None,
-               prompts: str | None = None, beam: int = 1, device: str = "cpu", slot: WorkerSlot | None = None) -> None:
+               prompts: str | None = None, beam: int = 1, device: str = "cpu", slot: WorkerSlot | None = None, lm=None) -> None:
     """Serve until SIGINT/SIGTERM; ``slot``: as one worker of ``--workers N`` (then the parent
     prints the ready line, and the worker stops when the parent goes)."""
     server = SpeechServer(model_dir, vc_dir=vc_dir, references=references, tts_dir=tts_dir, prompts=prompts, limits=limits,
-                          num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam, device=device)
+                          num_threads=num_threads, max_batch=max_batch, att_context=att_context, beam=beam, device=device, lm=lm)
     server.slot = slot
 
     async def main():

@@ -124,8 +124,9 @@ class CtcAsrModel(AsrEncoderModel):
 
     @torch.no_grad()
     def recognize(self, feats: torch.Tensor, feat_lens: torch.Tensor, beam: int = 1, att_context=None) -> list[list[int]]:
-        """Greedy (beam 1) or prefix beam search → token ids per utterance."""
+        """Greedy (beam 1) or prefix beam search (with ``self.fusion``'s word LM, if set) → token ids per utterance."""
         log_probs, lens = self.ctc_log_probs(feats, feat_lens, att_context)
         log_probs = log_probs.cpu().numpy()
-        return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam)[0][0])
+        fusion = getattr(self, "fusion", None)
+        return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam, fusion=fusion)[0][0])
                 for lp, n in zip(log_probs, lens.tolist())]

@@ -153,7 +153,7 @@ def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
     import onnxruntime
 
     from speechkit.decoding.tts_options import SynthOptions, max_frames
-    from speechkit.runtime.tts import Synthesizer, decode_chunks, phoneme_ids
+    from speechkit.runtime.tts import Synthesizer, phoneme_ids
     from speechkit.text.phonemes import RESIDENT, text_to_phonemes
 
     if args.frames < 1 or args.repeats < 1:
@@ -193,25 +193,10 @@ def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
         return itertools.islice(synth.latents(args.text, prompt, opts(steps, 4, seed)), args.frames)
 
     def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        stamps: list[float] = []
-
-        def stamped():
-            for z in latents(steps, seed):
-                stamps.append(time.perf_counter() - t0)
-                yield z
-
-        first = None
-        for _ in decode_chunks(synth.codec, stamped(), chunk):
-            first = first if first is not None else time.perf_counter() - t0
-        return (time.perf_counter() - t0) / seconds, 1000.0 * first, 1000.0 * stamps[0]
+        return _end_to_end(latents(steps, seed), synth.codec, chunk, seconds)
 
     def loop_only(steps: int, seed: int) -> tuple[float, list[np.ndarray]]:
-        gen = latents(steps, seed)
-        out = [next(gen)]
-        t0 = time.perf_counter()
-        out.extend(gen)
-        return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
+        return _loop_only(latents(steps, seed))
 
     def latent_parts(steps: int, seed: int) -> tuple[float, float]:
         g = np.random.default_rng(seed)
@@ -229,10 +214,7 @@ def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
         return 1000.0 * flow / args.frames, 1000.0 * step / args.frames
 
     def codec_only(zs: list[np.ndarray], chunk: int) -> float:
-        t0 = time.perf_counter()
-        for _ in decode_chunks(synth.codec, zs, chunk):
-            pass
-        return 1000.0 * (time.perf_counter() - t0) / len(zs)
+        return _codec_only(synth.codec, zs, chunk)
 
     rows, (phonemise, encode, prefix_only) = _measure(args, "bench tts (onnx)", stages, latents, loop_only, latent_parts,
                                                       end_to_end, codec_only)
@@ -244,7 +226,7 @@ def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
 def torch_main(args: argparse.Namespace) -> None:
     import torch
 
-    from speechkit.runtime.tts import decode_chunks, phoneme_ids, prompt_latents
+    from speechkit.runtime.tts import phoneme_ids, prompt_latents
     from speechkit.text.phonemes import RESIDENT, text_to_phonemes
 
     if args.frames < 1 or args.repeats < 1:
@@ -327,40 +309,55 @@ def torch_main(args: argparse.Namespace) -> None:
             yield x.float().cpu().numpy()
 
     def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
-        """As ``LatentSynthesizer.stream``: latents through ``decode_chunks``; timestamps of the
-        first latent and the first chunk."""
-        t0 = time.perf_counter()
-        stamps: list[float] = []
-
-        def stamped():
-            for z in latents(steps, seed):
-                stamps.append(time.perf_counter() - t0)
-                yield z
-
-        first = None
-        for _ in decode_chunks(codec, stamped(), chunk):
-            first = first if first is not None else time.perf_counter() - t0
-        total = time.perf_counter() - t0
-        return total / seconds, 1000.0 * first, 1000.0 * stamps[0]
+        return _end_to_end(latents(steps, seed), codec, chunk, seconds)
 
     def loop_only(steps: int, seed: int) -> tuple[float, list[np.ndarray]]:
-        out = []
-        gen = latents(steps, seed)
-        out.append(next(gen))  # phonemise, prompt encode and prefix are not the loop
-        t0 = time.perf_counter()
-        out.extend(gen)
-        return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
+        return _loop_only(latents(steps, seed))
 
     def codec_only(zs: list[np.ndarray], chunk: int) -> float:
-        t0 = time.perf_counter()
-        for _ in decode_chunks(codec, zs, chunk):
-            pass
-        return 1000.0 * (time.perf_counter() - t0) / len(zs)
+        return _codec_only(codec, zs, chunk)
 
     rows, (phonemise, encode, prefix_only) = _measure(args, "bench tts", stages, latents, loop_only, latent_parts,
                                                       end_to_end, codec_only)
     _report(args, rows, what, device_name, "eager" if args.eager or not cuda else "graphed", str(codec_dir), seconds, n_phones,
             phonemise, encode, prefix_only, phonemiser_start_ms, RESIDENT, extra={"torch": torch.__version__})
+
+
+def _end_to_end(latents, codec, chunk: int, seconds: float) -> tuple[float, float, float]:
+    """As ``LatentSynthesizer.stream``: ``latents`` (an iterator, started here) through
+    ``decode_chunks`` → (RTF, ms to the first chunk, ms to the first latent)."""
+    from speechkit.runtime.tts import decode_chunks
+
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+
+    def stamped():
+        for z in latents:
+            stamps.append(time.perf_counter() - t0)
+            yield z
+
+    first = None
+    for _ in decode_chunks(codec, stamped(), chunk):
+        first = first if first is not None else time.perf_counter() - t0
+    return (time.perf_counter() - t0) / seconds, 1000.0 * first, 1000.0 * stamps[0]
+
+
+def _loop_only(latents) -> tuple[float, list[np.ndarray]]:
+    """ms per latent of ``latents`` after its first (phonemise, prompt encode and prefix are not the loop)."""
+    out = [next(latents)]
+    t0 = time.perf_counter()
+    out.extend(latents)
+    return 1000.0 * (time.perf_counter() - t0) / max(len(out) - 1, 1), out
+
+
+def _codec_only(codec, zs: list[np.ndarray], chunk: int) -> float:
+    """ms per latent of the codec's streaming decode of ``zs`` alone."""
+    from speechkit.runtime.tts import decode_chunks
+
+    t0 = time.perf_counter()
+    for _ in decode_chunks(codec, zs, chunk):
+        pass
+    return 1000.0 * (time.perf_counter() - t0) / len(zs)
 
 
 def _measure(args, desc: str, stages, latents, loop_only, latent_parts, end_to_end, codec_only):

@@ -71,7 +71,7 @@ def test_a_trained_experiment_is_benchmarked_the_same_way(tmp_path, capsys):
 
 def test_the_onnx_runtime_is_benchmarked_from_an_export_or_with_onnx(tmp_path, capsys):
     lines, r = run_bench(_args(CONFIG, "--onnx", "--int8", "--json"), capsys)
-    assert r["model"] == f"{CONFIG} exported int8" and "onnxruntime" in r["device"]
+    assert r["model"] == f"{CONFIG} exported int8 (weights)" and "onnxruntime" in r["device"]
     _check(r, lines, "onnx runtime")
     from speechkit.cli import main
     from speechkit.models.tts.io import save_tts

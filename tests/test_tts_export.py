@@ -285,13 +285,33 @@ def test_int8_export_is_small_and_synthesizes(built, tmp_path):
     _, exp, out, prompt = built
     fp32 = json.loads((out / "export.json").read_text())
     info = export_tts(exp, tmp_path / "int8", TEXTS[0], int8=True)
-    assert info["int8"] and info["graphs_mb"] < 0.4 * fp32["graphs_mb"]
+    assert info["int8"] == "weights" and info["graphs_mb"] < 0.4 * fp32["graphs_mb"]
     check = info["int8_check"]
     assert check["hidden_rel_err"] < 0.05 and check["velocity_rel_err"] < 0.05, check
     for name in ("ar_step.onnx", "flow.onnx"):  # the flow head's weights too (its Linears export as MatMul)
         assert [n for n in onnx.load(str(tmp_path / "int8" / name)).graph.node if n.op_type == "DequantizeLinear"], name
     assert info["sizes_mb"]["ar_step.onnx"] < 0.4 * fp32["sizes_mb"]["ar_step.onnx"]
     a = Synthesizer(tmp_path / "int8").synthesize(TEXTS[2], prompt, FAST)
+    b = Synthesizer(out).synthesize(TEXTS[2], prompt, FAST)
+    assert a.shape == b.shape and np.all(np.isfinite(a)) and np.abs(a).max() > 0
+
+
+def test_dynamic_int8_export_computes_in_int8_and_synthesizes(built, tmp_path):
+    """--int8 dynamic: ONNX Runtime's dynamic quantization (integer products, activations
+    quantized per call) in both graphs, checked against PyTorch like the weight-only form."""
+    from speechkit.export.tts import export_tts
+    from speechkit.runtime.tts import Synthesizer
+
+    _, exp, out, prompt = built
+    fp32 = json.loads((out / "export.json").read_text())
+    info = export_tts(exp, tmp_path / "dyn", TEXTS[0], int8="dynamic")
+    assert info["int8"] == "dynamic" and info["graphs_mb"] < 0.6 * fp32["graphs_mb"]
+    check = info["int8_check"]
+    assert check["hidden_rel_err"] < 0.1 and check["velocity_rel_err"] < 0.1, check
+    for name in ("ar_step.onnx", "flow.onnx"):
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "dyn" / name)).graph.node}
+        assert "DynamicQuantizeLinear" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, (name, ops)
+    a = Synthesizer(tmp_path / "dyn").synthesize(TEXTS[2], prompt, FAST)
     b = Synthesizer(out).synthesize(TEXTS[2], prompt, FAST)
     assert a.shape == b.shape and np.all(np.isfinite(a)) and np.abs(a).max() > 0
 

@@ -69,7 +69,8 @@ def add_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--eager", action="store_true", help="on CUDA too: the eager loop and the ONNX codec on the CPU (no graphs)")
     p.add_argument("--onnx", action="store_true",
                    help="export the model first (a temporary folder) and time the ONNX runtime, as `speechkit tts` runs it")
-    p.add_argument("--int8", action="store_true", help="--onnx: int8 weights (speechkit tts export --int8)")
+    p.add_argument("--int8", nargs="?", const="weights", default=False, choices=["weights", "dynamic"],
+                   help="--onnx: int8 graphs (speechkit tts export --int8 [weights|dynamic]; default weights)")
     add_output_args(p)
     p.set_defaults(func=main)
     return p
@@ -125,7 +126,8 @@ def main(args: argparse.Namespace) -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="bench-tts-") as tmp:
-            return runtime_main(args, _export_for_bench(args, Path(tmp)), f"{args.model} exported{' int8' if args.int8 else ''}")
+            int8 = f" int8 ({args.int8})" if args.int8 else ""
+            return runtime_main(args, _export_for_bench(args, Path(tmp)), f"{args.model} exported{int8}")
     return torch_main(args)
 
 

@@ -133,7 +133,9 @@ def build_tts_parser(prog: str = "speechkit tts") -> argparse.ArgumentParser:
     e.add_argument("exp_dir")
     e.add_argument("out_dir")
     e.add_argument("--check-text", default="the quick brown fox jumps over the lazy dog", help="sentence of the parity check")
-    e.add_argument("--int8", action="store_true", help="weight-only int8 (int8 weights, float arithmetic): about a quarter of the size")
+    e.add_argument("--int8", nargs="?", const="weights", default=False, choices=["weights", "dynamic"],
+                   help="int8 graphs, about a quarter of the size: 'weights' (the default with --int8: int8 weights, float "
+                        "arithmetic) or 'dynamic' (ONNX Runtime's dynamic quantization: int8 arithmetic, faster on a CPU)")
     e.add_argument("--codec-dir", dest="codec_dir", default=None,
                    help="reference this exported codec (the one the model was trained on) instead of copying it into OUT_DIR/codec; "
                         "export.json records it relative to OUT_DIR, so keep the two side by side (e.g. under models/)")

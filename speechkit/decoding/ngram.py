@@ -1,5 +1,5 @@
-"""Word n-gram language models for shallow fusion in the CTC prefix beam search (numpy-free,
-torch-free: the runtime uses it).
+"""Word n-gram language models for shallow fusion in the CTC prefix beam search (plain Python,
+no torch: the runtime uses it).
 
 :func:`train_ngram` counts words of normalised sentences into an interpolated Kneser-Ney model,
 optionally dropping rare n-grams of the highest order (their mass goes back to the lower orders);
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechkit.errors import SpeechkitError
+from speechkit.text.tokenizer import SPACE  # the tokenizers' word-boundary mark
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
-SPACE = "\u2581"  # the tokenizers' word-boundary mark (speechkit.text.tokenizer.SPACE)
 LOG10 = math.log(10.0)
 ARPA_NO_PROB = -99.0  # what ARPA files give <s>, which is never predicted
 

@@ -135,10 +135,10 @@ def _decode(args: argparse.Namespace) -> None:
         if not ctc_search:
             raise SpeechkitError(f"--lm is fused into the CTC prefix beam search (a ctc head, or a transducer with --decoder ctc); "
                                  f"{args.exp_dir} has head '{rec.model.cfg.head}'")
-        if args.beam <= 1:
-            raise SpeechkitError("a language model (--lm) works inside the beam search: give --beam > 1 (e.g. 16)")
-        tok = rec.tokenizer
-        rec.model.fusion = _lm(args).fusion([tok.id_to_piece(i) for i in range(tok.vocab_size)])
+        from speechkit.decoding.ngram import require_beam
+
+        require_beam(args.beam)
+        rec.model.fusion = _lm(args).fusion(rec.tokenizer)
     n = decode_data_dir(rec, args.data_dir, args.out_dir, beam=args.beam, batch_seconds=args.batch_seconds)
     print(f"decoded {n} utterances -> {args.out_dir}/hyp")
 

@@ -306,6 +306,9 @@ def test_dynamic_int8_export_computes_in_int8_and_synthesizes(built, tmp_path):
     fp32 = json.loads((out / "export.json").read_text())
     info = export_tts(exp, tmp_path / "dyn", TEXTS[0], int8="dynamic")
     assert info["int8"] == "dynamic" and info["graphs_mb"] < 0.6 * fp32["graphs_mb"]
+    with pytest.raises(SpeechkitError, match="int8 kind 'fp4': one of weights, dynamic"):
+        export_tts(exp, tmp_path / "bad", TEXTS[0], int8="fp4")
+    assert not (tmp_path / "bad").exists()  # refused before any work
     check = info["int8_check"]
     assert check["hidden_rel_err"] < 0.1 and check["velocity_rel_err"] < 0.1, check
     for name in ("ar_step.onnx", "flow.onnx"):

@@ -190,9 +190,8 @@ def runtime_main(args: argparse.Namespace, model_dir, what: str) -> None:
     def opts(steps: int, chunk: int, seed: int) -> SynthOptions:
         return SynthOptions(steps=steps, cfg_scale=args.cfg_scale, chunk_frames=chunk, seed=seed)
 
-    def latents(steps: int, seed: int, prompt=None):
-        prompt = new_prompt() if prompt is None else prompt
-        return itertools.islice(synth.latents(args.text, prompt, opts(steps, 4, seed)), args.frames)
+    def latents(steps: int, seed: int):
+        return itertools.islice(synth.latents(args.text, new_prompt(), opts(steps, 4, seed)), args.frames)
 
     def end_to_end(steps: int, chunk: int, seed: int) -> tuple[float, float, float]:
         return _end_to_end(latents(steps, seed), synth.codec, chunk, seconds)

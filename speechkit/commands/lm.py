@@ -20,18 +20,10 @@ from speechkit.errors import SpeechkitError
 
 def _data_text(data_dir: str) -> list[str]:
     """The normalised sentences of a data dir's ``text`` (its utterance ids dropped)."""
+    from speechkit.data.kaldi import read_table
     from speechkit.text.normalize import normalize_text
 
-    path = Path(data_dir) / "text"
-    if not path.is_file():
-        raise SpeechkitError(f"{data_dir}: not a data dir (no text file)")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split(maxsplit=1)
-        text = normalize_text(parts[1]) if len(parts) == 2 else None
-        if text:
-            out.append(text)
-    return out
+    return [t for t in map(normalize_text, read_table(Path(data_dir) / "text").values()) if t]
 
 
 def _text_file(path: str) -> list[str]:

@@ -55,9 +55,10 @@ class CtcPrefixBeamSearch:
         self.times: dict[tuple[int, ...], tuple[int, ...]] = {(): ()}
         self.lm: dict[tuple[int, ...], FusionState] = {(): self.fusion.initial} if self.fusion else {}
 
-    def _score(self, prefix: tuple[int, ...], acoustic: tuple[float, float], final: bool = False) -> float:
+    def _score(self, acoustic, state: FusionState | None, final: bool = False) -> float:
+        """A prefix's rank: its acoustic (p_blank, p_nonblank) and, with fusion, its LM state's score."""
         total = _logadd(*acoustic)
-        return total + self.fusion.score(self.lm[prefix], final) if self.fusion else total
+        return total + self.fusion.score(state, final) if self.fusion else total
 
     def accept(self, log_probs: np.ndarray) -> None:
         """log_probs (T, V) for the next T frames."""
@@ -90,23 +91,21 @@ class CtcPrefixBeamSearch:
                         add(prefix, neg, pnb + p)  # otherwise it collapses into the same token
                     else:
                         add(extended, neg, total + p)
-            self.lm = lm
-            ranked = sorted(nxt.items(), key=lambda kv: self._score(kv[0], kv[1]), reverse=True)[: self.beam]
+            ranked = sorted(nxt.items(), key=lambda kv: self._score(kv[1], lm.get(kv[0])), reverse=True)[: self.beam]
             self.beams = {k: (v[0], v[1]) for k, v in ranked}
             self.times = {k: times[k] for k in self.beams}
-            if self.fusion:
-                self.lm = {k: lm[k] for k in self.beams}
+            self.lm = {k: lm[k] for k in self.beams} if self.fusion else {}
             self.frame += 1
 
     def nbest(self) -> list[tuple[list[int], float]]:
         """[(token ids, score)], best first; with fusion the score includes the language model's,
         each prefix scored as a finished sentence."""
-        scored = [(list(k), self._score(k, v, final=True)) for k, v in self.beams.items()]
+        scored = [(list(k), self._score(v, self.lm.get(k), final=True)) for k, v in self.beams.items()]
         return sorted(scored, key=lambda kv: kv[1], reverse=True)
 
     def best(self) -> tuple[list[int], list[int]]:
         """(token ids, frame of each token) of the best prefix."""
-        ids = max(self.beams, key=lambda k: self._score(k, self.beams[k], final=True))
+        ids = max(self.beams, key=lambda k: self._score(self.beams[k], self.lm.get(k), final=True))
         return list(ids), list(self.times[ids])
 
 

@@ -177,50 +177,35 @@ def train_ngram(sentences: Iterable[str], order: int = 3, min_count: int = 1) ->
     total = sum(counts[1].values())
     d = discounts[1]
     uniform = d * len(counts[1]) / total / (len(vocab) + 1)
-    p1 = {(w,): max(counts[1][(w,)] - d, 0.0) / total + uniform for w in vocab}
-    p1[(UNK,)] = uniform
-    probs[1] = {g: math.log(p) for g, p in p1.items()}
+    probs[1] = {(w,): math.log(max(counts[1][(w,)] - d, 0.0) / total + uniform) for w in vocab}
+    probs[1][(UNK,)] = math.log(uniform)
     probs[1][(BOS,)] = ARPA_NO_PROB * LOG10
     backoffs: dict[tuple[str, ...], float] = {}
-    lin = {1: p1}  # linear probabilities of each order, for the next order's interpolation
     for n in range(2, order + 1):
+        lower = NgramLM(n - 1, probs, backoffs)  # the orders built so far: P(w | h') as the ARPA file will give it
+
+        def p_low(g: tuple[str, ...]) -> float:
+            return math.exp(lower.logp(g[1:-1], g[-1]))
+
         d = discounts[n]
         ctx_total: dict[tuple[str, ...], int] = defaultdict(int)
         ctx_types: dict[tuple[str, ...], int] = defaultdict(int)
         for g, c in counts[n].items():
             ctx_total[g[:-1]] += c
             ctx_types[g[:-1]] += 1
-
-        pn: dict[tuple[str, ...], float] = {}
-        for g, c in counts[n].items():
-            h = g[:-1]
-            pn[g] = max(c - d, 0.0) / ctx_total[h] + d * ctx_types[h] / ctx_total[h] * _backoff_prob(g[1:], lin, backoffs)
-        if n == order and min_count > 1:
-            pn = {g: p for g, p in pn.items() if counts[n][g] >= min_count}
+        pn = {g: max(c - d, 0.0) / ctx_total[g[:-1]] + d * ctx_types[g[:-1]] / ctx_total[g[:-1]] * p_low(g)
+              for g, c in counts[n].items() if n < order or c >= min_count}
         kept_p: dict[tuple[str, ...], float] = defaultdict(float)
         kept_low: dict[tuple[str, ...], float] = defaultdict(float)
         for g, p in pn.items():
             kept_p[g[:-1]] += p
-            kept_low[g[:-1]] += _backoff_prob(g[1:], lin, backoffs)
-        for h in ctx_total:
+            kept_low[g[:-1]] += p_low(g)
+        for h in ctx_total:  # the backoff weight that makes P(. | h) sum to one over what is kept
             left, low_left = 1.0 - kept_p.get(h, 0.0), 1.0 - kept_low.get(h, 0.0)
             if left > 1e-12 and low_left > 1e-12:
                 backoffs[h] = math.log(left / low_left)
-        lin[n] = pn
         probs[n] = {g: math.log(p) for g, p in pn.items()}
     return NgramLM(order, probs, backoffs)
-
-
-def _backoff_prob(g: tuple[str, ...], lin: dict[int, dict[tuple[str, ...], float]], backoffs: dict[tuple[str, ...], float]) -> float:
-    """Linear P(g[-1] | g[:-1]) from the orders already built, backing off as the ARPA file would."""
-    weight = 1.0
-    for k in range(len(g), 0, -1):
-        gram = g[len(g) - k:]
-        p = lin[k].get(gram)
-        if p is not None:
-            return weight * p
-        weight *= math.exp(backoffs.get(gram[:-1], 0.0)) if k > 1 else 1.0
-    return weight * lin[1][(UNK,)]
 
 
 @dataclass(frozen=True)
@@ -268,6 +253,12 @@ class WordFusion:
         return self.weight * logp + self.bonus * words
 
 
+def require_beam(beam: int) -> None:
+    """A language model is fused into a beam search: the one-line error for a greedy search."""
+    if beam <= 1:
+        raise SpeechkitError("a language model (--lm) works inside the beam search: give --beam > 1 (e.g. 16)")
+
+
 @dataclass(frozen=True)
 class LmConfig:
     """Which ARPA model to fuse into a CTC beam search, and how strongly."""
@@ -276,7 +267,9 @@ class LmConfig:
     weight: float = 0.5
     bonus: float = 1.0
 
-    def fusion(self, pieces: list[str]) -> WordFusion:
+    def fusion(self, tokenizer) -> WordFusion:
+        """The fusion for a search over ``tokenizer``'s pieces (the model loaded once per process)."""
+        pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
         return WordFusion(load_lm(self.path), pieces, self.weight, self.bonus)
 
 

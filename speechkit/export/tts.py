@@ -337,8 +337,6 @@ def _quantize(out_dir: Path, mode: str = "weights") -> None:
 
     from speechkit.export.quantize import quantize_weights_int8
 
-    if mode not in INT8_MODES:
-        raise SpeechkitError(f"int8 mode {mode!r}: one of {', '.join(INT8_MODES)}")
     for name in GRAPHS:
         tmp = out_dir / (name + ".tmp")
         if mode == "weights":
@@ -346,12 +344,11 @@ def _quantize(out_dir: Path, mode: str = "weights") -> None:
         else:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            level = logging.getLogger().level
-            logging.getLogger().setLevel(logging.ERROR)  # its notes on tensors it leaves as they are (NonZero's index output)
+            logging.disable(logging.WARNING)  # its notes on tensors it leaves as they are (NonZero's index output)
             try:
                 quantize_dynamic(str(out_dir / name), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
             finally:
-                logging.getLogger().setLevel(level)
+                logging.disable(logging.NOTSET)
         tmp.replace(out_dir / name)
 
 
@@ -401,6 +398,9 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
     from speechkit.runtime.codec import CodecRuntime
     from speechkit.text.phonemes import PhonemeVocab, text_to_phonemes
 
+    int8 = "weights" if int8 is True else (int8 or False)  # --int8 alone is the weight-only kind
+    if int8 and int8 not in INT8_MODES:
+        raise SpeechkitError(f"int8 kind {int8!r}: one of {', '.join(INT8_MODES)}")
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     model, symbols, recorded = load_tts(exp_dir, "cpu")
     model = model.float().eval()
@@ -428,7 +428,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
         fp32_mb = {name: round((out_dir / name).stat().st_size / 1e6, 3) for name in GRAPHS}
         int8_report = None
         if int8:
-            _quantize(out_dir, "weights" if int8 is True else int8)
+            _quantize(out_dir, int8)
             int8_report = check_int8(model, out_dir, phones, prompt)
     except BaseException:
         for name in GRAPHS:  # no half-checked model left behind to be loaded
@@ -448,7 +448,7 @@ def export_tts(exp_dir: str | Path, out_dir: str | Path, check_text: str, int8: 
             "frame_rate": cfg.frame_rate, "latent_dim": cfg.latent_dim, "flow_objective": cfg.flow.objective, "config": to_dict(cfg),
             "kinds": {"phone": PHONE, "sep": SEP, "prompt": PROMPT, "bos": BOS, "latent": LATENT},
             "stop_threshold": STOP_THRESHOLD,
-            "latent_mean": model.latent_mean.tolist(), "latent_std": model.latent_std.tolist(), "int8": ("weights" if int8 is True else int8) or False,
+            "latent_mean": model.latent_mean.tolist(), "latent_std": model.latent_std.tolist(), "int8": int8,
             "check_text": check_text, "parity": report, **({"int8_check": int8_report} if int8_report else {}),
             "sizes_mb": sizes, "fp32_sizes_mb": fp32_mb, "graphs_mb": graphs_mb,
             "size_mb": round(graphs_mb, 2),  # the ONNX files in out_dir itself

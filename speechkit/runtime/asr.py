@@ -25,7 +25,7 @@ import numpy as np
 from speechkit.audio.fbank import online_fbank, read_frames
 from speechkit.audio.vad import GateConfig, SpeechGate, accept_many
 from speechkit.decoding.ctc import BLANK_ID, CtcPrefixBeamSearch
-from speechkit.decoding.ngram import LmConfig
+from speechkit.decoding.ngram import LmConfig, require_beam
 from speechkit.errors import AudioError, SpeechkitError
 from speechkit.runtime.session import open_model, require_provider
 from speechkit.text.tokenizer import load_tokenizer
@@ -202,8 +202,8 @@ class OnlineRecognizer:
         (default weight and bonus) or an :class:`LmConfig`."""
         if isinstance(lm, (str, Path)):
             lm = LmConfig(str(lm))
-        if lm is not None and beam <= 1:
-            raise SpeechkitError("a language model (--lm) works inside the beam search: give --beam > 1 (e.g. 16)")
+        if lm is not None:
+            require_beam(beam)
         model_dir = Path(model_dir)
         pooled = self._wants_pool(device, device_states)
         # with a pool, the plain graph's session only gives the metadata and shapes: the CPU's
@@ -225,8 +225,7 @@ class OnlineRecognizer:
         self.tokenizer = load_tokenizer(model_dir)
         self.endpoint = endpoint
         self.beam = beam  # 1: greedy; > 1: CTC prefix beam search carried across chunks
-        pieces = [self.tokenizer.id_to_piece(i) for i in range(self.tokenizer.vocab_size)]
-        self.fusion = lm.fusion(pieces) if lm is not None else None  # loads the model: a bad file fails here, once
+        self.fusion = lm.fusion(self.tokenizer) if lm is not None else None  # loads the model: a bad file fails here, once
         self.gate = gate  # None: every token the model emits is kept
         self._state_shapes = {i.name: i.shape for i in self.session.get_inputs()}
         self.timings = dict.fromkeys(DECODE_STAGES, 0.0)  # cumulative wall seconds of decode_streams' parts

@@ -48,6 +48,12 @@ def model_family(model_dir: str | Path) -> str:
     return "ctc-streaming-conformer"
 
 
+def refuse_lm(model_dir: str | Path, family: str) -> None:
+    """The one-line error for a language model given to a family whose search takes none."""
+    raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, "
+                         f"not a {family} model's")
+
+
 def open_recognizer(model_dir: str | Path, **options) -> OnlineRecognizer:
     """The streaming recognizer for an exported folder, by its family: a sherpa-format transducer
     or CTC model (``speechkit export sherpa``; the CTC one refuses ``beam`` > 1) or our streaming
@@ -56,7 +62,7 @@ def open_recognizer(model_dir: str | Path, **options) -> OnlineRecognizer:
     if options.get("lm") is None:
         options.pop("lm", None)
     elif family in (TRANSDUCER_FAMILY, SHERPA_CTC_FAMILY):
-        raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a {family} model's")
+        refuse_lm(model_dir, family)
     if family == TRANSDUCER_FAMILY:
         return TransducerRecognizer(model_dir, **options)
     if family == SHERPA_CTC_FAMILY:
@@ -92,7 +98,7 @@ def transcribe_files(model_dir: str, files: list[str], threads: int = 1, att_con
     stderr and skipped. Returns the number of files that failed."""
     if model_family(model_dir) == "paraformer":
         if lm is not None:
-            raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a Paraformer's")
+            refuse_lm(model_dir, "paraformer")
         return transcribe_files_offline(model_dir, files, threads, device=device)
     rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, beam=beam, device=device, lm=lm)
     failed = 0

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from speechkit.audio.io import read_blocks
 from speechkit.data.kaldi import load_data_dir, write_table
-from speechkit.errors import AudioError, SpeechkitError
+from speechkit.errors import AudioError
 from speechkit.runtime.asr import OnlineRecognizer, decoding_error
-from speechkit.runtime.console import model_family, open_recognizer
+from speechkit.runtime.console import model_family, open_recognizer, refuse_lm
 
 _rec = None  # this process's recognizer (OnlineRecognizer or OfflineRecognizer)
 
@@ -29,7 +29,7 @@ def _init(model_dir: str, att_context, threads: int, beam: int = 1, device: str 
         from speechkit.runtime.paraformer import OfflineRecognizer
 
         if lm is not None:
-            raise SpeechkitError(f"{model_dir}: a language model (--lm) is fused into the streaming CTC models' beam search only, not a Paraformer's")
+            refuse_lm(model_dir, "paraformer")
         _rec = OfflineRecognizer(model_dir, num_threads=threads, device=device)
     else:
         _rec = open_recognizer(model_dir, num_threads=threads, att_context=att_context, endpoint=None, beam=beam, device=device, lm=lm)

@@ -78,6 +78,7 @@ class AsrEncoderModel(nn.Module):
         self.encoder = encoder_cls(cfg.encoder_conf, dim)
         self.ctc = nn.Linear(self.encoder.output_size, vocab_size) if ctc else None
         self.ctc_dropout: nn.Module = nn.Identity()  # the CTC head's own dropout (CtcHeadConfig.dropout_rate)
+        self.fusion = None  # decoding: a word LM fused into the CTC prefix beam search (speechkit decode --lm)
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor, att_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """B: batch, T: fbank frames, F: mel bins, T': encoder frames, D: encoder dim.
@@ -127,6 +128,5 @@ class CtcAsrModel(AsrEncoderModel):
         """Greedy (beam 1) or prefix beam search (with ``self.fusion``'s word LM, if set) → token ids per utterance."""
         log_probs, lens = self.ctc_log_probs(feats, feat_lens, att_context)
         log_probs = log_probs.cpu().numpy()
-        fusion = getattr(self, "fusion", None)
-        return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam, fusion=fusion)[0][0])
+        return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam, fusion=self.fusion)[0][0])
                 for lp, n in zip(log_probs, lens.tolist())]

@@ -175,8 +175,7 @@ class HybridTransducerModel(AsrEncoderModel):
                 raise SpeechkitError("this transducer has no CTC head (head_conf.ctc_weight 0)")
             log_probs, lens = self.ctc_log_probs(feats, feat_lens, att_context)
             log_probs = log_probs.cpu().numpy()
-            fusion = getattr(self, "fusion", None)  # a word LM set by `speechkit decode --lm`
-            return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam, fusion=fusion)[0][0])
+            return [ctc_greedy(lp[:n]) if beam <= 1 else list(ctc_prefix_beam_search(lp[:n], beam, fusion=self.fusion)[0][0])
                     for lp, n in zip(log_probs, lens.tolist())]
         if decoder != "transducer":
             raise SpeechkitError(f"decoder '{decoder}' is not one of transducer, ctc")

@@ -29,8 +29,8 @@ real_dev=
 _speechkit_opts="hours minutes init_epoch bpe batch_seconds finetune_minutes real_dev"
 . "$root/tools/parse_options.sh"
 [ -n "$real_dev" ] || { echo "$0: give --real_dev DIR (speechkit data real-dev DIR makes one)" >&2; exit 2; }
-[ -f "$real_dev/text" ] || { echo "$0: --real_dev $real_dev: not a data dir from 'speechkit data real-dev' (no text)" >&2; exit 2; }
-real_dev=$(realpath "$real_dev")
+. "$root/tools/gpu_common.sh"
+real_dev=$(real_dev_dir "$real_dev")
 WORK=${WORK:-/tmp/realistic_gpu}
 mkdir -p "$WORK/pft"
 log() { echo "[$(date +%T)] $*"; }

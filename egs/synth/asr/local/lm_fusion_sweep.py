@@ -19,19 +19,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speechkit.data.kaldi import load_data_dir
+from speechkit.data.kaldi import load_data_dir, read_table
 from speechkit.eval.wer import utterance_errors
 
 
 def decode(model: str, data: str, out: Path, nj: int, extra: list[str]) -> dict[str, str]:
+    """``speechkit decode-stream`` into ``out`` (once: a finished decode is reused) → key → text."""
     if not (out / "hyp").is_file():
         cmd = ["speechkit", "decode-stream", model, data, str(out), "--nj", str(nj), *extra]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    hyps = {}
-    for line in (out / "hyp").read_text(encoding="utf-8").splitlines():
-        key, _, text = line.partition(" ")
-        hyps[key] = text
-    return hyps
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+            sys.exit(f"lm_fusion_sweep: {' '.join(cmd)} failed (its error is above)")
+    return read_table(out / "hyp", allow_empty_value=True)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@
 #   --init_epoch N        the AR baseline's epoch whose encoder the Paraformer starts from
 #   --batch_seconds S     runs 1 and 2: audio seconds per batch (four trainers share the card)
 #   --finetune_minutes M  run 3's training budget
+# --bpe 0 leaves out run 2 and --finetune_minutes 0 run 3, for a hold too short for all three.
 # Run it after the README's set-up on a GPU machine, detached; each run logs to WORK/*.log:
 #   (setsid nohup bash egs/synth/asr/local/gpu_realistic_runs.sh --real_dev DIR > /tmp/realistic.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -44,17 +45,22 @@ WORK=$WORK/para bash "$asr/gpu_paraformer_run.sh" "${para[@]}" --stop_stage 1 > 
 ln -sfn "$WORK/para/data" "$WORK/pft/data"
 ln -sfn "$WORK/para/dump" "$WORK/pft/dump"
 
-log "three runs at once: characters, BPE $bpe, the shipped Paraformer's fine-tune"
+log "at once: characters, BPE $bpe (0: none), the shipped Paraformer's fine-tune for $finetune_minutes min (0: none)"
+runs=()
 WORK=$WORK/para bash "$asr/gpu_paraformer_run.sh" "${para[@]}" --stage 2 > "$WORK/char.log" 2>&1 &
-char=$!
-sleep 20  # the char run copies the checkout first; the BPE run's copy then does not race it
-WORK=$WORK/para bash "$asr/gpu_paraformer_run.sh" "${para[@]}" --stage 2 --bpe "$bpe" > "$WORK/bpe.log" 2>&1 &
-bpe_run=$!
-WORK=$WORK/pft bash "$asr/gpu_stream_run.sh" --config conf/finetune_paraformer_real_gpu.yaml "${corpus[@]}" \
-  --minutes "$finetune_minutes" > "$WORK/pft.log" 2>&1 &
-pft=$!
+runs+=("char:$!")
+if [ "$bpe" -gt 0 ]; then
+  sleep 20  # the char run copies the checkout first; the BPE run's copy then does not race it
+  WORK=$WORK/para bash "$asr/gpu_paraformer_run.sh" "${para[@]}" --stage 2 --bpe "$bpe" > "$WORK/bpe.log" 2>&1 &
+  runs+=("bpe:$!")
+fi
+if [ "$finetune_minutes" != 0 ]; then
+  WORK=$WORK/pft bash "$asr/gpu_stream_run.sh" --config conf/finetune_paraformer_real_gpu.yaml "${corpus[@]}" \
+    --minutes "$finetune_minutes" > "$WORK/pft.log" 2>&1 &
+  runs+=("pft:$!")
+fi
 status=0
-for name in char:$char bpe:$bpe_run pft:$pft; do
+for name in "${runs[@]}"; do
   wait "${name#*:}" || { status=1; log "run ${name%%:*} failed: tail of $WORK/${name%%:*}.log"; tail -n 20 "$WORK/${name%%:*}.log"; }
 done
 for r in "$WORK/para/report/summary.md" "$WORK/para/report_bpe$bpe/summary.md" "$WORK/pft/report/summary.md"; do

@@ -279,3 +279,47 @@ def test_trains_on_the_engine_and_resumes_exactly(tmp_path, monkeypatch):
     assert any(k.startswith("decoder.") for k in full) and full.keys() == again.keys()
     for k in full:
         assert torch.equal(full[k], again[k]), f"{k} differs after resume"
+
+
+def test_a_new_head_trains_on_a_frozen_encoder(tmp_path):
+    """train_conf.freeze_modules: the hybrid head trains on a CTC run's encoder and CTC layer, which
+    come out bit for bit as loaded; the optimizer holds the head's parameters only; frozen modules
+    compute in eval mode; unknown names and a model frozen whole are one-line errors."""
+    import yaml
+
+    make_train_dev_dumps(tmp_path, n_train=12, seed=3)
+    dumps = (tmp_path / "dump_train", tmp_path / "dump_dev")
+    raw = yaml.safe_load(open(CPU_CONFIG))
+    raw["train_conf"].update(max_epochs=1, batch_seconds=4, log_interval=1)
+    ctc_raw = {**raw, "head": "ctc"}
+    ctc_raw.pop("head_conf")
+    asr_train.train(experiment_config_from_dict(ctc_raw), tmp_path / "ctc", *dumps)
+    init = torch.load(tmp_path / "ctc" / "epoch_1.pt", weights_only=True)["model"]
+
+    raw["train_conf"].update(init_checkpoint=str(tmp_path / "ctc" / "epoch_1.pt"), init_modules=["cmvn", "encoder", "ctc"],
+                             freeze_modules=["encoder", "ctc"])
+    asr_train.train(experiment_config_from_dict(raw), tmp_path / "head", *dumps)
+    ck = torch.load(tmp_path / "head" / "checkpoint.pt", weights_only=True)
+    got = torch.load(tmp_path / "head" / "epoch_1.pt", weights_only=True)["model"]
+    for k, v in init.items():
+        assert torch.equal(got[k], v), f"{k} changed though frozen"
+    model = build_asr_model(experiment_config_from_dict(raw).model, init["ctc.bias"].numel())
+    head = sum(1 for n, _ in model.named_parameters() if n.split(".")[0] in ("decoder", "joiner"))
+    assert len(ck["optimizers"]["model"]["state"]) == head > 0
+
+    frozen = asr_train.freeze(model, ("encoder", "ctc"))
+    model.train()
+    asr_train.hold_frozen(frozen)
+    assert model.joiner.training and model.encoder.training  # the streaming encoder still draws a look-ahead per batch
+    raw["encoder_conf"].update(dropout_rate=0.5, attention_dropout_rate=0.5)
+    noisy = build_asr_model(experiment_config_from_dict(raw).model, 5).train()
+    x, lens = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    with torch.no_grad():
+        assert not torch.equal(noisy.encoder(x, lens, (16, 3))[0], noisy.encoder(x, lens, (16, 3))[0])
+        asr_train.hold_frozen(asr_train.freeze(noisy, ("encoder",)))
+        assert torch.equal(noisy.encoder(x, lens, (16, 3))[0], noisy.encoder(x, lens, (16, 3))[0]), "dropout in a frozen encoder"
+    assert not any(p.requires_grad for p in model.encoder.parameters()) and model.joiner.output_linear.weight.requires_grad
+    with pytest.raises(SpeechkitError, match="freeze_modules: this model has no module predictor"):
+        asr_train.freeze(model, ("predictor",))
+    with pytest.raises(SpeechkitError, match="nothing of the model is left to train"):
+        asr_train.freeze(model, ("encoder", "ctc", "decoder", "joiner"))

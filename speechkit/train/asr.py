@@ -65,6 +65,30 @@ def load_init(model: torch.nn.Module, path: str | Path, modules: tuple[str, ...]
         raise SpeechkitError(f"{path}: does not fit this model ({str(e).splitlines()[0]})") from None
 
 
+def freeze(model: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The named top-level modules take no gradient; returns them, for ``hold_frozen``."""
+    modules = [getattr(model, n, None) for n in names]
+    unknown = [n for n, m in zip(names, modules) if not isinstance(m, torch.nn.Module)]
+    if unknown:
+        have = ", ".join(n for n, _ in model.named_children())
+        raise SpeechkitError(f"train_conf.freeze_modules: this model has no module {unknown[0]} (it has {have})")
+    for m in modules:
+        m.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SpeechkitError(f"train_conf.freeze_modules {list(names)}: nothing of the model is left to train")
+    return modules
+
+
+def hold_frozen(frozen: list[torch.nn.Module]) -> None:
+    """The layers of frozen modules compute as at inference, no dropout (the engine and the dev
+    loss switch the whole model to train mode; this switches them back before a step). The frozen
+    module itself stays in train mode: a streaming encoder still draws its look-ahead per batch,
+    so a new head learns every context the encoder serves."""
+    for m in frozen:
+        for child in m.children():
+            child.eval()
+
+
 def build_model(cfg: ExperimentConfig, vocab_size: int, tokenizer=None) -> AsrEncoderModel:
     return build_asr_model(cfg.model, vocab_size, tokenizer)
 
@@ -115,6 +139,7 @@ class AsrTask:
         self.model.cmvn.set_stats(*cmvn_from_stats(Path(train_dump) / "stats.json"))
         if tc.init_checkpoint:
             load_init(self.model, tc.init_checkpoint, tc.init_modules)
+        self.frozen = freeze(self.model, tc.freeze_modules)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}
@@ -126,6 +151,7 @@ class AsrTask:
         return self.train.batch(idx)
 
     def step(self, modules, b: dict, update) -> dict[str, torch.Tensor]:
+        hold_frozen(self.frozen)
         loss, stats = modules["model"](b["feats"], b["feat_lens"], b["tokens"], b["token_lens"])
         update("model", loss)
         return {"loss": loss.detach(), **stats}

@@ -36,6 +36,10 @@ class TrainConfig(LoopConfig):
     avg_last: int = 5
     init_checkpoint: str | None = None  # start from these weights (e.g. MWER fine-tuning); its tokenizer is reused
     init_modules: tuple[str, ...] = ()  # with init_checkpoint: only these top-level modules (e.g. [cmvn, encoder, ctc])
+    # top-level modules kept as they are: no gradient, no optimizer state, their layers in eval mode
+    # (no dropout; a streaming encoder still draws its look-ahead per batch); e.g. [encoder, ctc]
+    # to train a new head on a trained encoder (ESPnet's --freeze_param)
+    freeze_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

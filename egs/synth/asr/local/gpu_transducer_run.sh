@@ -9,10 +9,11 @@
 # metrics, hyps, export reports, bench JSON), the int8 transducer and CTC folders as sherpa_*.tgz.
 #   bash egs/synth/asr/local/gpu_transducer_run.sh [--hours 50] [--minutes 0] [--stage 0]
 #     [--config conf/train_transducer_gpu.yaml] [--corpus_src DIR] [--contexts "full 64,0 64,4 64,12"]
-#     [--sherpa_context 64,12]
+#     [--sherpa_context 64,12] [--real_dev DIR]
 #   --minutes M: a training budget (train_conf.max_minutes; the schedule is fitted to it) instead of
 #   the config's epochs; --corpus_src: build the corpus with the source tree in DIR (an older
-#   revision, to train on the corpus of earlier runs)
+#   revision, to train on the corpus of earlier runs); --real_dev DIR: a data dir from `speechkit
+#   data real-dev`, decoded beside test and test_unseen (PyTorch and runtime)
 # Run it after the README's set-up on a GPU machine; start it detached:
 #   (setsid nohup bash egs/synth/asr/local/gpu_transducer_run.sh --minutes 14 > /tmp/gpu_rnnt.log 2>&1 < /dev/null &)
 set -euo pipefail
@@ -25,15 +26,19 @@ config=conf/train_transducer_gpu.yaml
 corpus_src=
 contexts="full 64,0 64,4 64,12"
 sherpa_context=64,12
+real_dev=
 WORK=${WORK:-/tmp/rnnt_gpu}
 REPORT=${REPORT:-$WORK/report}
-_speechkit_opts="hours minutes stage config corpus_src contexts sherpa_context"
+_speechkit_opts="hours minutes stage config corpus_src contexts sherpa_context real_dev"
 . "$root/tools/parse_options.sh"
 . "$root/tools/gpu_common.sh"
+real_dev=$(real_dev_dir "$real_dev")
 run_from_private_copy "$WORK/src"
 cli_from_checkout
 recipe=$root/egs/synth/asr
 data=$WORK/data exp=$WORK/exp
+sets="test test_unseen${real_dev:+ real_dev}"
+set_dir() { if [ "$1" = real_dev ]; then echo "$real_dev"; else echo "$data/$1"; fi; }
 mkdir -p "$WORK" "$REPORT"
 cfg=$recipe/$config
 if [ "$minutes" != 0 ]; then  # the budget goes under train_conf (replacing one already there)
@@ -61,14 +66,14 @@ fi
 
 if [ "$stage" -le 6 ]; then
   log "decode (PyTorch): CTC greedy, transducer greedy and beam 4 at each context"
-  for s in test test_unseen; do
+  for s in $sets; do
     for ctx in $contexts; do
       for dec in "ctc:--decoder ctc" "greedy:" "beam4:--beam 4"; do
         out=$exp/decode_${s}_${ctx/,/_}_${dec%%:*}
         [ -f "$out/wer.json" ] && continue
         # shellcheck disable=SC2086
-        speechkit decode "$exp" "$data/$s" "$out" --att-context "$ctx" ${dec#*:}
-        speechkit score "$data/$s/text" "$out/hyp" --out "$out/wer.json" >/dev/null
+        speechkit decode "$exp" "$(set_dir "$s")" "$out" --att-context "$ctx" ${dec#*:}
+        speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json" >/dev/null
       done
     done
   done
@@ -80,10 +85,10 @@ if [ "$stage" -le 7 ]; then
   speechkit export sherpa "$exp" "$exp/sherpa_ctc" --att-context "$sherpa_context" --head ctc
   speechkit export sherpa "$exp" "$exp/sherpa_transducer_int8" --att-context "$sherpa_context" --int8
   for m in transducer ctc transducer_int8; do
-    for s in test test_unseen; do
+    for s in $sets; do
       out=$exp/decode_${s}_runtime_${m}
-      speechkit decode-stream "$exp/sherpa_$m" "$data/$s" "$out" --nj "$(nproc)"
-      speechkit score "$data/$s/text" "$out/hyp" --out "$out/wer.json" >/dev/null
+      speechkit decode-stream "$exp/sherpa_$m" "$(set_dir "$s")" "$out" --nj "$(nproc)"
+      speechkit score "$(set_dir "$s")/text" "$out/hyp" --out "$out/wer.json" >/dev/null
     done
     wav=$(head -1 "$data/test/wav.scp" | cut -d' ' -f2)
     speechkit bench asr-stream "$exp/sherpa_$m" --wav "$wav" --seconds 60 --memory-seconds 0 --vs-sherpa \

@@ -124,5 +124,5 @@ for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
     torch.save({"model": {k: sd[k] for k in part}, "config": ck["config"], "part": i, "parts": 2}, out / f"weights_fp16.part{i}.pt")
 PY
 tar czf "$REPORT/report.tgz" -C "$exp" config.yaml metrics.jsonl model_info.json \
-  $(cd "$exp" && ls -d decode_*) -C "$REPORT" summary.md timing.txt $(cd "$REPORT" && ls bench_*.json 2>/dev/null)
+  $(cd "$exp" && ls -d decode_*) -C "$REPORT" summary.md $(cd "$REPORT" && ls timing.txt bench_*.json 2>/dev/null)
 ls -la "$REPORT"

@@ -111,6 +111,7 @@ def test_export_command_writes_a_folder_for_both_runtimes(folder):
     info = json.loads((out / "export.json").read_text())
     assert info["model_family"] == "transducer-streaming-conformer" and info["att_context"] == list(ATT_CONTEXT)
     assert info["parity"]["max_abs_diff"] < 1e-4 and "att_context 16,3" in stdout
+    assert info["size_mb"] == round(sum(f.stat().st_size for f in out.glob("*.onnx")) / 1e6, 2)
     assert (out / "tokens.txt").read_text().splitlines()[:2] == ["<blk> 0", "<unk> 1"]
     with pytest.raises(SpeechkitError, match="no export.json"):
         TransducerRecognizer(out / "..")

@@ -95,5 +95,6 @@ def export_sherpa_exp_dir(exp_dir: str | Path, out_dir: str | Path, *, checkpoin
         info["int8"] = quantize_folder_int8(out_dir, "encoder.onnx" if head == "transducer" else "model.onnx",
                                             int(graph["T"]), fbank.num_mel_bins)
         info["weights"] = "int8"
+    info["size_mb"] = round(sum(f.stat().st_size for f in out_dir.glob("*.onnx")) / 1e6, 2)  # the graphs as written
     (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -256,3 +256,27 @@ def sherpa_decode(rec, waves, sample_rate: int = 16000) -> list[tuple[list[str],
         r = rec.get_result_all(s)
         out.append(([t.replace(" ", "▁") for t in r.tokens], [round(t / 0.04) for t in r.timestamps], r.text.strip(), n))
     return out
+
+
+def whole_chunks(wave: np.ndarray, chunk_feats: int, chunks: int | None = None) -> np.ndarray:
+    """The wave cut so that sherpa-onnx (after input_finished) and our runtime (before it) both
+    decode exactly ``chunks`` chunks of ``chunk_feats`` fbank frames (default: as many as the wave
+    holds): 2 fbank frames past them."""
+    if chunks is None:
+        chunks = (len(wave) // 160 - 3) // chunk_feats
+    return wave[: (chunks * chunk_feats + 2) * 160]
+
+
+def ours_whole_chunks(rec, waves) -> list[tuple[list[str], list[int], str, int]]:
+    """Our transducer runtime on the same streams, batched, input not finished (so only whole
+    chunks are decoded, as sherpa-onnx does) → per stream (pieces, frames, text, chunks), as
+    ``sherpa_decode`` gives them."""
+    streams = [rec.create_stream() for _ in waves]
+    chunks = [0] * len(waves)
+    for s, w in zip(streams, waves):
+        s.accept_waveform(w)
+    while ready := [i for i, s in enumerate(streams) if rec.is_ready(s)]:
+        rec.decode_streams([streams[i] for i in ready])
+        for i in ready:
+            chunks[i] += 1
+    return [([rec.tokenizer.id_to_piece(i) for i in s.ids], list(s.id_frames), rec.text(s), n) for s, n in zip(streams, chunks)]

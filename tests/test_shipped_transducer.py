@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import speechkit
-from conftest import sherpa_decode, sherpa_transducer_recognizer
+from conftest import ours_whole_chunks, sherpa_decode, sherpa_transducer_recognizer, whole_chunks
 from speechkit.data.synth.engines import Prosody, Voice, synthesize
 from speechkit.eval.wer import wer_percent
 from speechkit.runtime.transducer import TransducerRecognizer
@@ -47,18 +47,11 @@ def test_our_runtime_reads_espeak_sentences(waves, beam):
     assert wer_percent(TEXTS, hyps) <= 35.0, hyps  # measured: 22.7 greedy, 18.2 beam 4
 
 
-def test_sherpa_onnx_gives_our_tokens_on_whole_chunks(waves):
+def test_sherpa_onnx_gives_our_tokens_times_and_text_on_whole_chunks(waves):
     rec = TransducerRecognizer(MODEL, gate=None, endpoint=None)
-    shift = rec.chunk_frames * rec.subsampling  # fbank frames per chunk
-    cut = [w[: (((len(w) // 160 - 3) // shift) * shift + 2) * 160] for w in waves]
+    cut = [whole_chunks(w, rec.chunk_feats) for w in waves]
     theirs = sherpa_decode(sherpa_transducer_recognizer(MODEL), cut, SR)
-    streams = [rec.create_stream() for _ in cut]
-    for s, w in zip(streams, cut):
-        s.accept_waveform(w)
-    while ready := [s for s in streams if rec.is_ready(s)]:
-        rec.decode_streams(ready)
-    ours = [[rec.tokenizer.id_to_piece(i) for i in s.ids] for s in streams]
-    assert [t[0] for t in theirs] == ours and all(len(o) > 10 for o in ours)
+    assert ours_whole_chunks(rec, cut) == theirs and all(len(t[0]) > 10 for t in theirs)
 
 
 def test_load_and_cli_open_it(waves, tmp_path, run_cli):

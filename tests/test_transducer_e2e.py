@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_data_dir, sherpa_decode, sherpa_transducer_recognizer
+from conftest import make_tiny_data_dir, ours_whole_chunks, sherpa_decode, sherpa_transducer_recognizer, whole_chunks
 from serve_harness import LiveServer
 from speechkit.audio.fbank import compute_fbank
 from speechkit.audio.io import load_audio
@@ -85,26 +85,6 @@ def waves_of(paths) -> list[np.ndarray]:
     return [load_audio(p, SR)[0] for p in paths]
 
 
-def whole_chunks(wave: np.ndarray, chunks: int) -> np.ndarray:
-    """The wave cut so that sherpa-onnx (after input_finished) and our runtime (before it) both
-    decode exactly ``chunks`` chunks: 2 fbank frames past them."""
-    return wave[: (chunks * CHUNK + 2) * 160]
-
-
-def ours_whole_chunks(rec: TransducerRecognizer, waves) -> list[tuple[list[str], list[int], str, int]]:
-    """Our runtime on the same streams, batched, input not finished (so only whole chunks are
-    decoded, as sherpa-onnx does) → per stream (pieces, frames, text, chunks)."""
-    streams = [rec.create_stream() for _ in waves]
-    chunks = [0] * len(waves)
-    for s, w in zip(streams, waves):
-        s.accept_waveform(w)
-    while ready := [i for i, s in enumerate(streams) if rec.is_ready(s)]:
-        rec.decode_streams([streams[i] for i in ready])
-        for i in ready:
-            chunks[i] += 1
-    return [([rec.tokenizer.id_to_piece(i) for i in s.ids], list(s.id_frames), rec.text(s), n) for s, n in zip(streams, chunks)]
-
-
 def test_export_command_writes_a_folder_for_both_runtimes(folder):
     out, _, stdout = folder
     assert {p.name for p in out.iterdir()} >= {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt", "export.json"}
@@ -131,7 +111,7 @@ def test_sherpa_and_our_runtime_give_the_same_tokens_times_and_text(folder, beam
     out, wavs, _ = folder
     kw = {"decoding_method": "modified_beam_search", "max_active_paths": BEAM} if beam > 1 else {}
     counts = [(len(w) // 160 - 3) // CHUNK for w in waves_of(wavs)]  # as many whole chunks as each wave has
-    waves = [whole_chunks(w, k) for w, k in zip(waves_of(wavs), counts)]
+    waves = [whole_chunks(w, CHUNK, k) for w, k in zip(waves_of(wavs), counts)]
     theirs = sherpa_decode(sherpa_transducer_recognizer(out, **kw), waves, SR)
     rec = TransducerRecognizer(out, beam=beam, gate=None, endpoint=None)
     batched = ours_whole_chunks(rec, waves)
@@ -269,7 +249,7 @@ def test_int8_export_is_smaller_and_both_runtimes_agree_on_it(folder, tmp_path, 
     assert size["encoder.onnx"][0] < 0.5 * size["encoder.onnx"][1]  # the tiny joiner's tensors are below quantize's minimum
     assert all(a <= b for a, b in size.values()), size
     counts = [(len(w) // 160 - 3) // CHUNK for w in waves_of(wavs)]
-    waves = [whole_chunks(w, k) for w, k in zip(waves_of(wavs), counts)]
+    waves = [whole_chunks(w, CHUNK, k) for w, k in zip(waves_of(wavs), counts)]
     theirs = sherpa_decode(sherpa_transducer_recognizer(q), waves, SR)
     assert ours_whole_chunks(TransducerRecognizer(q, gate=None, endpoint=None), waves) == theirs
     assert any(t[0] for t in theirs)

@@ -23,6 +23,7 @@ config=conf/transducer_head_cpu.yaml
 nj=$(nproc)
 _speechkit_opts="work minutes real_dev config nj"
 . ../../../tools/parse_options.sh
+. ../../../tools/gpu_common.sh  # synth_corpus
 log() { echo "[$(date +%T)] $*" >&2; }
 [ -z "$real_dev" ] || [ -f "$real_dev/text" ] || { echo "$0: --real_dev $real_dev: not a data dir (no text)" >&2; exit 2; }
 mkdir -p "$work"
@@ -35,8 +36,7 @@ cfg = yaml.safe_load(open(sys.argv[1]))
 cfg["train_conf"].update(max_minutes=float(sys.argv[3]), init_checkpoint=sys.argv[4])
 yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
 PY
-[ -f "$work/data/.done" ] || { log "corpus: 6 h, seed 0, espeak-ng, flite, piper"
-  speechkit corpus synth --out "$work/data" --hours 6 --seed 0 --nj "$nj" --engines espeak-ng,flite,piper && touch "$work/data/.done"; }
+synth_corpus "$work/data" 6 0 "$nj" espeak-ng,flite,piper  # once; an engine that made nothing is an error
 ./run.sh --stage 1 --stop_stage 5 --config "$work/train.yaml" --data "$work/data" --dump "$work/dump" --exp "$work/exp" \
   --augment conf/augment.yaml --augment_copies 1 --nj "$nj"
-WORK=$work bash local/gpu_transducer_run.sh --stage 6 --config "$work/train.yaml" ${real_dev:+--real_dev "$(realpath "$real_dev")"}
+WORK=$work bash local/gpu_transducer_run.sh --stage 6 ${real_dev:+--real_dev "$(realpath "$real_dev")"}

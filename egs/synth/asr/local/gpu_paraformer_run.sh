@@ -27,6 +27,7 @@
 #                      it when the new one is better on real dev and no worse than +--tolerance WER
 #                      points on test (exp/ship_decision.json).
 #   --conf_dir DIR     where the three train_*_gpu.yaml configs are (relative to egs/synth/asr, or absolute).
+#   --conf_suffix S    read train_*_S.yaml instead (cpu: the small CPU-sized three of local/cpu_paraformer_vs_ar.sh).
 #   --bpe N            all three models on BPE tokens (vocabulary N, trained on train) instead of the
 #                      configs' characters; work goes to exp_bpeN, report_bpeN, conf_bpeN beside a char
 #                      run's, so the two can run at once on one corpus (the second with --stage 2 once
@@ -46,6 +47,7 @@ mwer_epochs=
 stage=0
 stop_stage=100
 conf_dir=conf
+conf_suffix=gpu
 init_epoch=4  # the AR run's checkpoint whose encoder the Paraformer starts from
 train_minutes=0  # > 0: each training's budget in minutes (train_conf.max_minutes: its schedule is fitted to it)
 engines=
@@ -56,7 +58,7 @@ shipped=models/asr-paraformer-synth  # relative to the checkout, or absolute
 tolerance=0.5
 bpe=0  # > 0: all three models use BPE tokens of this vocabulary size (sentencepiece, trained on train)
 batch_seconds=0  # > 0: all three models' train_conf.batch_seconds (the configs': 1 200 s)
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe batch_seconds"
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir conf_suffix init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe batch_seconds"
 . "$root/tools/parse_options.sh"
 tag=$([ "$bpe" -gt 0 ] && echo "_bpe$bpe" || true)  # a BPE run keeps its own exp, report and source copy beside a char run
 WORK=${WORK:-/tmp/para_gpu}
@@ -79,13 +81,13 @@ mkdir -p "$WORK/conf$tag"
 case $conf_dir in /*) ;; *) conf_dir=$asr/$conf_dir ;; esac
 # the three configs with this run's paths and options (--epochs, --mwer_epochs, --train_minutes, --bpe, --batch_seconds)
 python3 - "$conf_dir" "$WORK/conf$tag" "$att/epoch_$init_epoch.pt" "$para/model_avg.pt" "${epochs:-0}" "${mwer_epochs:-0}" \
-  "$train_minutes" "$bpe" "$batch_seconds" <<'PY'
+  "$train_minutes" "$bpe" "$batch_seconds" "$conf_suffix" <<'PY'
 import sys, yaml
 src, dst, init_para, init_mwer = sys.argv[1:5]
 epochs, mwer_epochs, minutes, bpe = (int(a) for a in sys.argv[5:9])
-batch_seconds = float(sys.argv[9])
+batch_seconds, suffix = float(sys.argv[9]), sys.argv[10]
 for name, init, n in (("paraformer", init_para, epochs), ("attention", None, epochs), ("paraformer_mwer", init_mwer, mwer_epochs)):
-    cfg = yaml.safe_load(open(f"{src}/train_{name}_gpu.yaml"))
+    cfg = yaml.safe_load(open(f"{src}/train_{name}_{suffix}.yaml"))
     tc = cfg["train_conf"]
     if init:
         tc["init_checkpoint"] = init

@@ -32,6 +32,7 @@
 #                      configs' characters; work goes to exp_bpeN, report_bpeN, conf_bpeN beside a char
 #                      run's, so the two can run at once on one corpus (the second with --stage 2 once
 #                      the first has passed stage 1).
+#   --tag T            exp, report, conf and src get the suffix T instead (a second run on the same WORK).
 #   --train_minutes M  each head's training budget (train_conf.max_minutes; its schedule is fitted to it).
 #   --batch_seconds S  audio seconds per batch for all three (the configs: 1 200). A step of 1 200 s
 #                      batches of 25 s utterances peaks near 20 GiB (H100, bf16), so four trainers at
@@ -58,9 +59,10 @@ shipped=models/asr-paraformer-synth  # relative to the checkout, or absolute
 tolerance=0.5
 bpe=0  # > 0: all three models use BPE tokens of this vocabulary size (sentencepiece, trained on train)
 batch_seconds=0  # > 0: all three models' train_conf.batch_seconds (the configs': 1 200 s)
-_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir conf_suffix init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe batch_seconds"
+tag=  # the suffix of exp, report, conf and src (default: _bpeN with --bpe N, else none)
+_speechkit_opts="hours epochs mwer_epochs stage stop_stage conf_dir conf_suffix init_epoch train_minutes engines augment augment_copies real_dev shipped tolerance bpe batch_seconds tag"
 . "$root/tools/parse_options.sh"
-tag=$([ "$bpe" -gt 0 ] && echo "_bpe$bpe" || true)  # a BPE run keeps its own exp, report and source copy beside a char run
+[ -n "$tag" ] || tag=$([ "$bpe" -gt 0 ] && echo "_bpe$bpe" || true)  # a BPE run keeps its own exp, report and source copy beside a char run
 WORK=${WORK:-/tmp/para_gpu}
 SRC=${SRC:-$WORK/src$tag}  # a later call for more stages while a run goes on: SRC=$WORK/src2
 REPORT=${REPORT:-$WORK/report$tag}
@@ -143,6 +145,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "decode and score"
   dec() {  # exp name extra-args...
     local exp=$1 name=$2; shift 2
+    [ -f "$exp/model_avg.pt" ] || { log "no $exp/model_avg.pt: not decoded"; return 0; }  # e.g. MWER not run
     for s in $sets; do
       speechkit decode "$exp" "$(set_dir "$s")" "$exp/decode_${s}_$name" --batch-seconds 600 "$@" 2>/dev/null
       speechkit score "$(set_dir "$s")/text" "$exp/decode_${s}_$name/hyp" --out "$exp/decode_${s}_$name/wer.json"

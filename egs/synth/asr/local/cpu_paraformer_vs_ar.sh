@@ -14,14 +14,14 @@
 #      a new CTC layer trained, since the shipped one spells characters); --bpe 0 leaves them out
 #   4. --more_minutes M > 0: the character pair again, two at once, each from its average for M
 #      minutes more at lr 1e-3 (WORK/exp_more; the BPE pair stops at step 3)
-#   5. local/gpu_paraformer_run.sh --stage 4 --stop_stage 4 for each token set: Paraformer one
+#   5. local/gpu_paraformer_run.sh --stage 4 --stop_stage 4 for each run (characters, their continuation, BPE): Paraformer one
 #      pass, AR greedy, beam 10, beam 10 + CTC 0.3 on test / test_unseen, and the target line;
 #      the frozen encoder's own CTC layer (greedy, full context) on the same sets, the floor a
 #      trained head on it should reach (WORK/shipped_init/decode_*_ctc)
 #   bash egs/synth/asr/local/cpu_paraformer_vs_ar.sh [--hours 6] [--engines espeak-ng,flite] [--minutes 40]
 #     [--bpe 256] [--more_minutes 0]
-# Work goes to $WORK (default /tmp/para_cpu); summaries in WORK/report/summary.md (WORK/report_more
-# with --more_minutes) and WORK/report_bpeN/summary.md. About --minutes + --more_minutes + 15 on 2 cores.
+# Work goes to $WORK (default /tmp/para_cpu); summaries in WORK/report/summary.md, WORK/report_more
+# (with --more_minutes) and WORK/report_bpeN/summary.md. About --minutes + --more_minutes + 15 on 2 cores.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 hours=6
@@ -44,67 +44,67 @@ init=$WORK/shipped_init/model.pt
 log "corpus and features ($hours h, $engines)"
 bash "${run[@]}" --stop_stage 1 > "$WORK/prep.log" 2>&1 || { tail -n 30 "$WORK/prep.log"; exit 1; }
 
-tags=("")
-[ "$bpe" -gt 0 ] && tags+=("_bpe$bpe")
-pids=()
-for tag in "${tags[@]}"; do
-  for head in attention paraformer; do
-    mkdir -p "$WORK/exp$tag/$head"
-    python3 - "$asr/conf/train_${head}_cpu.yaml" "$WORK/exp$tag/$head/train.yaml" "$init" "$minutes" "${tag#_bpe}" <<'PY'
+# head_conf SRC DST INIT MINUTES BPE LR: a head's config, from SRC, starting from INIT (the shipped
+# encoder and CTC layer, or with LR set, a whole earlier run) for MINUTES; BPE > 0: BPE tokens
+head_conf() {
+  python3 - "$@" <<'PY'
 import sys, yaml
-src, dst, init, minutes, bpe = sys.argv[1:6]
+src, dst, init, minutes, bpe, lr = sys.argv[1:7]
 cfg = yaml.safe_load(open(src))
 tc = cfg["train_conf"]
 tc.update(init_checkpoint=init, max_minutes=float(minutes))
-if bpe:  # the shipped CTC layer spells characters: BPE heads keep the encoder only and learn their own CTC layer
+if bpe != "0":  # the shipped CTC layer spells characters: BPE heads keep the encoder only and learn their own CTC layer
     cfg["tokenizer_conf"] = {"type": "bpe", "vocab_size": int(bpe)}
     tc.update(init_modules=["cmvn", "encoder"], freeze_modules=["encoder"])
+if lr:  # a continuation: the whole model, head included, with a new warm-up
+    tc.pop("init_modules", None)
+    cfg["optim_conf"].update(lr=float(lr), warmup_steps=50)
 yaml.safe_dump(cfg, open(dst, "w"), sort_keys=False)
 PY
-    OMP_NUM_THREADS=1 speechkit train --config "$WORK/exp$tag/$head/train.yaml" --train-dump "$WORK/dump/train" \
-      --dev-dump "$WORK/dump/dev" --exp-dir "$WORK/exp$tag/$head" > "$WORK/exp$tag/$head/train.log" 2>&1 &
+}
+train_heads() {  # EXP_DIR...: each EXP_DIR/train.yaml trained at once, one thread each
+  local pids=() e
+  for e in "$@"; do
+    OMP_NUM_THREADS=1 speechkit train --config "$e/train.yaml" --train-dump "$WORK/dump/train" --dev-dump "$WORK/dump/dev" \
+      --exp-dir "$e" > "$e/train.log" 2>&1 &
     pids+=($!)
   done
-done
-log "${#pids[@]} heads training at once, $minutes min each (logs: WORK/exp*/*/train.log)"
-wait "${pids[@]}"
-for tag in "${tags[@]}"; do
-  for head in attention paraformer; do speechkit average "$WORK/exp$tag/$head"; done
-done
+  log "$# heads training at once (logs: */train.log): $*"
+  wait "${pids[@]}"
+  for e in "$@"; do speechkit average "$e"; done
+}
 decode() {  # tag [extra args]: stage 4 of gpu_paraformer_run.sh on WORK/exp$tag, summary printed
   local tag=$1; shift
   log "decode and score${tag:+ ($tag)}"
   bash "${run[@]}" --stage 4 --stop_stage 4 "$@" > "$WORK/decode$tag.log" 2>&1 || { tail -n 30 "$WORK/decode$tag.log"; exit 1; }
   cat "$WORK/report$tag/summary.md"
 }
+
+tags=("")
+[ "$bpe" -eq 0 ] || tags+=("_bpe$bpe")
+exps=()
+for tag in "${tags[@]}"; do
+  for head in attention paraformer; do
+    mkdir -p "$WORK/exp$tag/$head"
+    head_conf "$asr/conf/train_${head}_cpu.yaml" "$WORK/exp$tag/$head/train.yaml" "$init" "$minutes" "${tag#_bpe}" ""
+    exps+=("$WORK/exp$tag/$head")
+  done
+done
+train_heads "${exps[@]}"
 if [ "$more_minutes" != 0 ]; then
   log "the character pair, $more_minutes min more each (WORK/exp_more)"
-  pids=()
   for head in attention paraformer; do
     mkdir -p "$WORK/exp_more/$head"
-    python3 - "$WORK/exp/$head/train.yaml" "$WORK/exp_more/$head/train.yaml" "$WORK/exp/$head/model_avg.pt" "$more_minutes" <<'PY'
-import sys, yaml
-cfg = yaml.safe_load(open(sys.argv[1]))
-tc = cfg["train_conf"]
-tc.update(init_checkpoint=sys.argv[3], max_minutes=float(sys.argv[4]))
-tc.pop("init_modules", None)  # the whole model, head included
-cfg["optim_conf"].update(lr=0.001, warmup_steps=50)
-yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
-PY
-    OMP_NUM_THREADS=1 speechkit train --config "$WORK/exp_more/$head/train.yaml" --train-dump "$WORK/dump/train" \
-      --dev-dump "$WORK/dump/dev" --exp-dir "$WORK/exp_more/$head" > "$WORK/exp_more/$head/train.log" 2>&1 &
-    pids+=($!)
+    head_conf "$WORK/exp/$head/train.yaml" "$WORK/exp_more/$head/train.yaml" "$WORK/exp/$head/model_avg.pt" "$more_minutes" 0 0.001
   done
-  wait "${pids[@]}"
-  for head in attention paraformer; do speechkit average "$WORK/exp_more/$head"; done
-  decode _more --tag _more
-else
-  decode ""
+  train_heads "$WORK/exp_more/attention" "$WORK/exp_more/paraformer"
 fi
-[ "$bpe" -gt 0 ] && decode "_bpe$bpe" --bpe "$bpe"
+decode ""
+[ "$more_minutes" = 0 ] || decode _more --tag _more
+[ "$bpe" -eq 0 ] || decode "_bpe$bpe" --bpe "$bpe"
 log "the frozen encoder's CTC layer (greedy, full context)"
 for s in test test_unseen; do
-  speechkit decode "$WORK/shipped_init" "$WORK/data/$s" "$WORK/shipped_init/decode_${s}_ctc" --checkpoint model.pt --att-context=-1,-1
+  speechkit decode "$WORK/shipped_init" "$WORK/data/$s" "$WORK/shipped_init/decode_${s}_ctc" --checkpoint model.pt --att-context full
   speechkit score "$WORK/data/$s/text" "$WORK/shipped_init/decode_${s}_ctc/hyp" --out "$WORK/shipped_init/decode_${s}_ctc/wer.json"
 done
 log "done"
